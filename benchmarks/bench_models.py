@@ -1,0 +1,143 @@
+"""Benchmark the shipped example models: dense vs compressed, x86 and emulated Cortex-A72.
+
+    python benchmarks/bench_models.py                    # every models/*.onnx
+    python benchmarks/bench_models.py a.onnx a.pruned.onnx --no-emulated
+
+Each dense ``X.onnx`` is measured in one interleaved run together with ``X.pruned.onnx``
+(when it exists), so their ratios share the machine's state: x86 at 1 and 2 threads and
+an emulated Raspberry Pi 4 (qemu Cortex-A72) at 1 thread, batch 1 and 64. Writes
+``bench_models.json`` (every report, with the machine each ran on), ``bench_models.csv``
+(one row per model × target × batch × threads), ``bench_models.md`` (the table the
+README shows) and one PNG per group and target (when matplotlib is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import importlib.util
+import json
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dsp_deploy.bench.results import BenchReport, to_json
+from dsp_deploy.bench.runner import BenchSettings, benchmark
+
+ROOT = Path(__file__).resolve().parent.parent
+CSV_COLUMNS = (
+    "group", "target", "emulated", "machine", "cpu", "onnxruntime", "model", "batch", "threads",
+    "params", "macs", "size_bytes", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s",
+    "peak_rss_mb", "latency_ratio", "macs_ratio", "latency_over_macs",
+)  # fmt: skip
+
+
+def groups(paths: Sequence[Path]) -> list[tuple[Path, ...]]:
+    """Each dense model with its ``.pruned.onnx`` (dense first); a lone model on its own."""
+    paths = sorted(dict.fromkeys(p.resolve() for p in paths))
+    pruned = {p for p in paths if p.name.endswith(".pruned.onnx")}
+    out = []
+    for p in paths:
+        if p in pruned:
+            dense = p.with_name(p.name.removesuffix(".pruned.onnx") + ".onnx")
+            if dense not in paths:
+                out.append((p,))
+            continue
+        twin = p.with_name(p.name.removesuffix(".onnx") + ".pruned.onnx")
+        out.append((p, twin) if twin in pruned else (p,))
+    return out
+
+
+def settings_for(target: str, args: argparse.Namespace) -> BenchSettings:
+    if target == "native":
+        return BenchSettings(
+            batches=(1, 64), threads=(1, 2), runs=args.runs, warmup=10, rounds=args.rounds
+        )
+    return BenchSettings(
+        batches=(1, 64), threads=(1,), runs=args.emulated_runs, warmup=1, rounds=1,
+        target="pi4-emulated",
+    )  # fmt: skip
+
+
+def rows(group: str, report: BenchReport) -> list[dict[str, object]]:
+    p = report.platform
+    ratios = {(c.model, c.batch, c.threads): c for c in report.comparison}
+    out = []
+    for m in report.models:
+        for r in m.results:
+            c = ratios.get((m.model, r.batch, r.threads))
+            out.append({
+                "group": group, "target": p.target, "emulated": p.emulated, "machine": p.machine,
+                "cpu": p.cpu, "onnxruntime": p.onnxruntime, "model": Path(m.model).name,
+                "batch": r.batch, "threads": r.threads, "params": m.params, "macs": m.macs,
+                "size_bytes": m.size_bytes, "p50_ms": round(r.p50_ms, 5),
+                "p90_ms": round(r.p90_ms, 5), "p99_ms": round(r.p99_ms, 5),
+                "throughput_per_s": round(r.throughput_per_s, 2),
+                "peak_rss_mb": round(r.peak_rss_mb, 2),
+                "latency_ratio": "" if c is None else round(c.latency_ratio, 4),
+                "macs_ratio": "" if c is None else round(c.macs_ratio, 4),
+                "latency_over_macs": "" if c is None else round(c.gap, 3),
+            })  # fmt: skip
+    return out
+
+
+def markdown(table: Sequence[dict[str, object]]) -> str:
+    head = ("model", "target", "batch", "threads", "params", "MACs", "p50 ms", "latency ratio",
+            "MACs ratio", "latency/MACs")  # fmt: skip
+    keys = ("model", "target", "batch", "threads", "params", "macs", "p50_ms", "latency_ratio",
+            "macs_ratio", "latency_over_macs")  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table:
+        target = f"{row['machine']} (emulated)" if row["emulated"] else str(row["machine"])
+        cells = [target if k == "target" else str(row[k]) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", type=Path, help="default: models/*.onnx")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--runs", type=int, default=200, help="timed calls per x86 config")
+    parser.add_argument("--rounds", type=int, default=3, help="x86 processes per config")
+    parser.add_argument("--emulated-runs", type=int, default=5, help="per emulated config")
+    parser.add_argument("--no-emulated", action="store_true", help="skip the Cortex-A72 runs")
+    args = parser.parse_args(argv)
+    paths = args.models or sorted((ROOT / "models").glob("*.onnx"))
+    if not paths:
+        parser.error("no models given and none in models/")
+    targets = ("native",) if args.no_emulated else ("native", "pi4-emulated")
+    args.out.mkdir(parents=True, exist_ok=True)
+    plots = importlib.util.find_spec("matplotlib") is not None
+    reports, table = [], []
+    for group in groups(paths):
+        name = group[0].name.removesuffix(".onnx")
+        for target in targets:
+            print(f"{name}: {target} ...", file=sys.stderr, flush=True)
+            report = benchmark(group, settings_for(target, args))
+            reports.append({"group": name, **to_json(report)})
+            table += rows(name, report)
+            if plots:
+                from dsp_deploy.bench.plot import plot_report
+
+                plot_report(report, args.out / f"{name}.{target}.png")
+    host = {"node": platform.node(), "uname": " ".join(platform.uname()),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}  # fmt: skip
+    (args.out / "bench_models.json").write_text(
+        json.dumps({"host": host, "reports": reports}, indent=2) + "\n"
+    )
+    with open(args.out / "bench_models.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(table)
+    (args.out / "bench_models.md").write_text(markdown(table))
+    if not plots:
+        print("matplotlib not installed: no PNG plots (pip install 'dsp-deploy[sweep]')",
+              file=sys.stderr)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

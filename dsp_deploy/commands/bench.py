@@ -1,0 +1,84 @@
+"""``dsp-deploy bench``: latency, throughput and memory of ONNX models on onnxruntime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+_EMULATED_DEFAULTS = {"runs": 10, "warmup": 2, "rounds": 2}  # qemu is ~200× slower
+_NATIVE_DEFAULTS = {"runs": 100, "warmup": 10, "rounds": 3}
+
+
+def bench(
+    models: Annotated[
+        list[Path], typer.Argument(help="ONNX model(s); the first is the reference.")
+    ],
+    batch: Annotated[
+        list[int] | None, typer.Option("--batch", "-b", help="Batch size, repeatable [1].")
+    ] = None,
+    threads: Annotated[
+        list[int] | None, typer.Option("--threads", "-t", help="intra-op threads, repeatable [1].")
+    ] = None,
+    runs: Annotated[
+        int | None, typer.Option(help="Timed calls per configuration [100; emulated 10].")
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option(help="Untimed calls first, per process [10; emulated 2].")
+    ] = None,
+    rounds: Annotated[
+        int | None,
+        typer.Option(help="Fresh processes per configuration, interleaved [3; emulated 2]."),
+    ] = None,
+    length: Annotated[
+        int | None, typer.Option(help="Series length for a dynamic time axis.")
+    ] = None,
+    target: Annotated[
+        str, typer.Option(help="native | pi4-emulated (qemu Cortex-A72).")
+    ] = "native",
+    opt_level: Annotated[
+        str, typer.Option(help="onnxruntime graph optimisation: disable|basic|extended|all.")
+    ] = "all",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout.")
+    ] = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write latency vs batch (and ratios) to this PNG.")
+    ] = None,
+) -> None:
+    """Measure p50/p90/p99 latency, throughput and peak RSS; compare models side by side."""
+    from rich.console import Console
+
+    from dsp_deploy.bench import report
+    from dsp_deploy.bench.results import to_json
+    from dsp_deploy.bench.runner import BenchSettings, benchmark
+    from dsp_deploy.errors import require
+
+    defaults = _EMULATED_DEFAULTS if target == "pi4-emulated" else _NATIVE_DEFAULTS
+    settings = BenchSettings(
+        batches=tuple(batch or (1,)),
+        threads=tuple(threads or (1,)),
+        runs=defaults["runs"] if runs is None else runs,
+        warmup=defaults["warmup"] if warmup is None else warmup,
+        rounds=defaults["rounds"] if rounds is None else rounds,
+        length=length,
+        target=target,
+        opt_level=opt_level,
+    )
+    if plot is not None:  # fail before measuring, not after
+        require("matplotlib", "sweep")
+    result = benchmark(models, settings)
+    if as_json:
+        typer.echo(json.dumps(to_json(result), indent=2))
+    else:
+        report.render(result, Console())
+    if plot is not None:
+        from dsp_deploy.bench.plot import plot_report
+
+        plot_report(result, plot)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)

@@ -1,0 +1,214 @@
+"""`dsp-deploy bench`: JSON schema, ratios, harness overhead, bad input, emulated Pi 4."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from dsp_deploy import metadata
+from dsp_deploy.bench.results import ModelBench, Platform, compare, summarise
+from dsp_deploy.cost import model_cost
+
+FAST = ("--runs", "20", "--warmup", "2", "--rounds", "2")
+RESULT_KEYS = {
+    "batch", "threads", "runs", "p50_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms",
+    "round_p50_ms", "throughput_per_s", "peak_rss_mb", "overhead_ms",
+}  # fmt: skip
+PLATFORM_KEYS = {
+    "target", "emulated", "machine", "cpu", "cpu_count", "system", "python", "numpy",
+    "onnxruntime", "provider", "graph_optimization_level",
+}  # fmt: skip
+
+
+def conv_net(path: Path, channels: int, *, length_metadata: bool = True) -> Path:
+    """Conv1d(1→c, k9) → ReLU → Conv1d(c→c, k5) → ReLU → GAP → MatMul(c→3) → Softmax."""
+    rng = np.random.default_rng(channels)
+    weights = {"W1": (channels, 1, 9), "W2": (channels, channels, 5), "Wf": (channels, 3)}
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+        for n, s in weights.items()
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["h1"], pads=[4, 4]),
+        helper.make_node("Relu", ["h1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "W2"], ["h2"], pads=[2, 2]),
+        helper.make_node("Relu", ["h2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("MatMul", ["f", "Wf"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, "L"])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if length_metadata:
+        metadata.write_metadata(model, {metadata.INPUT_LENGTH: 96})
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("nets")
+    return conv_net(d / "dense.onnx", 32), conv_net(d / "small.onnx", 12)
+
+
+def hand_macs(c: int, length: int = 96) -> int:
+    return c * length * 9 + c * length * c * 5 + c * 3
+
+
+def test_single_model_json_schema(run_cli, nets) -> None:
+    dense, _ = nets
+    result = run_cli("bench", dense, "--batch", "1", "--batch", "4", *FAST, "--json")
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["model"] == str(dense.absolute())
+    assert doc["macs"] == hand_macs(32)
+    assert doc["params"] == 32 * 9 + 32 * 32 * 5 + 32 * 3
+    assert doc["size_bytes"] == dense.stat().st_size
+    assert doc["input_shape"] == [1, 1, 96]
+    assert set(doc["platform"]) == PLATFORM_KEYS
+    assert doc["platform"]["emulated"] is False and doc["platform"]["target"] == "native"
+    assert [(r["batch"], r["threads"]) for r in doc["results"]] == [(1, 1), (4, 1)]
+    for r in doc["results"]:
+        assert set(r) == RESULT_KEYS
+        assert r["runs"] == 20 and len(r["round_p50_ms"]) == 2
+        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["throughput_per_s"] == pytest.approx(r["batch"] / r["p50_ms"] * 1e3)
+        assert r["peak_rss_mb"] > doc["baseline_rss_mb"] > 0
+
+
+def test_two_models_compare_latency_with_macs(run_cli, nets) -> None:
+    dense, small = nets
+    result = run_cli("bench", dense, small, "--threads", "1", "--threads", "2", *FAST, "--json")
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert [m["model"] for m in doc["models"]] == [str(dense.absolute()), str(small.absolute())]
+    by_config = {(r["batch"], r["threads"]): r for r in doc["models"][0]["results"]}
+    assert [(c["batch"], c["threads"]) for c in doc["comparison"]] == [(1, 1), (1, 2)]
+    for c, r in zip(doc["comparison"], doc["models"][1]["results"], strict=True):
+        assert c["macs_ratio"] == hand_macs(12) / hand_macs(32)
+        assert c["latency_ratio"] == pytest.approx(
+            r["p50_ms"] / by_config[(1, c["threads"])]["p50_ms"]
+        )
+        assert c["gap"] == pytest.approx(c["latency_ratio"] / c["macs_ratio"])
+
+
+def test_human_output_has_the_comparison_table(run_cli, nets) -> None:
+    result = run_cli("bench", *nets, "--runs", "4", "--warmup", "1", "--rounds", "1")
+    assert result.code == 0, result.stderr
+    assert "ratios to dense.onnx" in result.stdout and "small.onnx" in result.stdout
+
+
+def test_harness_overhead_is_under_two_percent_of_the_smallest_latency(run_cli, nets) -> None:
+    _, small = nets  # the fastest configuration we have: the smallest net at batch 1
+    doc = json.loads(run_cli("bench", small, *FAST, "--json").stdout)
+    smallest = min(r["p50_ms"] for r in doc["results"])
+    overhead = max(r["overhead_ms"] for r in doc["results"])
+    assert 0 < overhead < 0.02 * smallest
+    assert doc["max_overhead_fraction"] < 0.02
+
+
+def test_summary_statistics_by_hand() -> None:
+    rounds = [[1_000_000, 2_000_000, 3_000_000], [4_000_000, 5_000_000]]  # ns
+    r = summarise(batch=8, threads=1, rounds_ns=rounds, peak_rss_bytes=3 << 20, overhead_ns=500)
+    assert (r.runs, r.p50_ms, r.min_ms, r.mean_ms) == (5, 3.0, 1.0, 3.0)
+    assert r.p90_ms == pytest.approx(4.6) and r.p99_ms == pytest.approx(4.96)
+    assert r.round_p50_ms == (2.0, 4.5)
+    assert r.throughput_per_s == pytest.approx(8 / 3e-3)
+    assert (r.peak_rss_mb, r.overhead_ms) == (3.0, 5e-4)
+
+
+def test_ratios_by_hand() -> None:
+    platform = Platform(
+        "native", False, "x86_64", "cpu", 2, "Linux", "3.11", "2", "1.3", "CPU", "all"
+    )
+
+    def bench(name: str, macs: int, p50: float, rss_mb: float) -> ModelBench:
+        ns = [int(p50 * 1e6)]
+        result = summarise(1, 1, [ns], int(rss_mb * 2**20), 0)
+        return ModelBench(name, macs // 10, macs, macs * 4, (1, 1, 8), platform, (result,))
+
+    (c,) = compare([bench("a", 1000, 2.0, 60.0), bench("b", 250, 1.0, 55.0)], baseline_rss_mb=50.0)
+    assert (c.model, c.reference, c.latency_ratio, c.macs_ratio, c.gap) == (
+        "b",
+        "a",
+        0.5,
+        0.25,
+        2.0,
+    )
+    assert (c.params_ratio, c.size_ratio) == (0.25, 0.25)
+    assert c.rss_ratio == pytest.approx(55 / 60) and c.rss_above_baseline_ratio == pytest.approx(
+        0.5
+    )
+
+
+def test_cost_matches_the_hand_count_of_the_bench_net(nets) -> None:
+    assert model_cost(onnx.load(str(nets[0]))).macs == hand_macs(32)
+
+
+def one_error_line(result, *needles: str) -> None:
+    assert result.code == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_bad_input_is_one_line_and_exit_2(run_cli, nets, tmp_path) -> None:
+    dense, _ = nets
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08not an onnx model")
+    one_error_line(run_cli("bench", garbage, *FAST), "garbage.onnx")
+    one_error_line(run_cli("bench", tmp_path / "missing.onnx"), "missing.onnx", "does not exist")
+    one_error_line(run_cli("bench", dense, "--target", "pi5"), "unknown target 'pi5'")
+    one_error_line(run_cli("bench", dense, "--batch", "0"), "batch must be positive")
+    one_error_line(run_cli("bench", dense, "--threads", "-1"), "threads must be positive")
+    one_error_line(run_cli("bench", dense, "--runs", "0"), "runs > 0")
+    no_length = conv_net(tmp_path / "no_length.onnx", 4, length_metadata=False)
+    one_error_line(run_cli("bench", no_length), "dynamic dimension 'L' at axis 2")
+    assert run_cli("bench", no_length, "--length", "32", *FAST).code == 0
+
+
+def test_missing_qemu_tools_are_one_line(run_cli, nets, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DSP_DEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get, no dpkg-deb
+    one_error_line(run_cli("bench", nets[0], "--target", "pi4-emulated"), "not found on PATH")
+
+
+def test_plot_writes_a_png_or_names_the_extra(run_cli, nets, tmp_path) -> None:
+    png = tmp_path / "latency.png"
+    result = run_cli("bench", *nets, "--runs", "4", "--rounds", "1", "--plot", png)
+    if importlib.util.find_spec("matplotlib") is None:
+        one_error_line(result, "pip install 'dsp-deploy[sweep]'")
+        assert not png.exists()
+    else:
+        assert result.code == 0, result.stderr
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_emulated_cortex_a72_run(run_cli, nets) -> None:
+    # First use sets qemu + an arm64 python up in the cache (~30 s, ~145 MB); later ~15 s.
+    _, small = nets
+    args = ("--runs", "3", "--warmup", "1", "--rounds", "1", "--json")
+    result = run_cli("bench", small, "--target", "pi4-emulated", *args)
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    platform = doc["platform"]
+    assert (platform["machine"], platform["emulated"]) == ("aarch64", True)
+    assert platform["target"] == "pi4-emulated" and "Raspberry Pi 4" in platform["cpu"]
+    assert doc["results"][0]["p50_ms"] > 0 and doc["results"][0]["runs"] == 3

@@ -1,0 +1,250 @@
+"""MACs and params of small graphs, against counts done by hand (and by torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+import pytest
+from onnx import numpy_helper
+
+from dsp_deploy import metadata
+from dsp_deploy.cost import InputShape, ModelCost, NodeCost, input_shapes, model_cost
+from dsp_deploy.errors import InputError
+
+HEADER = '<ir_version: 8, opset_import: ["" : 17]>\n'
+
+
+def build(text: str, *weights: str) -> onnx.ModelProto:
+    """Parse ONNX text; the graph inputs named in ``weights`` become float initializers."""
+    model = onnx.parser.parse_model(HEADER + text)
+    rng = np.random.default_rng(0)
+    kept = []
+    for value in model.graph.input:
+        if value.name in weights:
+            shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
+            array = rng.standard_normal(shape).astype(np.float32)
+            model.graph.initializer.append(numpy_helper.from_array(array, value.name))
+        else:
+            kept.append(value)
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def macs_by_op(cost: ModelCost) -> list[tuple[str, int]]:
+    return [(n.op_type, n.macs) for n in cost.per_node]
+
+
+def test_conv1d_chain_counts_by_hand() -> None:
+    model = build(
+        """
+        chain (float[N,1,100] x, float[8,1,5] W1, float[8] B1, float[4,8,3] W2)
+            => (float[N,4,49] y) {
+          h = Conv <pads = [2, 2]> (x, W1, B1)
+          r = Relu (h)
+          y = Conv <strides = [2]> (r, W2)
+        }
+        """,
+        "W1",
+        "B1",
+        "W2",
+    )
+    cost = model_cost(model)
+    # conv1: out 8×100, each output reads 1·5 inputs; conv2: out 4×49 ((100-3)//2+1), 8·3 each
+    assert macs_by_op(cost) == [("Conv", 8 * 100 * 5), ("Relu", 0), ("Conv", 4 * 49 * 8 * 3)]
+    assert cost.macs == 4000 + 4704
+    assert cost.params == 8 * 5 + 8 + 4 * 8 * 3
+    assert [n.params for n in cost.per_node] == [48, 0, 96]
+
+
+def test_depthwise_and_grouped_conv() -> None:
+    model = build(
+        """
+        grouped (float[N,8,50] x, float[8,1,3] Wd, float[4,4,1] Wg) => (float[N,4,50] y) {
+          d = Conv <group = 8, pads = [1, 1]> (x, Wd)
+          y = Conv <group = 2> (d, Wg)
+        }
+        """,
+        "Wd",
+        "Wg",
+    )
+    cost = model_cost(model)
+    # depthwise: each of 8×50 outputs reads 1 channel × 3 taps; grouped: 8/2 = 4 channels × 1
+    assert macs_by_op(cost) == [("Conv", 8 * 50 * 3), ("Conv", 4 * 50 * 4)]
+
+
+def test_dilated_conv_reads_as_many_taps_over_a_shorter_output() -> None:
+    model = build(
+        """
+        dilated (float[N,2,30] x, float[3,2,4] W) => (float[N,3,21] y) {
+          y = Conv <dilations = [3]> (x, W)
+        }
+        """,
+        "W",
+    )
+    # effective kernel 3·(4-1)+1 = 10 → out length 30-10+1 = 21; 2·4 taps per output
+    assert model_cost(model).macs == 3 * 21 * 2 * 4
+
+
+@pytest.mark.parametrize(
+    ("trans_b", "w_shape"),
+    [(0, "[16,5]"), (1, "[5,16]")],
+)
+def test_gemm_with_and_without_transposed_weight(trans_b: int, w_shape: str) -> None:
+    model = build(
+        f"""
+        head (float[N,16] x, float{w_shape} W, float[5] B) => (float[N,5] y) {{
+          y = Gemm <transB = {trans_b}> (x, W, B)
+        }}
+        """,
+        "W",
+        "B",
+    )
+    cost = model_cost(model)
+    assert cost.macs == 16 * 5
+    assert cost.params == 16 * 5 + 5
+
+
+def test_batched_matmul_broadcasts() -> None:
+    model = build(
+        """
+        mm (float[N,3,7,6] a, float[6,4] W) => (float[N,3,7,4] y) {
+          y = MatMul (a, W)
+        }
+        """,
+        "W",
+    )
+    assert model_cost(model).macs == 3 * 7 * 4 * 6
+
+
+def test_shared_initializer_counts_once() -> None:
+    model = build(
+        """
+        shared (float[N,4] x, float[4,4] W) => (float[N,4] y) {
+          h = MatMul (x, W)
+          y = MatMul (h, W)
+        }
+        """,
+        "W",
+    )
+    cost = model_cost(model)
+    assert cost.params == 16
+    assert cost.per_node == (
+        NodeCost("MatMul_0", "MatMul", 16, 16),
+        NodeCost("MatMul_1", "MatMul", 0, 16),
+    )
+
+
+def test_fixed_batch_is_divided_out() -> None:
+    model = build(
+        """
+        fixed (float[4,1,10] x, float[2,1,3] W) => (float[4,2,8] y) {
+          y = Conv (x, W)
+        }
+        """,
+        "W",
+    )
+    assert model_cost(model).macs == 2 * 8 * 3
+
+
+DYNAMIC = """
+dyn (float[batch,1,L] x, float[2,1,3] W) => (float[batch,2,L] y) {
+  y = Conv <pads = [1, 1]> (x, W)
+}
+"""
+
+
+def test_dynamic_length_from_argument_or_metadata() -> None:
+    model = build(DYNAMIC, "W")
+    assert model_cost(model, length=40).macs == 2 * 40 * 3
+    metadata.write_metadata(model, {metadata.INPUT_LENGTH: 25})
+    assert model_cost(model).macs == 2 * 25 * 3
+    assert model_cost(model, length=10).macs == 2 * 10 * 3  # the argument wins
+
+
+def test_dynamic_length_without_a_hint_is_an_input_error() -> None:
+    with pytest.raises(InputError, match=r"input 'x' has a dynamic dimension 'L' at axis 2"):
+        model_cost(build(DYNAMIC, "W"))
+
+
+def test_model_is_not_modified() -> None:
+    model = build(DYNAMIC, "W")
+    before = model.SerializeToString()
+    model_cost(model, length=12)
+    assert model.SerializeToString() == before
+
+
+@pytest.mark.torch
+def test_torch_export_matches_a_torch_side_count(tmp_path) -> None:
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    net = torch.nn.Sequential(
+        torch.nn.Conv1d(1, 6, 9, padding=4, bias=False),
+        torch.nn.BatchNorm1d(6),
+        torch.nn.ReLU(),
+        torch.nn.Conv1d(6, 6, 5, padding=4, dilation=2, groups=6),
+        torch.nn.Conv1d(6, 8, 1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool1d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 3),
+    ).eval()
+    torch_macs = count_torch_macs(torch, net, torch.zeros(1, 1, 64))
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(
+        net,
+        (torch.zeros(2, 1, 64),),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    cost = model_cost(onnx.load(str(path)))
+    assert cost.macs == torch_macs
+    # BN folded into the first conv by the exporter adds its bias (6) and drops 4×6 BN stats
+    torch_params = sum(p.numel() for p in net.parameters()) - 2 * 6 + 6
+    assert cost.params == torch_params
+
+
+def count_torch_macs(torch, net, x) -> int:
+    """Conv: out elements × in/groups × k; Linear: in × out per sample."""
+    total = 0
+
+    def hook(module, _inputs, output) -> None:
+        nonlocal total
+        if isinstance(module, torch.nn.Conv1d):
+            total += output.numel() * module.in_channels // module.groups * module.kernel_size[0]
+        elif isinstance(module, torch.nn.Linear):
+            total += module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()]
+    with torch.no_grad():
+        net(x)
+    for h in handles:
+        h.remove()
+    return total
+
+
+def test_input_shapes_resolve_batch_and_length() -> None:
+    model = build(DYNAMIC, "W")
+    assert input_shapes(model, batch=64, length=30) == (InputShape("x", "float32", (64, 1, 30)),)
+    with pytest.raises(InputError, match="positive"):
+        input_shapes(model, length=0)
+
+
+def test_a_fixed_batch_cannot_run_at_another_batch() -> None:
+    model = build(
+        """
+        fixed (float[4,1,10] x, float[2,1,3] W) => (float[4,2,8] y) {
+          y = Conv (x, W)
+        }
+        """,
+        "W",
+    )
+    assert input_shapes(model, batch=4)[0].shape == (4, 1, 10)
+    with pytest.raises(InputError, match="fixed batch of 4; cannot run it at batch 1"):
+        input_shapes(model, batch=1)
