@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx
+if TYPE_CHECKING:  # the app-side runtime reads these keys without importing onnx
+    import onnx
 
 CLASSES = "dsp.classes"
 INPUT_LENGTH = "dsp.input_length"
