@@ -1,0 +1,197 @@
+"""``dsp-deploy compress MODEL --calib NPZ``: remove dead channels, verify, write atomically.
+
+Exit 0: written (and verified, or ``--force``); 1: a gate failed, nothing written;
+2: bad input (model, calibration file, options, output path).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from dsp_deploy.compress.pipeline import CompressResult
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compress")(compress_command)
+
+
+def default_output(model: str) -> Path:
+    """``<stem>.pruned.onnx`` beside the input model."""
+    p = Path(model)
+    return p.with_name(f"{p.stem}.pruned.onnx")
+
+
+def _check_options(holdout: float, batch_size: int, threshold: float) -> None:
+    if not 0 <= holdout < 1:
+        raise typer.BadParameter(f"--holdout {holdout}: expected a fraction in [0, 1)")
+    if batch_size < 1:
+        raise typer.BadParameter(f"--batch-size {batch_size}: expected >= 1")
+    if threshold < 0:
+        raise typer.BadParameter(f"--threshold {threshold}: expected >= 0")
+
+
+def compress_command(
+    model: Annotated[str, typer.Argument(help="ONNX model (.onnx).", show_default=False)],
+    calib: Annotated[str, typer.Option("--calib", help="Calibration .npz (inputs, optional y).")],
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="Output path [<stem>.pruned.onnx].")
+    ] = None,
+    criterion: Annotated[
+        str, typer.Option("--criterion", help="dead (lossless) | dsp (paper's rule).")
+    ] = "dead",
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="dead: also drop channels with rms <= T·layer rms.")
+    ] = 0.0,
+    min_count: Annotated[
+        int | None, typer.Option("--min-count", help="dsp: keep n_c > this [1 LITE, else 0].")
+    ] = None,
+    compensation: Annotated[
+        str, typer.Option("--compensation", help="dsp: none | mean | lstsq.")
+    ] = "mean",
+    reconstruct: Annotated[
+        bool, typer.Option("--reconstruct", help="Least-squares refit (= --compensation lstsq).")
+    ] = False,
+    holdout: Annotated[float, typer.Option("--holdout", help="Held-out fraction.")] = 0.2,
+    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance.")] = 1e-5,
+    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance.")] = 1e-4,
+    min_agreement: Annotated[
+        float, typer.Option("--min-agreement", help="Held-out argmax agreement gate.")
+    ] = 0.99,
+    max_accuracy_drop: Annotated[
+        float, typer.Option("--max-accuracy-drop", help="Accuracy drop gate (with labels).")
+    ] = 0.01,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per run.")] = 64,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="onnxruntime intra-op threads.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write even if a gate fails.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Remove dead (or, with --criterion dsp, weak) channels and prove the outputs."""
+    from dsp_deploy import io
+    from dsp_deploy.compress.pipeline import compress
+    from dsp_deploy.errors import InputError, VerificationError
+
+    _check_options(holdout, batch_size, threshold)
+    if criterion not in ("dead", "dsp"):
+        raise typer.BadParameter(f"--criterion {criterion!r}: expected dead or dsp")
+    if compensation not in ("none", "mean", "lstsq"):
+        raise typer.BadParameter(f"--compensation {compensation!r}: expected none|mean|lstsq")
+    out = Path(output) if output else default_output(model)
+    if Path(model).exists() and out.exists() and out.resolve() == Path(model).resolve():
+        raise InputError(f"output path {out} is the input model; choose another -o")
+    loaded = io.load_model(model)
+    calibration = io.load_calibration(calib, loaded)
+    result = compress(
+        loaded,
+        calibration,
+        criterion=criterion,
+        threshold=threshold,
+        min_count=min_count,
+        compensation=compensation,
+        reconstruct=reconstruct,
+        holdout=holdout,
+        atol=atol,
+        rtol=rtol,
+        min_agreement=min_agreement,
+        max_accuracy_drop=max_accuracy_drop,
+        batch_size=batch_size,
+        threads=threads,
+    )
+    write = result.verified or force
+    if write:
+        io.save_model(result.model, out, inputs=[model, calib])
+    if as_json:
+        typer.echo(json.dumps(_as_dict(result, model, out, write)))
+    else:
+        _render(result, model, out, write)
+    if not result.verified and not force:
+        raise VerificationError(f"{model}: not written ({'; '.join(result.failures)})")
+
+
+def _as_dict(result: CompressResult, model: str, out: Path, written: bool) -> dict:
+    return {
+        "input": model,
+        "output": str(out) if written else None,
+        "verified": result.verified,
+        "changed": result.changed,
+        "criterion": result.plan.criterion,
+        "max_abs_diff": result.decision.max_abs_diff,
+        "params": list(result.params),
+        "macs": list(result.macs),
+        "channels": {r.name: list(r.channels) for r in result.layers},
+        "layers": [
+            {
+                "name": r.name,
+                "channels": list(r.channels),
+                "params": list(r.params),
+                "macs": list(r.macs),
+            }
+            for r in result.layers
+        ],
+        "decision": result.decision.as_dict(),
+        "holdout": None if result.holdout is None else result.holdout.as_dict(),
+        "random_inputs": None if result.random is None else result.random.as_dict(),
+        "failures": list(result.failures),
+        "seconds": result.seconds,
+    }
+
+
+def _pct(before: int, after: int) -> str:
+    return f"{100 * (after - before) / before:+.1f}%" if before else "-"
+
+
+def _render(result: CompressResult, model: str, out: Path, written: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"compress {model} ({result.plan.criterion})")
+    for column in ("layer", "channels", "params", "MACs"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+    for r in result.layers:
+        style = "bold" if r.channels[1] < r.channels[0] else None
+        table.add_row(
+            r.name,
+            f"{r.channels[0]} → {r.channels[1]}",
+            f"{r.params[0]:,} → {r.params[1]:,}",
+            f"{r.macs[0]:,} → {r.macs[1]:,}",
+            style=style,
+        )
+    table.add_section()
+    (pb, pa), (mb, ma) = result.params, result.macs
+    table.add_row(
+        "total",
+        "",
+        f"{pb:,} → {pa:,} ({_pct(pb, pa)})",
+        f"{mb:,} → {ma:,} ({_pct(mb, ma)})",
+        style="bold",
+    )
+    console = Console()
+    console.print(table)
+    for label, report in (
+        ("decision", result.decision),
+        ("held-out", result.holdout),
+        ("random inputs (report only)", result.random),
+    ):
+        if report is None:
+            continue
+        acc = (
+            ""
+            if report.accuracy is None
+            else (f", accuracy {report.accuracy[0]:.4f} → {report.accuracy[1]:.4f}")
+        )
+        console.print(
+            f"{label}: {report.samples} samples, max |Δ| {report.max_abs_diff:.3g}, "
+            f"agreement {report.agreement:.4f}{acc}"
+        )
+    if not result.changed:
+        console.print("nothing to prune: the model is written unchanged")
+    for failure in result.failures:
+        console.print(f"[red]gate failed:[/red] {failure}")
+    where = f"wrote {out}" if written else "nothing written"
+    console.print(f"{where} in {result.seconds:.2f} s")

@@ -1,0 +1,104 @@
+"""``dsp-deploy inspect MODEL [--calib NPZ] [--json]``: layers, channel groups, pins.
+
+With calibration: per-unit activation statistics where channels are mixed, and which
+units the lossless ``dead`` criterion would remove.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from dsp_deploy.compress.pipeline import Inspection
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect_command)
+
+
+def inspect_command(
+    model: Annotated[str, typer.Argument(help="ONNX model (.onnx).", show_default=False)],
+    calib: Annotated[
+        str | None, typer.Option("--calib", help="Calibration .npz for statistics.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per run.")] = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Per-layer channels, params, MACs; channel groups and what pins them."""
+    from dsp_deploy import io
+    from dsp_deploy.compress.pipeline import inspect_model
+
+    loaded = io.load_model(model)
+    calibration = None if calib is None else io.load_calibration(calib, loaded)
+    result = inspect_model(loaded, calibration, batch_size=batch_size)
+    if as_json:
+        typer.echo(json.dumps(_as_dict(result, model)))
+    else:
+        _render(result, model)
+
+
+def _as_dict(result: Inspection, model: str) -> dict:
+    return {
+        "model": model,
+        "params": result.params,
+        "macs": result.macs,
+        "layers": [
+            {"name": r.name, "channels": r.channels[0], "params": r.params[0], "macs": r.macs[0]}
+            for r in result.layers
+        ],
+        "groups": [
+            {
+                "index": g.index,
+                "sources": list(g.sources),
+                "channels": g.channels,
+                "consumers": list(g.consumers),
+                "pinned": g.pinned,
+                "blocked_by": g.blocked_by,
+                "dead": sum(u.dead for u in result.units if u.group == g.index),
+            }
+            for g in result.groups
+        ],
+        "units": [
+            {
+                "group": u.group,
+                "tensor": u.tensor,
+                "position": u.position,
+                "max_abs": u.max_abs,
+                "mean": u.mean,
+                "energy": u.energy,
+                "active": u.active,
+                "dead": u.dead,
+            }
+            for u in result.units
+        ],
+    }
+
+
+def _render(result: Inspection, model: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    layers = Table(title=f"{model}: {result.params:,} params, {result.macs:,} MACs/sample")
+    for column in ("layer", "channels", "params", "MACs"):
+        layers.add_column(column, justify="left" if column == "layer" else "right")
+    for r in result.layers:
+        layers.add_row(r.name, str(r.channels[0]), f"{r.params[0]:,}", f"{r.macs[0]:,}")
+    console.print(layers)
+    groups = Table(title="channel groups")
+    for column in ("#", "sources", "channels", "consumers", "dead", "pinned by"):
+        groups.add_column(column)
+    for g in result.groups:
+        dead = sum(u.dead for u in result.units if u.group == g.index)
+        groups.add_row(
+            str(g.index),
+            ", ".join(g.sources),
+            str(g.channels),
+            ", ".join(g.consumers),
+            str(dead) if result.units else "-",
+            f"{g.pinned}: {g.blocked_by}" if g.blocked_by else "",
+        )
+    console.print(groups)

@@ -1,0 +1,205 @@
+"""Streaming per-channel statistics of chosen tensors, through onnxruntime.
+
+A copy of the model gets the tensors as extra graph outputs (the caller's model is not
+touched); samples run in batches and each batch updates float64 running sums, so memory
+is O(channels) (O(channels²) for the Gram matrices ``--reconstruct`` asks for), whatever
+the number of samples. For a tensor x of shape (N, C, ...), channel c, over the n = N·T
+values x[i, c, t] seen:
+
+    max_abs_c = max |x|      minimum_c, maximum_c      mean_c = Σ x / n
+    energy_c  = Σ x² / n     (mean square)
+    active_c  = #{i : e_ic > μ_i},  e_ic = ‖x[i, c, :]‖₂,  μ_i = Σ_c e_ic / (#{c : e_ic > 0} + 1)
+
+``active`` is the paper's per-instance count n_c (DSP §3: channel c is above instance i's
+mean energy over its non-zero channels). ``gram`` is G = Σ x̃ x̃ᵀ / n with x̃ = [x_c…, 1]
+over every (sample, position) row — what a least-squares refit of a consumer needs.
+The model's own outputs on the samples come back too, so verification needs no second
+pass of the original model over them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from dsp_deploy.compress.graph import copy_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """Per-channel statistics of one tensor (arrays of shape (C,), float64)."""
+
+    samples: int
+    count: int
+    max_abs: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+    mean: np.ndarray
+    energy: np.ndarray
+    active: np.ndarray
+
+
+@dataclass(frozen=True)
+class ActivationStats:
+    """Statistics per tensor name, Gram matrices per tensor name, the model's outputs."""
+
+    tensors: Mapping[str, TensorStats]
+    gram: Mapping[str, np.ndarray]
+    outputs: tuple[np.ndarray, ...]
+    samples: int
+
+
+class _Running:
+    """Float64 running sums for one tensor; ``freeze`` gives the ``TensorStats``."""
+
+    def __init__(self) -> None:
+        self.n = self.count = 0
+        self.sums: dict[str, np.ndarray] = {}
+        self.gram: np.ndarray | None = None
+        self.rows = 0
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64)
+        axes = (0, *range(2, x.ndim))
+        batch = {
+            "max_abs": np.abs(x).max(axis=axes),
+            "minimum": x.min(axis=axes),
+            "maximum": x.max(axis=axes),
+            "sum": x.sum(axis=axes),
+            "sq": np.square(x).sum(axis=axes),
+            "active": _active(x),
+        }
+        if not self.sums:
+            self.sums = batch
+        else:
+            s = self.sums
+            s["max_abs"] = np.maximum(s["max_abs"], batch["max_abs"])
+            s["minimum"] = np.minimum(s["minimum"], batch["minimum"])
+            s["maximum"] = np.maximum(s["maximum"], batch["maximum"])
+            for key in ("sum", "sq", "active"):
+                s[key] = s[key] + batch[key]
+        self.n += x.shape[0]
+        self.count += x.size // x.shape[1]
+
+    def update_gram(self, x: np.ndarray) -> None:
+        rows = np.moveaxis(np.asarray(x, dtype=np.float64), 1, -1).reshape(-1, x.shape[1])
+        rows = np.concatenate([rows, np.ones((len(rows), 1))], axis=1)
+        g = rows.T @ rows
+        self.gram = g if self.gram is None else self.gram + g
+        self.rows += len(rows)
+
+    def freeze(self) -> TensorStats:
+        s = self.sums
+        return TensorStats(
+            samples=self.n,
+            count=self.count,
+            max_abs=s["max_abs"],
+            minimum=s["minimum"],
+            maximum=s["maximum"],
+            mean=s["sum"] / self.count,
+            energy=s["sq"] / self.count,
+            active=s["active"].astype(np.int64),
+        )
+
+
+def _active(x: np.ndarray) -> np.ndarray:
+    """Per channel: instances whose L2 energy exceeds the instance's mean energy (DSP)."""
+    e = np.sqrt(np.square(x).reshape(x.shape[0], x.shape[1], -1).sum(axis=2))
+    mu = e.sum(axis=1) / (np.count_nonzero(e, axis=1) + 1)
+    return (e > mu[:, None]).sum(axis=0)
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    try:
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # types are a hint; float is the fallback
+        graph = model.graph
+    return {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.output)}
+
+
+def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """Copy of ``model`` that also outputs ``names`` (after its own outputs)."""
+    out = copy_model(model)
+    types = _elem_types(model)
+    have = {o.name for o in out.graph.output}
+    for name in dict.fromkeys(names):
+        if name not in have:
+            elem = types.get(name) or onnx.TensorProto.FLOAT
+            out.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+    return out
+
+
+def session(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session for an in-memory model."""
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def batches(inputs: Mapping[str, np.ndarray], batch_size: int):
+    """Yield feeds of at most ``batch_size`` samples, in order."""
+    n = len(next(iter(inputs.values())))
+    for start in range(0, n, batch_size):
+        yield {k: v[start : start + batch_size] for k, v in inputs.items()}
+
+
+def run_model(
+    model: onnx.ModelProto,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    batch_size: int = 64,
+    threads: int | None = None,
+) -> tuple[np.ndarray, ...]:
+    """The model's outputs on ``inputs``, run in batches and concatenated."""
+    sess = session(model, threads)
+    parts = [sess.run(None, feed) for feed in batches(inputs, batch_size)]
+    return tuple(np.concatenate(cols) for cols in zip(*parts, strict=True))
+
+
+def collect_stats(
+    model: onnx.ModelProto,
+    inputs: Mapping[str, np.ndarray],
+    tensors: Sequence[str],
+    *,
+    gram: Sequence[str] = (),
+    batch_size: int = 64,
+    threads: int | None = None,
+) -> ActivationStats:
+    """Statistics of ``tensors`` (and Gram matrices of ``gram``) over all of ``inputs``."""
+    own = len(model.graph.output)
+    names = list(dict.fromkeys([*tensors, *gram]))
+    sess = session(with_outputs(model, names), threads)
+    fetch = [o.name for o in model.graph.output] + names
+    running = {name: _Running() for name in names}
+    want_stats, want_gram = set(tensors), set(gram)
+    outputs: list[list[np.ndarray]] = [[] for _ in range(own)]
+    for feed in batches(inputs, batch_size):
+        values = sess.run(fetch, feed)
+        for k in range(own):
+            outputs[k].append(values[k])
+        for name, value in zip(names, values[own:], strict=True):
+            if name in want_stats:
+                running[name].update(value)
+            if name in want_gram:
+                running[name].update_gram(value)
+    samples = len(next(iter(inputs.values())))
+    logger.info("statistics of %d tensors over %d samples", len(names), samples)
+    return ActivationStats(
+        tensors=MappingProxyType({k: running[k].freeze() for k in tensors}),
+        gram=MappingProxyType({k: running[k].gram / running[k].rows for k in gram}),
+        outputs=tuple(np.concatenate(o) for o in outputs),
+        samples=samples,
+    )

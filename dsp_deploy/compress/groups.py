@@ -1,0 +1,261 @@
+"""Channel groups: which channels of which nodes must shrink together, and where they end.
+
+Every output channel of a group-1 Conv is an *atom*. ``rules`` says how atoms travel
+through each node; a residual Add/Sum ties atom a of one operand to atom b of the other
+(union-find), so they become one *unit*: the thing that is kept or removed. Units whose
+sources are linked form a ``ChannelGroup``.
+
+Removing unit u deletes every occurrence of its atoms: the producer rows (W, B of the
+source Convs), the per-channel parameters along the way (BN, depthwise Conv, per-channel
+constants), and the input slices of the channel-mixing consumers (Conv columns, Gemm /
+MatMul rows or columns, at their Concat offsets). Per-channel ops act on each channel
+alone, so the only effect the removal has on the rest of the graph is the term
+
+    Δy = Σ_{consumers k} Σ_{positions p of u in k's input}  W_k[:, p] * x_k[p]
+
+hence u is removable without changing any output when x_k[p] = 0 on every sample and
+time step at every such consumer (``dead``), or x_k[p] = v constant and each consumer
+can absorb W_k[:, p] * v into its bias exactly (``plan``). A unit is *pinned* (never
+removed) when any of its atoms reaches an op outside the table, a graph output, a
+subgraph, or comes from an untracked tensor; ``blocked_by`` says which and why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+import onnx
+
+from dsp_deploy.compress import rules
+from dsp_deploy.compress.graph import GraphIndex, Shape, node_label, normalise
+from dsp_deploy.compress.rules import Consumer, Layout, Pin, Slice
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Channels created by one node (``node`` = -1: an untracked tensor, always pinned)."""
+
+    node: int
+    label: str
+    atoms: Layout
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Atoms tied together (kept or removed as one); ``blocked_by`` when pinned."""
+
+    group: int
+    atoms: tuple[int, ...]
+    blocked_by: str | None
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """A report-level view: sources whose channels are linked, their consumers, pins."""
+
+    index: int
+    sources: tuple[str, ...]
+    channels: int
+    consumers: tuple[str, ...]
+    pinned: int
+    blocked_by: str | None
+
+
+@dataclass(frozen=True)
+class ChannelAnalysis:
+    """Everything the planner and the pruner need, indexed by atom / unit / node position."""
+
+    groups: tuple[ChannelGroup, ...]
+    units: tuple[Unit, ...]
+    unit_of: tuple[int, ...]
+    source_of: tuple[int, ...]
+    sources: tuple[Source, ...]
+    slices: tuple[Slice, ...]
+    consumers: tuple[Consumer, ...]
+    taps: Mapping[str, Layout]
+    node_names: tuple[str, ...]
+
+
+class _Builder:
+    """Mutable state of one analysis run (the ``rules.Context``); never escapes."""
+
+    def __init__(self, index: GraphIndex) -> None:
+        self.index = index
+        self.parent: list[int] = []
+        self.sources: list[Source] = []
+        self.layouts: dict[str, Layout] = {}
+        self.pins: dict[int, str] = {}
+        self.slices: list[Slice] = []
+        self.consumers: list[Consumer] = []
+        self.taps: dict[str, Layout] = {}
+
+    def layout(self, name: str) -> Layout | None:
+        return self.layouts.get(name)
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.index.constants.get(name)
+
+    def shape(self, name: str) -> Shape | None:
+        return self.index.shapes.get(name)
+
+    def new_atoms(self, node: int, count: int) -> Layout:
+        atoms = tuple(range(len(self.parent), len(self.parent) + count))
+        self.parent.extend(atoms)
+        label = node_label(self.index.nodes[node], node) if node >= 0 else "untracked"
+        self.sources.append(Source(node, label, atoms))
+        return atoms
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def tie(self, a: Layout, b: Layout) -> None:
+        for x, y in zip(a, b, strict=True):
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                self.parent[max(rx, ry)] = min(rx, ry)
+
+    def pin(self, layout: Layout, reason: str) -> None:
+        for atom in layout:
+            self.pins.setdefault(atom, reason)
+
+
+def _step(b: _Builder, i: int, node: onnx.NodeProto) -> None:
+    tracked = [b.layout(n) for n in node.input if n and b.layout(n) is not None]
+    if not tracked and node.op_type not in rules.SOURCES:
+        return
+    flow = rules.apply(i, node, b)
+    if isinstance(flow, Pin):
+        reason = f"{node_label(node, i)} ({node.op_type}): {flow.reason}"
+        logger.debug("pin %s", reason)
+        for layout in tracked:
+            b.pin(layout, reason)
+        return
+    for name, layout in zip(node.output, flow.outputs, strict=False):
+        if layout is not None:
+            b.layouts[name] = layout
+    for a, c in flow.ties:
+        b.tie(a, c)
+    for layout, reason in flow.pinned:
+        b.pin(layout, f"{node_label(node, i)} ({node.op_type}): {reason}")
+    b.slices.extend(flow.slices)
+    b.consumers.extend(flow.consumers)
+    if node.op_type in rules.ACTIVATIONS and flow.outputs[0] is not None:
+        b.taps[node.output[0]] = flow.outputs[0]
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for a in node.attribute:
+        for g in (*([a.g] if a.HasField("g") else []), *a.graphs):
+            for inner in g.node:
+                names.update(inner.input)
+                names.update(_subgraph_reads(inner))
+    return names
+
+
+def _units(b: _Builder) -> tuple[list[list[int]], tuple[int, ...]]:
+    roots: dict[int, int] = {}
+    members: list[list[int]] = []
+    unit_of = []
+    for atom in range(len(b.parent)):
+        root = b.find(atom)
+        if root not in roots:
+            roots[root] = len(members)
+            members.append([])
+        members[roots[root]].append(atom)
+        unit_of.append(roots[root])
+    return members, tuple(unit_of)
+
+
+def _components(b: _Builder, members: list[list[int]]) -> list[int]:
+    """Group index of each source: sources sharing a unit are one group."""
+    source_of = {atom: k for k, s in enumerate(b.sources) for atom in s.atoms}
+    parent = list(range(len(b.sources)))
+
+    def find(k: int) -> int:
+        while parent[k] != k:
+            k = parent[k]
+        return k
+
+    for atoms in members:
+        first = find(source_of[atoms[0]])
+        for atom in atoms[1:]:
+            parent[find(source_of[atom])] = first
+    order: dict[int, int] = {}
+    return [order.setdefault(find(k), len(order)) for k in range(len(b.sources))]
+
+
+def _report(
+    b: _Builder, group_of_source: list[int], members: list[list[int]], units: list[Unit]
+) -> tuple[ChannelGroup, ...]:
+    groups = []
+    for g in range(max(group_of_source, default=-1) + 1):
+        sources = [s for s, k in zip(b.sources, group_of_source, strict=True) if k == g]
+        atoms = {a for s in sources for a in s.atoms}
+        mine = [u for u in units if u.group == g]
+        readers = [c for c in b.consumers if atoms & set(c.layout)]
+        names = dict.fromkeys(node_label(b.index.nodes[c.node], c.node) for c in readers)
+        reasons = [u.blocked_by for u in mine if u.blocked_by]
+        groups.append(
+            ChannelGroup(
+                index=g,
+                sources=tuple(s.label for s in sources),
+                channels=len(mine),
+                consumers=tuple(names),
+                pinned=len(reasons),
+                blocked_by=reasons[0] if reasons else None,
+            )
+        )
+    return tuple(groups)
+
+
+def find_groups(model: onnx.ModelProto) -> ChannelAnalysis:
+    """Analyse ``model`` (read-only) into channel units, groups, slices and consumers."""
+    index = GraphIndex.build(normalise(model))
+    b = _Builder(index)
+    for i, node in enumerate(index.nodes):
+        _step(b, i, node)
+        for name in _subgraph_reads(node):
+            if b.layout(name) is not None:
+                b.pin(b.layouts[name], f"read inside a subgraph of {node_label(node, i)}")
+    for name in index.outputs:
+        if b.layout(name) is not None:
+            b.pin(b.layouts[name], f"reaches graph output '{name}'")
+    members, unit_of = _units(b)
+    group_of_source = _components(b, members)
+    source_of = {atom: k for k, s in enumerate(b.sources) for atom in s.atoms}
+    units = [
+        Unit(
+            group=group_of_source[source_of[atoms[0]]],
+            atoms=tuple(atoms),
+            blocked_by=next((b.pins[a] for a in atoms if a in b.pins), None),
+        )
+        for atoms in members
+    ]
+    analysis = ChannelAnalysis(
+        groups=_report(b, group_of_source, members, units),
+        units=tuple(units),
+        unit_of=unit_of,
+        source_of=tuple(source_of[a] for a in range(len(unit_of))),
+        sources=tuple(b.sources),
+        slices=tuple(b.slices),
+        consumers=tuple(b.consumers),
+        taps=MappingProxyType(dict(b.taps)),
+        node_names=tuple(node_label(n, i) for i, n in enumerate(index.nodes)),
+    )
+    logger.info(
+        "%d channel groups, %d units (%d pinned)",
+        len(analysis.groups),
+        len(units),
+        sum(u.blocked_by is not None for u in units),
+    )
+    return analysis

@@ -1,0 +1,313 @@
+"""``compress``: statistics → groups → plan → prune → verify, composition only.
+
+The calibration samples are split once (seeded): channels are decided on the *decision*
+part (1 − holdout) and the pruned model is checked on both parts. Gates (any failing one
+is listed in ``failures``; the CLI exits 1 and writes nothing unless ``--force``):
+
+* ``dead`` with threshold 0: decision-part outputs within ``atol + rtol·|y|``;
+* held-out part: argmax agreement ≥ ``min_agreement``;
+* with labels: accuracy drop (held-out part, or the decision part when nothing is held
+  out) ≤ ``max_accuracy_drop``.
+
+Random standard-normal inputs are compared too, as a report only: they wake channels
+that real data never does, so they would refuse sound pruning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from dsp_deploy import metadata
+from dsp_deploy.compress.calibrate import ActivationStats, collect_stats, run_model
+from dsp_deploy.compress.graph import copy_model
+from dsp_deploy.compress.groups import ChannelAnalysis, find_groups
+from dsp_deploy.compress.plan import PruningPlan, make_plan
+from dsp_deploy.compress.prune import prune
+from dsp_deploy.compress.verify import ParityReport, compare, verify
+from dsp_deploy.io import Calibration
+
+logger = logging.getLogger(__name__)
+
+LITE_ARCHS = frozenset({"lite", "litetime"})
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One source node (a Conv creating channels): channels, params, MACs before/after."""
+
+    name: str
+    channels: tuple[int, int]
+    params: tuple[int, int]
+    macs: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    model: onnx.ModelProto
+    plan: PruningPlan
+    layers: tuple[LayerReport, ...]
+    params: tuple[int, int]
+    macs: tuple[int, int]
+    decision: ParityReport
+    holdout: ParityReport | None
+    random: ParityReport | None
+    failures: tuple[str, ...]
+    seconds: float
+
+    @property
+    def verified(self) -> bool:
+        return not self.failures
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.plan.remove or self.plan.compensations)
+
+
+def split(n: int, holdout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Decision and held-out sample indices (held-out empty when n · holdout < 1)."""
+    order = np.random.default_rng(seed).permutation(n)
+    k = min(int(round(n * holdout)), n - 1)
+    return np.sort(order[k:]), np.sort(order[:k])
+
+
+def probe_tensors(analysis: ChannelAnalysis) -> tuple[str, ...]:
+    """Tensors whose statistics a plan needs: consumer inputs and taps."""
+    return tuple(dict.fromkeys([*(c.tensor for c in analysis.consumers), *analysis.taps]))
+
+
+def default_min_count(model: onnx.ModelProto) -> int:
+    """The paper's keep rule: n_c > 1 for LITE-like models, n_c > 0 otherwise."""
+    return 1 if metadata.read_metadata(model).get(metadata.ARCH) in LITE_ARCHS else 0
+
+
+def _layers(analysis: ChannelAnalysis, plan: PruningPlan, before, after) -> tuple:
+    cost_b = {n.name: n for n in before.per_node}
+    cost_a = {n.name: n for n in after.per_node}
+    removed = plan.removed_atoms
+    rows = []
+    for s in analysis.sources:
+        if s.node < 0:
+            continue
+        b, a = cost_b.get(s.label), cost_a.get(s.label)
+        kept = sum(atom not in removed for atom in s.atoms)
+        rows.append(
+            LayerReport(
+                name=s.label,
+                channels=(len(s.atoms), kept),
+                params=(b.params if b else 0, a.params if a else 0),
+                macs=(b.macs if b else 0, a.macs if a else 0),
+            )
+        )
+    return tuple(rows)
+
+
+def _random_report(model, candidate, calibration: Calibration, atol, rtol, batch_size):
+    rng = np.random.default_rng(1)
+    feeds = {
+        k: rng.standard_normal((min(64, len(v)), *v.shape[1:])).astype(np.float32)
+        for k, v in calibration.inputs.items()
+    }
+    reference = run_model(model, feeds, batch_size=batch_size)
+    return verify(reference, candidate, feeds, atol=atol, rtol=rtol, batch_size=batch_size)
+
+
+def _gates(criterion, threshold, decision, holdout, min_agreement, max_drop) -> tuple[str, ...]:
+    failures = []
+    if criterion == "dead" and threshold == 0 and not decision.within_tolerance:
+        failures.append(
+            f"outputs deviate on the decision samples (max |Δ| {decision.max_abs_diff:.3g})"
+        )
+    if holdout is not None and holdout.agreement < min_agreement:
+        failures.append(f"held-out prediction agreement {holdout.agreement:.4f} < {min_agreement}")
+    judged = holdout if holdout is not None and holdout.accuracy else decision
+    if judged.accuracy is not None and judged.accuracy[0] - judged.accuracy[1] > max_drop:
+        before, after = judged.accuracy
+        failures.append(f"accuracy drops {before:.4f} → {after:.4f} (> {max_drop})")
+    return tuple(failures)
+
+
+def _stamp(model: onnx.ModelProto, source: onnx.ModelProto, info: dict) -> None:
+    digest = hashlib.sha256(source.SerializeToString()).hexdigest()
+    metadata.write_metadata(model, {metadata.COMPRESS: {"source_sha256": digest, **info}})
+
+
+def compress(
+    model: onnx.ModelProto,
+    calibration: Calibration,
+    *,
+    criterion: str = "dead",
+    threshold: float = 0.0,
+    min_count: int | None = None,
+    compensation: str = "mean",
+    reconstruct: bool = False,
+    holdout: float = 0.2,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    min_agreement: float = 0.99,
+    max_accuracy_drop: float = 0.01,
+    batch_size: int = 64,
+    threads: int | None = None,
+    seed: int = 0,
+) -> CompressResult:
+    """Prune ``model`` with ``calibration``; ``model`` itself is not modified."""
+    from dsp_deploy.cost import model_cost
+
+    start = time.perf_counter()
+    analysis = find_groups(model)
+    decide, held = split(len(calibration), holdout, seed)
+    part, rest = calibration.take(decide), calibration.take(held)
+    mode = "lstsq" if reconstruct else compensation
+    gram = [c.tensor for c in analysis.consumers if c.pointwise] if mode == "lstsq" else []
+    stats: ActivationStats = collect_stats(
+        model,
+        part.inputs,
+        probe_tensors(analysis),
+        gram=gram,
+        batch_size=batch_size,
+        threads=threads,
+    )
+    count = default_min_count(model) if min_count is None else min_count
+    plan = make_plan(
+        analysis,
+        stats,
+        criterion=criterion,
+        threshold=threshold,
+        min_count=count,
+        compensation=mode,
+    )
+    pruned = prune(model, plan) if plan.remove or plan.compensations else copy_model(model)
+    tol = {"atol": atol, "rtol": rtol, "batch_size": batch_size}
+    decision = verify(
+        stats.outputs, pruned, part.inputs, labels=part.labels, threads=threads, **tol
+    )
+    held_report = None
+    if len(rest):
+        reference = run_model(model, rest.inputs, batch_size=batch_size, threads=threads)
+        held_report = verify(reference, pruned, rest.inputs, labels=rest.labels, **tol)
+    random = _random_report(model, pruned, calibration, atol, rtol, batch_size)
+    length = next(iter(calibration.inputs.values())).shape[-1]
+    before, after = model_cost(model, length=length), model_cost(pruned, length=length)
+    failures = _gates(criterion, threshold, decision, held_report, min_agreement, max_accuracy_drop)
+    _stamp(
+        pruned,
+        model,
+        {
+            "criterion": criterion,
+            "threshold": threshold,
+            "compensation": mode if criterion == "dsp" or threshold > 0 else "exact",
+            "units_removed": len(plan.remove),
+            "params": [before.params, after.params],
+            "macs": [before.macs, after.macs],
+            "max_abs_diff": decision.max_abs_diff,
+            "calibration_samples": [len(decide), len(held)],
+        },
+    )
+    seconds = time.perf_counter() - start
+    logger.info("compressed in %.2f s: params %d → %d", seconds, before.params, after.params)
+    return CompressResult(
+        model=pruned,
+        plan=plan,
+        layers=_layers(analysis, plan, before, after),
+        params=(before.params, after.params),
+        macs=(before.macs, after.macs),
+        decision=decision,
+        holdout=held_report,
+        random=random,
+        failures=failures,
+        seconds=seconds,
+    )
+
+
+@dataclass(frozen=True)
+class UnitStats:
+    """A unit's statistics where a consumer first reads it (and whether ``dead`` drops it)."""
+
+    group: int
+    tensor: str
+    position: int
+    max_abs: float
+    mean: float
+    energy: float
+    active: int | None
+    dead: bool
+
+
+@dataclass(frozen=True)
+class Inspection:
+    groups: tuple
+    layers: tuple[LayerReport, ...]
+    params: int
+    macs: int
+    units: tuple[UnitStats, ...]
+
+
+def _unit_stats(analysis: ChannelAnalysis, stats: ActivationStats, plan: PruningPlan):
+    first: dict[int, tuple[str, int]] = {}
+    for c in analysis.consumers:
+        for p, atom in enumerate(c.layout):
+            first.setdefault(analysis.unit_of[atom], (c.tensor, p))
+    taps = {
+        analysis.unit_of[a]: (t, p) for t, lay in analysis.taps.items() for p, a in enumerate(lay)
+    }
+    removed = set(plan.remove)
+    rows = []
+    for u, unit in enumerate(analysis.units):
+        if u not in first:
+            continue
+        tensor, p = first[u]
+        s = stats.tensors[tensor]
+        active = None
+        if u in taps:
+            active = int(stats.tensors[taps[u][0]].active[taps[u][1]])
+        rows.append(
+            UnitStats(
+                unit.group,
+                tensor,
+                p,
+                float(s.max_abs[p]),
+                float(s.mean[p]),
+                float(s.energy[p]),
+                active,
+                u in removed,
+            )
+        )
+    return tuple(rows)
+
+
+def inspect_model(
+    model: onnx.ModelProto,
+    calibration: Calibration | None = None,
+    *,
+    batch_size: int = 64,
+    threads: int | None = None,
+) -> Inspection:
+    """Groups, per-layer cost and (with calibration) per-unit statistics and dead list."""
+    from dsp_deploy.compress.plan import empty_plan
+    from dsp_deploy.cost import model_cost
+
+    analysis = find_groups(model)
+    length = None if calibration is None else next(iter(calibration.inputs.values())).shape[-1]
+    cost = model_cost(model, length=length)
+    units: tuple[UnitStats, ...] = ()
+    plan = empty_plan(analysis)
+    if calibration is not None:
+        stats = collect_stats(
+            model,
+            calibration.inputs,
+            probe_tensors(analysis),
+            batch_size=batch_size,
+            threads=threads,
+        )
+        plan = make_plan(analysis, stats, criterion="dead")
+        units = _unit_stats(analysis, stats, plan)
+    layers = _layers(analysis, empty_plan(analysis), cost, cost)
+    return Inspection(analysis.groups, layers, cost.params, cost.macs, units)
+
+
+__all__ = ["CompressResult", "Inspection", "LayerReport", "compare", "compress", "inspect_model"]

@@ -1,0 +1,188 @@
+"""Which channel units to remove, and how consumers make up for them (pure numpy).
+
+For unit u, let O(u) be its occurrences: (consumer k, position p) where an atom of u is
+read by a channel-mixing consumer, with the statistics of k's input at p.
+
+``dead`` (lossless on the data seen): u is removed when, at every occurrence,
+
+    max |x_k[p]| = 0                                     (the channel is zero), or
+    min x_k[p] = max x_k[p] = v and k is foldable        (a constant: b_k += W_k[:, p]·v)
+
+and, with ``threshold`` T > 0, also when rms(x_k[p]) ≤ T · rms(x_k) (its root mean square
+is under T times that of the whole input of k): a near-dead channel, whose mean goes into
+the bias; the outputs then change a little and verification measures how much.
+
+``dsp`` (the paper's rule, DSP §3): u is kept when n_u > ``min_count``, with n_u the
+number of calibration instances in which u's L2 energy exceeds the instance's mean
+energy, measured at u's *tap* (the last activation output carrying u, i.e. the stage
+output the paper scores). Removed channels are compensated (``compensation``):
+
+    none   nothing (the paper's masking)
+    mean   b_k += Σ_{p removed} W_k[:, p]·mean(x_k[p])     (exact for constants)
+    lstsq  pointwise consumers (1×1 Conv, Gemm): W̃' = W̃ G[:, K] G[K, K]⁻¹, the least-squares
+           refit of the kept columns K (and bias) to the original outputs, with
+           G = E[x̃ x̃ᵀ] the calibration Gram matrix of the input x̃ = [x; 1]; others: mean
+
+Never empty a layer: a source node whose every channel would go keeps its strongest unit.
+Pinned units are always kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from dsp_deploy.compress.calibrate import ActivationStats
+from dsp_deploy.compress.groups import ChannelAnalysis
+from dsp_deploy.compress.rules import Consumer
+
+logger = logging.getLogger(__name__)
+
+CRITERIA = ("dead", "dsp")
+COMPENSATIONS = ("none", "mean", "lstsq")
+
+
+@dataclass(frozen=True)
+class Compensation:
+    """What consumer ``node`` does for its removed input positions.
+
+    ``values``: (position, constant) pairs folded into the bias; ``gram``: when set, the
+    consumer is refitted by least squares instead (``G = E[x̃ x̃ᵀ]`` of its input + 1).
+    """
+
+    node: int
+    values: tuple[tuple[int, float], ...]
+    gram: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """Units to remove (indices into ``analysis.units``) and consumer compensations."""
+
+    analysis: ChannelAnalysis
+    criterion: str
+    remove: tuple[int, ...]
+    compensations: tuple[Compensation, ...]
+    score: tuple[float, ...]
+
+    @property
+    def removed_atoms(self) -> frozenset[int]:
+        units = self.analysis.units
+        return frozenset(a for u in self.remove for a in units[u].atoms)
+
+
+def empty_plan(analysis: ChannelAnalysis) -> PruningPlan:
+    """A plan that removes nothing (pruning with it reproduces the graph)."""
+    return PruningPlan(analysis, "none", (), (), (0.0,) * len(analysis.units))
+
+
+def _occurrences(analysis: ChannelAnalysis) -> list[list[tuple[Consumer, int]]]:
+    table: list[list[tuple[Consumer, int]]] = [[] for _ in analysis.units]
+    for c in analysis.consumers:
+        for p, atom in enumerate(c.layout):
+            table[analysis.unit_of[atom]].append((c, p))
+    return table
+
+
+def _removable_dead(occ: list[tuple[Consumer, int]], stats: ActivationStats, t: float) -> bool:
+    for c, p in occ:
+        s = stats.tensors[c.tensor]
+        if s.max_abs[p] == 0:
+            continue
+        if s.minimum[p] == s.maximum[p] and c.foldable:
+            continue
+        rms, whole = np.sqrt(s.energy[p]), np.sqrt(s.energy.mean())
+        if t > 0 and c.kind != "matmul" and rms <= t * whole:
+            continue
+        return False
+    return True
+
+
+def _tap_scores(analysis: ChannelAnalysis, stats: ActivationStats) -> list[float | None]:
+    """n_u at u's tap (the last activation tensor carrying it); None without a tap."""
+    scores: list[float | None] = [None] * len(analysis.units)
+    for tensor, layout in analysis.taps.items():  # topological order: later taps win
+        if tensor not in stats.tensors:
+            continue
+        active = stats.tensors[tensor].active
+        for p, atom in enumerate(layout):
+            scores[analysis.unit_of[atom]] = float(active[p])
+    return scores
+
+
+def _energy(occ: list[tuple[Consumer, int]], stats: ActivationStats) -> float:
+    return max((float(stats.tensors[c.tensor].energy[p]) for c, p in occ), default=0.0)
+
+
+def _keep_one_per_source(analysis: ChannelAnalysis, remove: set[int], score: list[float]) -> None:
+    for source in analysis.sources:
+        units = {analysis.unit_of[a] for a in source.atoms}
+        if source.node >= 0 and units and units <= remove:
+            best = max(units, key=lambda u: score[u])
+            remove.discard(best)
+            logger.debug("%s keeps unit %d so it is not emptied", source.label, best)
+
+
+def _compensations(
+    analysis: ChannelAnalysis,
+    stats: ActivationStats,
+    remove: set[int],
+    mode: str,
+) -> tuple[Compensation, ...]:
+    out = []
+    for c in analysis.consumers:
+        gone = [p for p, a in enumerate(c.layout) if analysis.unit_of[a] in remove]
+        if not gone:
+            continue
+        s = stats.tensors[c.tensor]
+        if mode == "lstsq" and c.pointwise and c.tensor in stats.gram:
+            out.append(Compensation(c.node, (), stats.gram[c.tensor]))
+            continue
+        exact = [p for p in gone if s.minimum[p] == s.maximum[p]]
+        chosen = gone if mode in ("mean", "lstsq") else exact
+        values = tuple((p, float(s.mean[p])) for p in chosen if s.mean[p] != 0)
+        if values and c.kind != "matmul":
+            out.append(Compensation(c.node, values))
+    return tuple(out)
+
+
+def make_plan(
+    analysis: ChannelAnalysis,
+    stats: ActivationStats,
+    *,
+    criterion: str = "dead",
+    threshold: float = 0.0,
+    min_count: int = 0,
+    compensation: str = "mean",
+) -> PruningPlan:
+    """Decide the units to remove under ``criterion`` (see the module docstring)."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion {criterion!r}; expected one of {CRITERIA}")
+    if compensation not in COMPENSATIONS:
+        raise ValueError(f"compensation {compensation!r}; expected one of {COMPENSATIONS}")
+    occurrences = _occurrences(analysis)
+    energy = [_energy(occ, stats) for occ in occurrences]
+    if criterion == "dead":
+        candidates = {
+            u for u, occ in enumerate(occurrences) if _removable_dead(occ, stats, threshold)
+        }
+        score = energy
+        mode = "mean" if threshold > 0 else "none"
+    else:
+        taps = _tap_scores(analysis, stats)
+        score = [e if t is None else t + e / (1 + e) for t, e in zip(taps, energy, strict=True)]
+        candidates = {u for u, t in enumerate(taps) if t is not None and t <= min_count}
+        mode = compensation
+    remove = {u for u in candidates if analysis.units[u].blocked_by is None}
+    _keep_one_per_source(analysis, remove, score)
+    plan = PruningPlan(
+        analysis=analysis,
+        criterion=criterion,
+        remove=tuple(sorted(remove)),
+        compensations=_compensations(analysis, stats, remove, mode),
+        score=tuple(score),
+    )
+    logger.info("%s: remove %d of %d units", criterion, len(remove), len(analysis.units))
+    return plan

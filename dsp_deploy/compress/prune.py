@@ -1,0 +1,193 @@
+"""Apply a ``PruningPlan``: a pure function from (model, plan) to a new, smaller model.
+
+The input model is never mutated: the pass works on ``normalise(model)``, a copy. Steps:
+
+1. compensation on the consumers, in original input positions:
+   fold   Conv: b[o] += Σ_p v_p · Σ_taps W[o, p, ·];  Gemm: C[o] += α/β · Σ_p v_p · B'[p, o]
+          (B' = B for transB 0, Bᵀ for transB 1; a missing bias input is added)
+   refit  W̃' = W̃ G[:, K] (G[K, K] + εI)⁻¹ with W̃ = [W | b] and K = kept positions + bias
+          (ε = 1e-9 · mean diag G, a guard against exactly collinear channels);
+2. every ``Slice`` keeps the positions whose atom survives (``np.take`` on its axis);
+   a depthwise Conv gets ``group`` = its remaining channels;
+3. changed parameters become new initializers (fresh names, so a tensor shared by two
+   nodes is never sliced twice); nodes and initializers nobody reads are dropped;
+4. intermediate ``value_info`` is cleared and shapes are inferred again; graph inputs,
+   outputs (names, dynamic dims), opset, doc strings and ``metadata_props`` stay.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from dsp_deploy.compress.graph import GraphIndex, attr, normalise, set_ints
+from dsp_deploy.compress.plan import Compensation, PruningPlan
+from dsp_deploy.compress.rules import DEPTHWISE, Consumer
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[int, int]  # (node position, input index)
+
+
+class _Params:
+    """Parameter values by (node, input), starting from the model's constants."""
+
+    def __init__(self, index: GraphIndex) -> None:
+        self.index = index
+        self.changed: dict[Key, np.ndarray] = {}
+
+    def get(self, node: int, k: int) -> np.ndarray | None:
+        if (node, k) in self.changed:
+            return self.changed[(node, k)]
+        inputs = self.index.nodes[node].input
+        return self.index.constants.get(inputs[k]) if k < len(inputs) and inputs[k] else None
+
+    def set(self, node: int, k: int, value: np.ndarray) -> None:
+        self.changed[(node, k)] = value
+
+
+def _fold(params: _Params, c: Consumer, comp: Compensation) -> None:
+    node = params.index.nodes[c.node]
+    w = params.get(c.node, 1).astype(np.float64)
+    v = np.zeros(len(c.layout))
+    for p, value in comp.values:
+        v[p] = value
+    if c.kind == "conv":
+        delta = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) @ v
+        bias = params.get(c.node, 2)
+        base = np.zeros(w.shape[0]) if bias is None else bias.astype(np.float64)
+        params.set(c.node, 2, (base + delta).astype(w.dtype if bias is None else bias.dtype))
+        return
+    alpha, beta = attr(node, "alpha", 1.0), attr(node, "beta", 1.0)
+    b = w.T if attr(node, "transB", 0) else w
+    delta = alpha / beta * (v @ b)
+    bias = params.get(c.node, 2)
+    base = np.zeros(b.shape[1]) if bias is None else np.broadcast_to(bias, delta.shape)
+    params.set(c.node, 2, (base + delta).astype(np.float32))
+
+
+def _affine(params: _Params, c: Consumer) -> tuple[np.ndarray, np.ndarray]:
+    """The consumer as y = W x + b per position: W (out, positions), b (out,)."""
+    node = params.index.nodes[c.node]
+    w = params.get(c.node, 1).astype(np.float64)
+    bias = params.get(c.node, 2)
+    if c.kind == "conv":
+        mat = w.reshape(w.shape[0], w.shape[1])
+        return mat, np.zeros(len(mat)) if bias is None else bias.astype(np.float64)
+    alpha, beta = attr(node, "alpha", 1.0), attr(node, "beta", 1.0)
+    mat = alpha * (w if attr(node, "transB", 0) else w.T)
+    b = np.zeros(len(mat)) if bias is None else beta * np.broadcast_to(bias, (len(mat),))
+    return mat, np.asarray(b, dtype=np.float64)
+
+
+def _refit(params: _Params, c: Consumer, comp: Compensation, removed: frozenset[int]) -> None:
+    node = params.index.nodes[c.node]
+    mat, b = _affine(params, c)
+    full = np.concatenate([mat, b[:, None]], axis=1)
+    keep = [p for p, a in enumerate(c.layout) if a not in removed] + [len(c.layout)]
+    g = comp.gram
+    sub = g[np.ix_(keep, keep)]
+    sub = sub + 1e-9 * np.mean(np.diag(sub)) * np.eye(len(keep))
+    fitted = np.linalg.solve(sub, (full @ g[:, keep]).T).T
+    new = np.zeros_like(full)
+    new[:, keep] = fitted
+    w_new, b_new = new[:, :-1], new[:, -1]
+    original = params.get(c.node, 1)
+    if c.kind == "conv":
+        params.set(c.node, 1, w_new.reshape(original.shape).astype(original.dtype))
+        params.set(c.node, 2, b_new.astype(original.dtype))
+        return
+    alpha, beta = attr(node, "alpha", 1.0), attr(node, "beta", 1.0)
+    w_new = w_new / alpha
+    params.set(c.node, 1, (w_new if attr(node, "transB", 0) else w_new.T).astype(np.float32))
+    params.set(c.node, 2, (b_new / beta).astype(np.float32))
+
+
+def _compensate(params: _Params, plan: PruningPlan, removed: frozenset[int]) -> None:
+    consumers = {c.node: c for c in plan.analysis.consumers}
+    for comp in plan.compensations:
+        c = consumers[comp.node]
+        if comp.gram is not None:
+            _refit(params, c, comp, removed)
+        else:
+            _fold(params, c, comp)
+
+
+def _slice(params: _Params, plan: PruningPlan, removed: frozenset[int]) -> dict[int, int]:
+    groups: dict[int, int] = {}
+    for s in plan.analysis.slices:
+        keep = [p for p, a in enumerate(s.layout) if a not in removed]
+        if len(keep) == len(s.layout):
+            continue
+        value = params.get(s.node, s.input)
+        params.set(s.node, s.input, np.take(value, keep, axis=s.axis))
+        if s.role == DEPTHWISE:
+            groups[s.node] = len(keep)
+    return groups
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, k = f"{name}_pruned", 1
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}_pruned{k}"
+    taken.add(candidate)
+    return candidate
+
+
+def _write(model: onnx.ModelProto, params: _Params, groups: dict[int, int]) -> None:
+    graph = model.graph
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    taken |= {n for node in graph.node for n in node.input} | {i.name for i in graph.input}
+    for (i, k), value in sorted(params.changed.items()):
+        node = graph.node[i]
+        base = node.input[k] if k < len(node.input) and node.input[k] else f"{node.name}_bias"
+        name = _unique(base or f"node{i}_input{k}", taken)
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        while len(node.input) <= k:
+            node.input.append("")
+        node.input[k] = name
+    for i, group in groups.items():
+        set_ints(graph.node[i], "group", group)
+
+
+def _drop_unused(graph: onnx.GraphProto) -> None:
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+            for a in node.attribute:  # names read inside subgraphs
+                for g in (*([a.g] if a.HasField("g") else []), *a.graphs):
+                    needed.update(n for sub in g.node for n in sub.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    initializers = {t.name for t in graph.initializer}
+    used = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(used)
+    # Old IRs list initializers as inputs too; drop those that went, keep real inputs.
+    inputs = [v for v in graph.input if v.name in needed or v.name not in initializers]
+    del graph.input[:]
+    graph.input.extend(inputs)
+
+
+def prune(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
+    """A new model with the plan's units removed; ``model`` itself is left untouched."""
+    out = normalise(model)
+    index = GraphIndex.build(out)
+    removed = plan.removed_atoms
+    params = _Params(index)
+    _compensate(params, plan, removed)
+    groups = _slice(params, plan, removed)
+    _write(out, params, groups)
+    _drop_unused(out.graph)
+    del out.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(out, strict_mode=True)
+    out.graph.value_info.extend(inferred.graph.value_info)
+    logger.info("pruned %d units (%d atoms)", len(plan.remove), len(removed))
+    return out

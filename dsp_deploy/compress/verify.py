@@ -1,0 +1,90 @@
+"""Compare a candidate model's outputs with reference outputs on the same samples.
+
+For every output element, with reference a and candidate b:
+
+    within tolerance  ⇔  |a − b| ≤ atol + rtol · |a|        (numpy.isclose, one-sided)
+    max_abs_diff      =  max |a − b|
+    agreement         =  mean over samples of [argmax a_i = argmax b_i]   (first output,
+                         when it is (N, classes); 1.0 otherwise)
+    accuracy          =  (mean [argmax a_i = y_i], mean [argmax b_i = y_i])  with labels y
+
+The CLI and the tests use this same function, so they cannot disagree about "unchanged".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from dsp_deploy.compress.calibrate import run_model
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """How far a candidate's outputs are from the reference's, on ``samples`` samples."""
+
+    samples: int
+    max_abs_diff: float
+    within_tolerance: bool
+    agreement: float
+    accuracy: tuple[float, float] | None
+
+    def as_dict(self) -> dict:
+        return {
+            "samples": self.samples,
+            "max_abs_diff": self.max_abs_diff,
+            "within_tolerance": self.within_tolerance,
+            "agreement": self.agreement,
+            "accuracy": None if self.accuracy is None else list(self.accuracy),
+        }
+
+
+def _argmax(outputs: Sequence[np.ndarray]) -> np.ndarray | None:
+    first = outputs[0]
+    return first.argmax(axis=1) if first.ndim == 2 else None
+
+
+def compare(
+    reference: Sequence[np.ndarray],
+    candidate: Sequence[np.ndarray],
+    *,
+    atol: float,
+    rtol: float,
+    labels: np.ndarray | None = None,
+) -> ParityReport:
+    """Parity of ``candidate`` against ``reference`` outputs (same order, same samples)."""
+    diffs = [np.abs(a.astype(np.float64) - b) for a, b in zip(reference, candidate, strict=True)]
+    within = all(
+        bool(np.all(d <= atol + rtol * np.abs(a))) for d, a in zip(diffs, reference, strict=True)
+    )
+    ra, ca = _argmax(reference), _argmax(candidate)
+    agreement = 1.0 if ra is None else float(np.mean(ra == ca))
+    accuracy = None
+    if labels is not None and ra is not None:
+        accuracy = (float(np.mean(ra == labels)), float(np.mean(ca == labels)))
+    return ParityReport(
+        samples=len(reference[0]),
+        max_abs_diff=max((float(d.max()) for d in diffs if d.size), default=0.0),
+        within_tolerance=within,
+        agreement=agreement,
+        accuracy=accuracy,
+    )
+
+
+def verify(
+    reference: Sequence[np.ndarray],
+    candidate: onnx.ModelProto,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    atol: float,
+    rtol: float,
+    labels: np.ndarray | None = None,
+    batch_size: int = 64,
+    threads: int | None = None,
+) -> ParityReport:
+    """Run ``candidate`` on ``inputs`` with onnxruntime and compare with ``reference``."""
+    outputs = run_model(candidate, inputs, batch_size=batch_size, threads=threads)
+    return compare(reference, outputs, atol=atol, rtol=rtol, labels=labels)

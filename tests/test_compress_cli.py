@@ -1,0 +1,97 @@
+"""``dsp-deploy compress`` / ``inspect`` through the CLI: outputs, exit codes, JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from dsp_deploy import io, metadata
+from dsp_deploy.compress.calibrate import run_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+import onnx_graphs as G  # noqa: E402
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    model, calib = tmp_path / "net.onnx", tmp_path / "calib.npz"
+    onnx.save(G.lite_like(), model)
+    x = G.inputs(100)
+    np.savez(calib, x=x, y=run_model(G.lite_like(), {"x": x})[0].argmax(axis=1))
+    return model, calib
+
+
+def test_compress_json_writes_default_output(files, run_cli) -> None:
+    model, calib = files
+    result = run_cli("compress", model, "--calib", calib, "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    out = model.with_name("net.pruned.onnx")
+    assert report["output"] == str(out) and report["verified"] is True
+    assert report["params"][1] < report["params"][0] and report["macs"][1] < report["macs"][0]
+    assert report["channels"]["Conv_0"] == [4, 3]
+    assert report["holdout"]["accuracy"] == [1.0, 1.0]
+    assert {"input", "max_abs_diff", "seconds", "layers"} <= report.keys()
+    pruned = io.load_model(out)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert metadata.COMPRESS in metadata.read_metadata(pruned)
+
+
+def test_failed_gate_exits_1_and_writes_nothing_unless_forced(files, run_cli, tmp_path) -> None:
+    model, calib = files
+    out = tmp_path / "small.onnx"
+    args = (
+        "compress",
+        model,
+        "--calib",
+        calib,
+        "-o",
+        out,
+        "--criterion",
+        "dsp",
+        "--compensation",
+        "none",
+        "--min-count",
+        "1000000",
+        "--max-accuracy-drop",
+        "0",
+    )
+    result = run_cli(*args)
+    assert result.code == 1 and "not written" in result.stderr
+    assert not out.exists()
+    forced = run_cli(*args, "--force")
+    assert forced.code == 0 and out.exists()
+
+
+def test_nothing_to_prune_writes_the_model_unchanged(tmp_path, run_cli) -> None:
+    model, calib = tmp_path / "g.onnx", tmp_path / "c.npz"
+    onnx.save(G.grouped(), model)
+    np.savez(calib, x=G.inputs(20))
+    result = run_cli("compress", model, "--calib", calib)
+    assert result.code == 0 and "nothing to prune" in result.stdout
+    written = io.load_model(tmp_path / "g.pruned.onnx")
+    assert [n.SerializeToString() for n in written.graph.node] == [
+        n.SerializeToString() for n in G.grouped().graph.node
+    ]
+
+
+def test_bad_options_exit_2(files, run_cli) -> None:
+    model, calib = files
+    for extra in (("--holdout", "1.5"), ("--criterion", "magic"), ("--batch-size", "0")):
+        assert run_cli("compress", model, "--calib", calib, *extra).code == 2
+
+
+def test_inspect_json_lists_groups_pins_and_dead(files, run_cli, tmp_path) -> None:
+    model, calib = files
+    report = json.loads(run_cli("inspect", model, "--calib", calib, "--json").stdout)
+    assert sum(g["dead"] for g in report["groups"]) == 3
+    assert report["params"] > 0 and len(report["layers"]) == 6
+    pinned = tmp_path / "p.onnx"
+    onnx.save(G.pinned(), pinned)
+    groups = json.loads(run_cli("inspect", pinned, "--json").stdout)["groups"]
+    assert groups[0]["blocked_by"].endswith("is not in the channel-flow table")
