@@ -1,0 +1,161 @@
+"""``train`` as one function: members × (DSP training [→ analysis → smaller net → retrain]).
+
+For each member seed ``s`` of the architecture (1, or 5 for the ensembles):
+
+1. seed torch with ``s``; build the published net; train it with CE + λ·DSP penalty
+   (:mod:`dsp_deploy.train.loop`);
+2. protocol ``none``: that net is the member. Protocol ``dsp-retrain`` (the paper's DSP):
+   analyse it on the training set, keep the channels the paper's rule keeps, build the
+   smaller net with fresh weights (seed ``s``) and train it again *without* sparsity;
+   ``dsp-finetune``: the same, but the smaller net starts from the kept weights.
+
+Every member's tapped channels that are exactly zero after their ReLU on the training set
+are reported (:class:`~dsp_deploy.train.protocol.ActivationAnalysis`): those are what
+``compress`` can remove from the ONNX graph without changing the outputs on that data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+from torch import nn
+
+from dsp_deploy.errors import InputError
+from dsp_deploy.nets.ensemble import probability_model
+from dsp_deploy.nets.layers import count_params
+from dsp_deploy.nets.registry import ArchSpec
+from dsp_deploy.train import protocol as dsp
+from dsp_deploy.train.loop import (
+    EpochRecord,
+    TrainConfig,
+    TrainResult,
+    fit,
+    predict_proba,
+    seed_torch,
+)
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS: tuple[str, ...] = ("none", "dsp-retrain", "dsp-finetune")
+
+# (member index, phase "train" | "retrain", record)
+Progress = Callable[[int, str, EpochRecord], None]
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    spec: ArchSpec
+    epochs: int = 1500
+    sparsity: float | None = None  # None: the arch's λ (the paper's)
+    seed: int | None = None  # None: the paper's seeds
+    batch_size: int = 64
+    protocol: str = "none"
+    retrain_epochs: int | None = None  # None: same as epochs
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise InputError(
+                f"unknown protocol {self.protocol!r}; expected one of: {', '.join(PROTOCOLS)}"
+            )
+        if self.epochs <= 0 or (self.retrain_epochs is not None and self.retrain_epochs <= 0):
+            raise InputError(
+                f"epochs must be > 0, got {self.epochs} (retrain {self.retrain_epochs})"
+            )
+
+    @property
+    def lam(self) -> float:
+        return self.spec.sparsity if self.sparsity is None else self.sparsity
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            sparsity=self.lam,
+            layer_weights=self.spec.layer_weights,
+            seed=seed,
+        )
+
+
+@dataclass(frozen=True)
+class MemberOutcome:
+    seed: int
+    train: TrainResult
+    analysis: dsp.ActivationAnalysis  # of the final member
+    params: int
+    sparse_analysis: dsp.ActivationAnalysis | None = None  # before shrinking (protocols)
+    kept: tuple[int, ...] | None = None  # channels kept per tap (protocols)
+    retrain: TrainResult | None = None
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    model: nn.Module  # x -> probabilities, eval mode
+    members: tuple[MemberOutcome, ...]
+    train_accuracy: float
+    seconds: float
+
+    @property
+    def params(self) -> int:
+        return sum(m.params for m in self.members)
+
+
+def train(
+    request: TrainRequest,
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    *,
+    progress: Progress | None = None,
+) -> TrainOutcome:
+    """Train the members of ``request.spec`` on ``(X, y)``; see the module docstring."""
+    start = time.perf_counter()
+    nets, outcomes = [], []
+    for i, seed in enumerate(request.spec.member_seeds(request.seed)):
+        net, outcome = _member(request, X, y, n_classes, seed, i, progress)
+        nets.append(net)
+        outcomes.append(outcome)
+    model = probability_model(nets)
+    accuracy = float(np.mean(predict_proba(model, X).argmax(axis=1) == y))
+    return TrainOutcome(model, tuple(outcomes), accuracy, time.perf_counter() - start)
+
+
+def _member(
+    request: TrainRequest,
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    seed: int,
+    index: int,
+    progress: Progress | None,
+) -> tuple[nn.Module, MemberOutcome]:
+    def report(phase: str) -> Callable[[EpochRecord], None] | None:
+        return None if progress is None else (lambda r: progress(index, phase, r))
+
+    seed_torch(seed)
+    net = request.spec.build(n_classes)
+    result = fit(net, X, y, request.train_config(seed), progress=report("train"))
+    analysis = dsp.analyse(net, X)
+    log.info("member %d (seed %d): dead channels per tap %s", index, seed, analysis.dead_counts)
+    if request.protocol == "none":
+        return net, MemberOutcome(seed, result, analysis, count_params(net))
+    keep = dsp.keep_indices(analysis, request.spec.min_count, dsp.keep_groups(net))
+    reinit = seed if request.protocol == "dsp-retrain" else None
+    small = dsp.shrink(net, keep, reinit_seed=reinit)
+    config = replace(
+        request.train_config(seed), sparsity=0.0, epochs=request.retrain_epochs or request.epochs
+    )
+    retrain = fit(small, X, y, config, progress=report("retrain"))
+    outcome = MemberOutcome(
+        seed,
+        result,
+        dsp.analyse(small, X),
+        count_params(small),
+        sparse_analysis=analysis,
+        kept=tuple(len(k) for k in keep),
+        retrain=retrain,
+    )
+    return small, outcome

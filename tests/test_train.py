@@ -1,0 +1,240 @@
+"""DSP loss, training loop, the paper's protocol, and the ``train`` command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from dsp_deploy.errors import InputError  # noqa: E402
+from dsp_deploy.nets.lite import Lite, LiteConfig  # noqa: E402
+from dsp_deploy.nets.registry import get_arch  # noqa: E402
+from dsp_deploy.train import protocol as dsp  # noqa: E402
+from dsp_deploy.train.loop import TrainConfig, fit, seed_torch  # noqa: E402
+from dsp_deploy.train.pipeline import TrainRequest, train  # noqa: E402
+from dsp_deploy.train.sparsity import dsp_penalty, group_l21  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+TINY = LiteConfig(2, (2, 2, 2), (3, 3))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _toy(n: int = 24, length: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two separable classes: a bump early or late in the series."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    X = rng.normal(0, 0.3, (n, 1, length)).astype(np.float32)
+    for i, label in enumerate(y):
+        start = 4 if label == 0 else length - 12
+        X[i, 0, start : start + 8] += 2.0
+    return X, y.astype(np.int64)
+
+
+def test_group_l21_by_hand() -> None:
+    f = torch.tensor([[[3.0, 4.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 2.0]]])  # (B=2, C=2, T=2)
+    assert float(group_l21(f)) == pytest.approx(5 + 0 + 1 + 2)
+    g = torch.tensor([[[6.0, 8.0]]])
+    value = dsp_penalty([f, g], [4.0, 2.0], 1e-5)
+    assert float(value) == pytest.approx(1e-5 * (4 * 8 + 2 * 10))
+
+
+def test_penalty_gradient_is_finite_at_dead_channels() -> None:
+    f = torch.zeros(2, 3, 5, requires_grad=True)
+    dsp_penalty([f], [1.0], 1e-3).backward()
+    assert torch.equal(f.grad, torch.zeros_like(f))
+
+
+def test_sparsity_zero_is_plain_cross_entropy() -> None:
+    X, y = _toy()
+    seed_torch(0)
+    net = Lite(TINY)
+    result = fit(net, X, y, TrainConfig(epochs=2, batch_size=10, seed=0))
+    for record in result.history:
+        assert record.sparsity == 0.0 and record.loss == record.ce
+    assert dsp_penalty([torch.ones(1, 1, 1)], [1.0], 0.0).requires_grad is False
+
+
+def _train_tiny(seed: int, sparsity: float = 1e-3) -> tuple[Lite, object]:
+    X, y = _toy()
+    seed_torch(seed)
+    net = Lite(TINY)
+    config = TrainConfig(
+        epochs=3, batch_size=10, sparsity=sparsity, layer_weights=(4, 2, 1), seed=seed
+    )
+    return net, fit(net, X, y, config)
+
+
+def test_fit_history_schedule_and_best_weights() -> None:
+    net, result = _train_tiny(1)
+    assert [r.epoch for r in result.history] == [1, 2, 3]
+    assert all(r.sparsity > 0 and math.isclose(r.loss, r.ce + r.sparsity) for r in result.history)
+    assert all(r.lr == 1e-3 for r in result.history)
+    assert result.best_loss == min(r.loss for r in result.history)
+    assert result.history[result.best_epoch - 1].loss == result.best_loss
+    assert not net.training
+
+
+def test_fit_is_deterministic_for_a_seed() -> None:
+    a, ra = _train_tiny(5)
+    b, rb = _train_tiny(5)
+    c, rc = _train_tiny(6)
+    assert ra.history == rb.history
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    assert ra.history != rc.history
+
+
+def test_fit_rejects_bad_config() -> None:
+    with pytest.raises(InputError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(InputError, match="layer weights"):
+        fit(Lite(TINY), *_toy(), TrainConfig(epochs=1, sparsity=1e-5, layer_weights=(1.0,)))
+
+
+def test_important_threshold_by_hand() -> None:
+    # series 0: energies 3, 0, 1 -> threshold 4 / (2 + 1) = 1.33 -> only channel 0
+    # series 1: energies 1, 1, 1 -> threshold 3 / 4 = 0.75 -> all three
+    energy = torch.tensor([[3.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    assert dsp.important(energy).tolist() == [[True, False, False], [True, True, True]]
+
+
+def test_keep_indices_rule_and_safeguards() -> None:
+    analysis = dsp.ActivationAnalysis(
+        (
+            dsp.TapStats("a", (5, 1, 0, 2, 0, 0), dead=(4, 5)),
+            dsp.TapStats("b", (0, 0, 1), dead=(0, 1)),
+        ),
+        n_series=5,
+    )
+    groups = (((0, 2), (2, 4), (4, 6)), ((0, 3),))
+    # n > 1 keeps 0 and 3; group (4, 6) is empty -> its best (first on ties) is kept;
+    # tap b keeps nothing -> its best channel, 2.
+    assert dsp.keep_indices(analysis, 1, groups) == ((0, 3, 4), (2,))
+    assert dsp.keep_indices(analysis, 0, groups) == ((0, 1, 3, 4), (2,))
+    assert analysis.dead_counts == (2, 2)
+
+
+def test_analysis_counts_dead_channels() -> None:
+    X, _ = _toy(n=6)
+    seed_torch(0)
+    net = Lite(TINY).eval()
+    with torch.no_grad():
+        net.bn2.weight[1] = 0.0
+        net.bn2.bias[1] = -1.0  # channel 1 of DWSC-1 is zero after the ReLU everywhere
+    analysis = dsp.analyse(net, X, batch_size=4)
+    assert analysis.n_series == 6
+    assert analysis.channel_counts == (6, 3, 3)
+    assert 1 in analysis.taps[1].dead
+    assert analysis.taps[1].counts[1] == 0
+    assert all(0 <= c <= 6 for t in analysis.taps for c in t.counts)
+
+
+@pytest.mark.parametrize("reinit", [None, 3])
+def test_shrink_builds_a_smaller_working_net(reinit: int | None) -> None:
+    net = Lite(LiteConfig(2))
+    keep = ((0, 1, 40, 90), (3, 4), (7,))
+    small = dsp.shrink(net, keep, reinit_seed=reinit)
+    assert small.config.branch_widths == (2, 1, 1)
+    assert small.config.dwsc_widths == (2, 1)
+    assert small(torch.randn(2, 1, 20)).shape == (2, 2)
+    copied = torch.equal(small.fc.weight, net.fc.weight[:, [7]])
+    assert copied is (reinit is None)
+
+
+def test_pipeline_protocol_retrain_shrinks() -> None:
+    X, y = _toy(n=16)
+    request = TrainRequest(
+        get_arch("lite"), epochs=2, sparsity=1e-3, seed=0, batch_size=8, protocol="dsp-retrain"
+    )
+    outcome = train(request, X, y, 2)
+    (member,) = outcome.members
+    assert member.kept is not None and member.retrain is not None
+    assert sum(member.kept) < 96 + 32 + 32
+    assert member.params < 10_318
+    assert [r.sparsity for r in member.retrain.history] == [0.0, 0.0]
+    assert 0.0 <= outcome.train_accuracy <= 1.0
+
+
+def test_pipeline_rejects_unknown_protocol() -> None:
+    with pytest.raises(InputError, match="protocol"):
+        TrainRequest(get_arch("lite"), protocol="magic")
+
+
+# --- the command -------------------------------------------------------------------
+
+
+@pytest.fixture
+def toy_npz(tmp_path) -> str:
+    X, y = _toy(n=20, length=24)
+    Xt, yt = _toy(n=10, length=24, seed=1)
+    path = tmp_path / "toy.npz"
+    np.savez(path, X=X[:, 0], y=y, X_test=Xt[:, 0], y_test=yt)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch", "resnet"], "unknown arch"),
+        (["--arch", "lite", "--epochs", "0"], "epochs"),
+        (["--arch", "lite", "--protocol", "magic"], "protocol"),
+    ],
+)
+def test_cli_bad_options(run_cli, toy_npz, tmp_path, args, message) -> None:
+    result = run_cli("train", *args, "--dataset", toy_npz, "-o", tmp_path / "m.onnx")
+    assert result.code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_output_is_a_directory(run_cli, toy_npz, tmp_path) -> None:
+    result = run_cli("train", "--arch", "lite", "--dataset", toy_npz, "-o", tmp_path)
+    assert result.code == 2 and "is a directory" in result.stderr
+
+
+def test_cli_unknown_dataset(run_cli, tmp_path) -> None:
+    result = run_cli("train", "--arch", "lite", "--dataset", "NoSuchSet", "-o", tmp_path / "m.onnx")
+    assert result.code == 2 and "NoSuchSet" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_train_json_and_calibration(run_cli, toy_npz, tmp_path) -> None:
+    out, calib = tmp_path / "m.onnx", tmp_path / "c.npz"
+    result = run_cli(
+        "train", "--arch", "lite", "--dataset", toy_npz, "--epochs", "2", "--seed", "3",
+        "-o", out, "--calib-out", calib, "--json", "--quiet", "--threads", "1",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["params"] == 10_318 and summary["epochs"] == 2
+    assert summary["members"][0]["seed"] == 3
+    assert set(summary["dead_channels"]) == {"inception", "dwsc1", "dwsc2"}
+    assert summary["dead_channels"]["dwsc1"][1] == 32
+    with np.load(calib, allow_pickle=False) as f:
+        assert f["x"].shape == (20, 1, 24) and f["x"].dtype == np.float32
+        assert f["y"].dtype == np.int64
+    assert out.stat().st_size > 10_000
+
+
+def test_end_to_end_train_export_eval(run_cli, tmp_path) -> None:
+    """ItalyPowerDemand (aeon-bundled, 67 train series, L = 24): train → ONNX → eval."""
+    out = tmp_path / "ipd.onnx"
+    trained = run_cli(
+        "train", "--arch", "lite", "--dataset", "ItalyPowerDemand", "--epochs", "30",
+        "--seed", "1", "-o", out, "--json", "--quiet", "--threads", "1",
+    )  # fmt: skip
+    assert trained.code == 0, trained.stderr
+    evaluated = run_cli("eval", out, "--dataset", "ItalyPowerDemand", "--json", "--threads", "1")
+    assert evaluated.code == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["n"] == 1029
+    assert report["accuracy"] > 0.7, report  # chance is 0.5
