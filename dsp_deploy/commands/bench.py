@@ -49,12 +49,11 @@ def bench(
     ] = None,
 ) -> None:
     """Measure p50/p90/p99 latency, throughput and peak RSS; compare models side by side."""
-    from rich.console import Console
-
     from dsp_deploy.bench import report
     from dsp_deploy.bench.results import to_json
     from dsp_deploy.bench.runner import BenchSettings, benchmark
     from dsp_deploy.errors import require
+    from dsp_deploy.render import console
 
     defaults = _EMULATED_DEFAULTS if target == "pi4-emulated" else _NATIVE_DEFAULTS
     settings = BenchSettings(
@@ -73,7 +72,7 @@ def bench(
     if as_json:
         typer.echo(json.dumps(to_json(result), indent=2))
     else:
-        report.render(result, Console())
+        report.render(result, console())
     if plot is not None:
         from dsp_deploy.bench.plot import plot_report
 

@@ -52,8 +52,9 @@ def eval_command(
 
 
 def _render(result: EvalResult) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from dsp_deploy.render import console
 
     table = Table(title=f"{result.model} on {result.dataset} ({result.split})")
     for column in ("class", "series", "correct", "accuracy"):
@@ -67,6 +68,6 @@ def _render(result: EvalResult) -> None:
             table.add_row(name, str(sum(row)), str(row[i]), shown)
     table.add_section()
     table.add_row("all", str(result.n), str(result.correct), f"{result.accuracy:.4f}", style="bold")
-    console = Console()
-    console.print(table)
-    console.print(f"{result.seconds * 1000:.1f} ms on onnxruntime")
+    out = console()
+    out.print(table)
+    out.print(f"{result.seconds * 1000:.1f} ms on onnxruntime")

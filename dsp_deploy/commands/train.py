@@ -92,7 +92,8 @@ def train_command(
     )
     save_model(to_onnx(outcome.model, length=length, channels=channels, meta=meta), output)
     if calib_out is not None:
-        _save_npz(calib_out, x=train_set.X, y=train_set.y)
+        # `classes` lets `dsp-deploy eval MODEL --dataset CALIB.npz` map labels by name.
+        _save_npz(calib_out, x=train_set.X, y=train_set.y, classes=np.array(train_set.classes))
     summary = _summary(request, outcome, output, calib_out, train_set.name)
     if as_json:
         typer.echo(json.dumps(summary))
@@ -188,7 +189,6 @@ class _progress:
     def __enter__(self) -> Any:
         if self.quiet:
             return None
-        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -196,6 +196,8 @@ class _progress:
             TextColumn,
             TimeElapsedColumn,
         )
+
+        from dsp_deploy.render import console
 
         self.bar = Progress(
             TextColumn("{task.description}"),
@@ -205,7 +207,7 @@ class _progress:
             TextColumn("sparsity {task.fields[sp]:.4f}"),
             TextColumn("lr {task.fields[lr]:.1e}"),
             TimeElapsedColumn(),
-            console=Console(stderr=True),
+            console=console(stderr=True),
         )
         self.bar.__enter__()
         return self.update
@@ -232,8 +234,9 @@ class _progress:
 
 
 def _render(summary: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from dsp_deploy.render import console
 
     table = Table(title=f"{summary['arch']} on {summary['dataset']} → {summary['output']}")
     table.add_column("member")
@@ -244,9 +247,9 @@ def _render(summary: dict[str, Any]) -> None:
     for i, m in enumerate(summary["members"]):
         dead = ", ".join(f"{k} {d}/{c}" for k, (d, c) in m["dead_channels"].items())
         table.add_row(str(i), str(m["seed"]), str(m["params"]), str(m["best_epoch"]), dead)
-    console = Console()
-    console.print(table)
-    console.print(
+    out = console()
+    out.print(table)
+    out.print(
         f"train accuracy {summary['train_accuracy']:.4f}, {summary['params']} params, "
         f"{summary['seconds']:.1f} s"
     )
