@@ -1,4 +1,8 @@
-"""dsp-deploy: small, fast time-series classification CNNs for devices, shipped as ONNX."""
+"""dsp-deploy: small, fast time-series classification CNNs for devices, shipped as ONNX.
+
+``import dsp_deploy`` stays light: ``Classifier`` (onnxruntime + numpy only) is imported
+on first use.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -7,4 +11,12 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["Classifier", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "Classifier":
+        from dsp_deploy.runtime import Classifier
+
+        return Classifier
+    raise AttributeError(f"module 'dsp_deploy' has no attribute {name!r}")

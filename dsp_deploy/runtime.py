@@ -1,0 +1,424 @@
+"""App-side predictor: an ONNX classifier plus the metadata it carries → class labels.
+
+Needs only numpy and onnxruntime (no onnx, torch or aeon), so it runs wherever the
+model must run, a Raspberry Pi included.
+
+Contract
+--------
+``Classifier(path, threads=None)`` opens ``path`` in onnxruntime (CPU) and reads the
+``dsp.*`` metadata that ``dsp-deploy train`` writes (:mod:`dsp_deploy.metadata`). The
+model has one float input ``(N, C, L)`` and its first output is ``(N, K)`` scores.
+
+*Input.* ``series`` is a list, tuple or numpy array (anything with ``__array__``) of
+real numbers, read as ``(n, C, L)``:
+
+* 3-D ``(n, C, L)``: a batch, as is;
+* 2-D ``(n, L)``: a batch of univariate series when the model has C = 1 (or an unknown
+  C); one multivariate series ``(C, L)`` when the model has C > 1;
+* 1-D ``(L,)``: one univariate series.
+
+C and L must equal the model's (``dsp.input_channels``/``dsp.input_length``, or the input's
+fixed dims); nothing is resampled or padded, since a model's kernels read a fixed time
+scale: resample or crop the series yourself. Strings, mappings, objects, complex
+numbers, ragged lists, empty input, NaN or ±inf raise ``SeriesError`` (a ``ValueError``;
+``SeriesTypeError`` is also a ``TypeError``) saying what was expected and what was found.
+
+*Normalisation* (``dsp.normalisation = znorm-per-series``), per case and channel, over
+the L time steps, in float64 then rounded to float32:
+
+    μ = Σₜ xₜ / L,   σ = √(Σₜ (xₜ − μ)² / L),   zₜ = (xₜ − μ) / σ,   z = 0 if σ ≤ 1e-10·|μ|
+
+— bit for bit :func:`dsp_deploy.data.znormalise`, which prepared the training data (the
+last clause makes constant series zeros, never NaN, despite round-off in σ).
+
+*Output.* ``predict_proba`` returns float32 ``(n, K)``: the model's output, with a
+softmax applied when ``dsp.output = logits``. ``predict`` returns its argmax per row as
+class names from ``dsp.classes`` (a numpy string array), or as int64 indices when the
+model carries no class names.
+
+*Models without our metadata* work too: the input goes in as raw float32 (no
+normalisation), ``predict_proba`` returns the first output as float32, ``predict`` the
+argmax indices. A fixed batch dim b is honoured by running chunks of b (the last one
+padded with zeros). A missing, unreadable or unsupported model raises ``ModelError``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from dsp_deploy import metadata as meta  # key names only; imports no onnx
+from dsp_deploy.errors import InputError, ModelError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Classifier", "ModelSignature", "SeriesError", "SeriesTypeError", "znormalise"]
+
+_LOGITS, _PROBABILITIES = "logits", "probabilities"
+_NO_NORMALISATION = "none"
+_MAX_ABS = 1e150  # larger values overflow float64 sums of squares
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT_OUTPUTS = ("tensor(float)", "tensor(double)", "tensor(float16)")
+_KIND_NAMES = {
+    "U": "text",
+    "S": "bytes",
+    "O": "objects (None, ragged or mixed values?)",
+    "b": "booleans",
+    "c": "complex numbers",
+    "M": "dates",
+    "m": "time deltas",
+}
+
+
+class SeriesError(InputError, ValueError):
+    """Series the model cannot take: wrong rank, channels or length; NaN/inf; empty."""
+
+
+class SeriesTypeError(SeriesError, TypeError):
+    """Input that is not numbers: a string, a mapping, objects, complex values."""
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """What the runtime needs to know about a model, from its graph and metadata."""
+
+    input_name: str
+    output_name: str
+    channels: int | None  # C, None when neither a fixed dim nor metadata says
+    length: int | None  # L, likewise
+    batch: int | None  # a fixed batch dim, None when dynamic
+    classes: tuple[str, ...] | None  # dsp.classes, in output order
+    normalisation: str | None  # meta.ZNORM or None
+    logits: bool  # dsp.output == "logits": predict_proba applies a softmax
+
+
+class Classifier:
+    """Classify raw time series with an ONNX model; see the module docstring.
+
+    >>> clf = Classifier("models/lite_gunpoint.onnx")  # doctest: +SKIP
+    >>> clf.predict(series)  # doctest: +SKIP
+    array(['1'], dtype='<U1')
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
+        self._path = Path(path)
+        self._session = _open_session(self._path, threads)
+        self._metadata = MappingProxyType(dict(self._session.get_modelmeta().custom_metadata_map))
+        self._signature = sig = _signature(self._session, self._metadata, self._path)
+        self._outputs = [sig.output_name]
+        self._names = None if sig.classes is None else np.asarray(sig.classes, dtype=str)
+        logger.debug(
+            "loaded %s: input %s (C=%s, L=%s), %s classes, normalisation %s",
+            self._path, sig.input_name, sig.channels, sig.length,
+            "?" if sig.classes is None else len(sig.classes), sig.normalisation,
+        )  # fmt: skip
+
+    @property
+    def signature(self) -> ModelSignature:
+        """Input/output names, C, L, fixed batch, classes, normalisation, output kind."""
+        return self._signature
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        """Class names in output order, or None when the model does not carry them."""
+        return self.signature.classes
+
+    @property
+    def input_length(self) -> int | None:
+        """The series length L the model takes (None: any)."""
+        return self.signature.length
+
+    @property
+    def input_channels(self) -> int | None:
+        """The channels C the model takes (None: unknown, 1-D/2-D input read as C = 1)."""
+        return self.signature.channels
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """All ``metadata_props`` of the model (read-only)."""
+        return self._metadata
+
+    def __repr__(self) -> str:
+        sig = self.signature
+        n = "?" if sig.classes is None else len(sig.classes)
+        return f"Classifier({str(self._path)!r}, classes={n}, C={sig.channels}, L={sig.length})"
+
+    def predict_proba(self, series: Any) -> np.ndarray:
+        """Scores ``(n, K)`` float32 for one series or a batch (probabilities for our models)."""
+        x = self._prepare(series)
+        out = self._run(x)
+        if self.signature.logits:
+            out = _softmax(out)
+        return out
+
+    def predict(self, series: Any) -> np.ndarray:
+        """The best class per series ``(n,)``: names from ``dsp.classes``, else int64 indices."""
+        best = self.predict_proba(series).argmax(axis=1)
+        return best if self._names is None else self._names[best]
+
+    def _prepare(self, series: Any) -> np.ndarray:
+        sig = self.signature
+        x = _as_batch(_as_array(series), sig.channels)
+        _check_shape(x, sig.channels, sig.length)
+        if sig.normalisation is None:
+            _check_values(x, limit=_FLOAT32_MAX)
+            return np.ascontiguousarray(x, dtype=np.float32)
+        return znormalise(x)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        size = self.signature.batch
+        if size is None or len(x) == size:
+            return _as_scores(self._session.run(self._outputs, {self.signature.input_name: x})[0])
+        n = len(x)
+        pad = np.zeros(((-n) % size, *x.shape[1:]), dtype=x.dtype)
+        chunks = np.concatenate([x, pad]).reshape(-1, size, *x.shape[1:])
+        name = self.signature.input_name
+        out = [self._session.run(self._outputs, {name: chunk})[0] for chunk in chunks]
+        return _as_scores(np.concatenate(out)[:n])
+
+
+def znormalise(x: np.ndarray) -> np.ndarray:
+    """z-normalise each series over the last axis of ``(..., L)``, as float32.
+
+    Bit for bit :func:`dsp_deploy.data.znormalise` (see the module doc), but NaN/±inf,
+    values beyond ±1e150 (their squares would overflow) or L = 0 raise ``SeriesError``.
+    """
+    src = np.asarray(x)
+    if src.ndim == 0 or src.size == 0:
+        raise SeriesError(f"expected series with values; got shape {src.shape}")
+    z = src.astype(np.float64)  # a copy: normalised in place below
+    length = z.shape[-1]
+    # One series that cannot overflow (float32 or int): the common app call, where Python
+    # floats beat numpy's 1-element arrays. Constant or non-finite: the general path.
+    if z.size == length and (src.dtype.itemsize <= 4 or src.dtype.kind in "iu"):
+        one = _znormalise_one(z.reshape(length))
+        if one is not None:
+            return one.reshape(z.shape)
+        z = src.astype(np.float64)
+    _check_values(z if z.ndim > 1 else z[None])
+    return _znormalise_many(z, length)
+
+
+def _znormalise_one(z: np.ndarray) -> np.ndarray | None:
+    """One finite 1-D float64 series normalised in place, as float32; else None."""
+    # NaN/±inf first: sums of them warn. (Not ``z @ z``: BLAS threads that spin after a
+    # call steal CPU from onnxruntime's kernels on small machines.)
+    if not math.isfinite(float(np.maximum.reduce(np.abs(z)))):
+        return None
+    length = len(z)
+    mean = float(np.add.reduce(z)) / length
+    z -= mean
+    std = math.sqrt(float(np.add.reduce(z * z)) / length)
+    if not std > 1e-10 * abs(mean):  # a constant series
+        return None
+    z /= std
+    return z.astype(np.float32)
+
+
+def _znormalise_many(z: np.ndarray, length: int) -> np.ndarray:
+    """Finite float64 series ``(..., L)`` normalised in place, as float32."""
+    mean = np.add.reduce(z, axis=-1, keepdims=True) / length
+    z -= mean
+    std = np.sqrt(np.add.reduce(z * z, axis=-1, keepdims=True) / length)
+    constant = std <= 1e-10 * np.abs(mean)
+    if constant.any():
+        z[np.broadcast_to(constant, z.shape)] = 0.0
+        std[constant] = 1.0
+    z /= std
+    return z.astype(np.float32)
+
+
+# --- model -----------------------------------------------------------------------------
+
+
+def _open_session(path: Path, threads: int | None) -> ort.InferenceSession:
+    if not path.is_file():
+        found = "a folder" if path.is_dir() else "nothing"
+        raise ModelError(f"model file {path}: expected an ONNX file, found {found}")
+    options = ort.SessionOptions()
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise InputError(f"threads must be a whole number ≥ 1; got {threads!r}")
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own pybind exception types
+        raise ModelError(f"model file {path} cannot be loaded by onnxruntime: {e}") from e
+
+
+def _signature(
+    session: ort.InferenceSession, metadata: Mapping[str, str], path: Path
+) -> ModelSignature:
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 3:
+        found = ", ".join(f"{i.name}: {i.type} {i.shape}" for i in inputs)
+        raise ModelError(f"model {path}: expected one float input (N, C, L); found {found}")
+    out = outputs[0]
+    shape = out.shape or [None, None]  # a graph without output shapes: checked per call
+    if out.type not in _FLOAT_OUTPUTS or len(shape) != 2:
+        raise ModelError(
+            f"model {path}: expected a first output of float scores (N, K); "
+            f"found {out.name}: {out.type} {out.shape}"
+        )
+    batch, channels, length = inputs[0].shape
+    classes = _classes(metadata, path)
+    width = shape[1]
+    if classes is not None and isinstance(width, int) and width != len(classes):
+        raise ModelError(
+            f"model {path}: {meta.CLASSES} names {len(classes)} classes; "
+            f"output {out.name} has {width} columns"
+        )
+    return ModelSignature(
+        input_name=inputs[0].name,
+        output_name=out.name,
+        channels=_dim(channels, metadata, meta.INPUT_CHANNELS, path),
+        length=_dim(length, metadata, meta.INPUT_LENGTH, path),
+        batch=batch if isinstance(batch, int) and batch > 0 else None,
+        classes=classes,
+        normalisation=_normalisation(metadata, path),
+        logits=_output_kind(metadata, path) == _LOGITS,
+    )
+
+
+def _dim(fixed: int | str | None, metadata: Mapping[str, str], key: str, path: Path) -> int | None:
+    """A fixed input dim, else the metadata's value; both present must agree."""
+    fixed = fixed if isinstance(fixed, int) and fixed > 0 else None
+    text = metadata.get(key)
+    if text is None:
+        return fixed
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ModelError(f"model {path}: {key} must be a whole number ≥ 1; found {text!r}")
+    if fixed is not None and fixed != value:
+        raise ModelError(f"model {path}: {key} says {value}; the input's dim is {fixed}")
+    return value
+
+
+def _classes(metadata: Mapping[str, str], path: Path) -> tuple[str, ...] | None:
+    try:
+        classes = meta.class_names(metadata)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ModelError(
+            f"model {path}: {meta.CLASSES} must be a JSON list of names; "
+            f"found {metadata.get(meta.CLASSES)!r}"
+        ) from e
+    return classes
+
+
+def _normalisation(metadata: Mapping[str, str], path: Path) -> str | None:
+    value = metadata.get(meta.NORMALISATION, _NO_NORMALISATION)
+    if value not in (meta.ZNORM, _NO_NORMALISATION):
+        raise ModelError(
+            f"model {path}: unknown {meta.NORMALISATION} {value!r}; "
+            f"this runtime knows {meta.ZNORM!r} and {_NO_NORMALISATION!r}"
+        )
+    return None if value == _NO_NORMALISATION else value
+
+
+def _output_kind(metadata: Mapping[str, str], path: Path) -> str:
+    value = metadata.get(meta.OUTPUT, _PROBABILITIES)
+    if value not in (_PROBABILITIES, _LOGITS):
+        raise ModelError(
+            f"model {path}: unknown {meta.OUTPUT} {value!r}; expected {_PROBABILITIES!r} "
+            f"or {_LOGITS!r}"
+        )
+    return value
+
+
+# --- input -----------------------------------------------------------------------------
+
+
+def _as_array(series: Any) -> np.ndarray:
+    """``series`` as a real-valued numpy array; SeriesTypeError/SeriesError otherwise."""
+    if isinstance(series, np.ndarray):
+        x = series
+    elif isinstance(series, str | bytes | Mapping | set | frozenset) or not (
+        isinstance(series, Sequence) or hasattr(series, "__array__")
+    ):
+        raise SeriesTypeError(
+            f"expected a list, tuple or numpy array of numbers; got {type(series).__name__}"
+        )
+    else:
+        try:
+            x = np.asarray(series)
+        except ValueError as e:  # numpy: "inhomogeneous shape after N dimensions"
+            raise SeriesError(
+                f"series of different lengths (ragged input); expected equal lengths: {e}"
+            ) from e
+    if x.dtype.kind not in "iuf":
+        found = _KIND_NAMES.get(x.dtype.kind, str(x.dtype))
+        raise SeriesTypeError(f"expected real numbers (int or float); found {found}")
+    return x
+
+
+def _as_batch(x: np.ndarray, channels: int | None) -> np.ndarray:
+    """Read a 1-D/2-D/3-D array as (n, C, L), per the module docstring."""
+    if x.ndim == 3:
+        return x
+    if x.ndim == 2:
+        return x[None] if channels is not None and channels > 1 else x[:, None, :]
+    if x.ndim == 1 and (channels is None or channels == 1):
+        return x[None, None, :]
+    if channels in (None, 1):
+        want = "(L,), (n, L) or (n, 1, L)"
+    else:
+        want = f"({channels}, L) or (n, {channels}, L)"
+    raise SeriesError(f"expected series shaped {want}; got shape {x.shape}")
+
+
+def _check_shape(x: np.ndarray, channels: int | None, length: int | None) -> None:
+    n, c, steps = x.shape
+    if n == 0 or c == 0 or steps == 0:
+        raise SeriesError(f"expected at least one series with values; got shape {x.shape}")
+    if channels is not None and c != channels:
+        raise SeriesError(f"series have {c} channels; the model expects {channels}")
+    if length is not None and steps != length:
+        raise SeriesError(
+            f"series have length {steps}; the model expects {length} "
+            "(resample or crop them to that length first)"
+        )
+
+
+def _check_values(x: np.ndarray, limit: float = _MAX_ABS) -> None:
+    """SeriesError naming the first series (along axis 0) with NaN, ±inf or |x| > limit."""
+    rows = x.reshape(len(x), -1)
+    bad = ~np.isfinite(rows).all(axis=1)
+    if bad.any():
+        raise SeriesError(
+            f"series {int(np.argmax(bad))} holds NaN or infinite values ({int(bad.sum())} "
+            f"of {len(x)} series do); expected finite numbers"
+        )
+    big = np.abs(rows).max(axis=1) > limit
+    if big.any():
+        raise SeriesError(
+            f"series {int(np.argmax(big))} holds values beyond ±{limit:g}; expected smaller "
+            "magnitudes"
+        )
+
+
+# --- output ----------------------------------------------------------------------------
+
+
+def _as_scores(out: np.ndarray) -> np.ndarray:
+    if out.ndim != 2:
+        raise ModelError(f"the model returned scores of shape {out.shape}; expected (n, K)")
+    return out if out.dtype == np.float32 else out.astype(np.float32)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
