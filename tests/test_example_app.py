@@ -175,13 +175,12 @@ def test_sample_is_the_ucr_test_split_as_recorded(sample) -> None:
 
 
 def snippet() -> str:
-    """The python block under the snippet heading: README.md once pasted, else docs."""
-    for doc in (ROOT / "README.md", ROOT / "docs" / "deploy.md"):
-        text = doc.read_text() if doc.exists() else ""
-        found = re.search(rf"^#+ {SNIPPET_HEADING}\n.*?```python\n(.*?)```", text, re.M | re.S)
-        if found:
-            return found.group(1)
-    raise AssertionError(f"no ```python block under '{SNIPPET_HEADING}' in README or docs")
+    """The python block under the snippet heading in README.md."""
+    text = (ROOT / "README.md").read_text()
+    found = re.search(rf"^#+ {SNIPPET_HEADING}\n.*?```python\n(.*?)```", text, re.M | re.S)
+    if not found:
+        raise AssertionError(f"no ```python block under '{SNIPPET_HEADING}' in README.md")
+    return found.group(1)
 
 
 def test_readme_snippet_runs_and_prints_what_it_says(model: Path, sample, tmp_path) -> None:
