@@ -335,3 +335,34 @@ def inception_like(dead_m1=(0, 13), dead_out=(5,), seed: int = 0):
     h = Relu (added)
     """
     return build(body + HEAD, w.values)
+
+
+def hybrid_sources(dead=(3, 4, 6), seed: int = 0):
+    """LITE's first stage in miniature: branches ca (3 ch, k5) and cb (2 ch, k3), three
+    1-channel frozen-style filters → Concat → Relu, all → Concat(8) → BN → Relu → Conv
+    1×1 (3) → Relu → head. ``dead`` positions of the 8 get a BN shift of −50 (0 after
+    the Relu); the default kills branch cb (3, 4) and the filter hy1 (6) whole."""
+    w = Weights(seed)
+    w.conv("ca", 3, 1, 5, bias=False)
+    w.conv("cb", 2, 1, 3, bias=False)
+    for k in range(3):
+        w.conv(f"hy{k}", 1, 1, 2 + 2 * k, bias=False)
+    w.bn("bn", 8)
+    w.values["bn_b"][list(dead)] = -50.0
+    w.conv("pw", 3, 8, 1)
+    w.dense("fc", 3, 2)
+    body = """
+    a = Conv <pads = [2, 2]> (x, ca_w)
+    b = Conv <pads = [1, 1]> (x, cb_w)
+    h0 = Conv <pads = [0, 1]> (x, hy0_w)
+    h1 = Conv <pads = [1, 2]> (x, hy1_w)
+    h2 = Conv <pads = [2, 3]> (x, hy2_w)
+    hc = Concat <axis = 1> (h0, h1, h2)
+    hr = Relu (hc)
+    cat = Concat <axis = 1> (a, b, hr)
+    n = BatchNormalization (cat, bn_s, bn_b, bn_m, bn_v)
+    r = Relu (n)
+    p = Conv (r, pw_w, pw_b)
+    h = Relu (p)
+    """
+    return build(body + HEAD, w.values)

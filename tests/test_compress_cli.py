@@ -95,3 +95,18 @@ def test_inspect_json_lists_groups_pins_and_dead(files, run_cli, tmp_path) -> No
     onnx.save(G.pinned(), pinned)
     groups = json.loads(run_cli("inspect", pinned, "--json").stdout)["groups"]
     assert groups[0]["blocked_by"].endswith("is not in the channel-flow table")
+
+
+def test_inspect_reports_statistics_at_every_consumer(tmp_path, run_cli) -> None:
+    # residual: the 4 tied units are read by the second Conv and by the Gemm head
+    model, calib = tmp_path / "r.onnx", tmp_path / "r.npz"
+    onnx.save(G.residual(dead=(2,)), model)
+    np.savez(calib, x=G.inputs(32))
+    report = json.loads(run_cli("inspect", model, "--calib", calib, "--json").stdout)
+    rows = {(u["consumer"], u["position"]): u for u in report["units"]}
+    assert sorted(rows) == [(c, p) for c in ("Conv_2", "Gemm_7") for p in range(4)]
+    assert rows[("Conv_2", 2)]["max_abs"] == 0 and rows[("Gemm_7", 2)]["max_abs"] == 0
+    assert (
+        rows[("Conv_2", 2)]["dead"] and rows[("Conv_2", 2)]["unit"] == rows[("Gemm_7", 2)]["unit"]
+    )
+    assert [g["dead"] for g in report["groups"]] == [1]

@@ -1,7 +1,8 @@
 """``dsp-deploy inspect MODEL [--calib NPZ] [--json]``: layers, channel groups, pins.
 
-With calibration: per-unit activation statistics where channels are mixed, and which
-units the lossless ``dead`` criterion would remove.
+With calibration: per-unit activation statistics at every channel-mixing consumer that
+reads the unit (one row per consumer and input position), and which units the lossless
+``dead`` criterion would remove.
 """
 
 from __future__ import annotations
@@ -57,13 +58,15 @@ def _as_dict(result: Inspection, model: str) -> dict:
                 "consumers": list(g.consumers),
                 "pinned": g.pinned,
                 "blocked_by": g.blocked_by,
-                "dead": sum(u.dead for u in result.units if u.group == g.index),
+                "dead": result.dead_units(g.index),
             }
             for g in result.groups
         ],
         "units": [
             {
                 "group": u.group,
+                "unit": u.unit,
+                "consumer": u.consumer,
                 "tensor": u.tensor,
                 "position": u.position,
                 "max_abs": u.max_abs,
@@ -92,7 +95,7 @@ def _render(result: Inspection, model: str) -> None:
     for column in ("#", "sources", "channels", "consumers", "dead", "pinned by"):
         groups.add_column(column)
     for g in result.groups:
-        dead = sum(u.dead for u in result.units if u.group == g.index)
+        dead = result.dead_units(g.index)
         groups.add_row(
             str(g.index),
             ", ".join(g.sources),

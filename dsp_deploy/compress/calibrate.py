@@ -14,7 +14,13 @@ values x[i, c, t] seen:
 mean energy over its non-zero channels). ``gram`` is G = Σ x̃ x̃ᵀ / n with x̃ = [x_c…, 1]
 over every (sample, position) row — what a least-squares refit of a consumer needs.
 The model's own outputs on the samples come back too, so verification needs no second
-pass of the original model over them.
+pass of the original model over them; a ``Probe`` keeps its one session, so the held-out
+and random-input references come from it as well (one session of the original model per
+run, built once).
+
+Cost per batch: four passes over each probed tensor, in its own float32 (min, max, a
+float64-accumulated sum, the per-(sample, channel) sum of squares); ``max_abs`` is
+max(|min|, |max|). Everything after those passes is O(samples × channels).
 """
 
 from __future__ import annotations
@@ -67,27 +73,26 @@ class _Running:
         self.rows = 0
 
     def update(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float64)
-        axes = (0, *range(2, x.ndim))
+        x = x.reshape(x.shape[0], x.shape[1], -1)  # (N, C, positions); a view
+        lo, hi = x.min(axis=(0, 2)), x.max(axis=(0, 2))
+        square = np.einsum("nct,nct->nc", x, x).astype(np.float64)  # ‖x[i, c, :]‖²
         batch = {
-            "max_abs": np.abs(x).max(axis=axes),
-            "minimum": x.min(axis=axes),
-            "maximum": x.max(axis=axes),
-            "sum": x.sum(axis=axes),
-            "sq": np.square(x).sum(axis=axes),
-            "active": _active(x),
+            "minimum": lo.astype(np.float64),
+            "maximum": hi.astype(np.float64),
+            "sum": x.sum(axis=(0, 2), dtype=np.float64),
+            "sq": square.sum(axis=0),
+            "active": _active(square),
         }
         if not self.sums:
             self.sums = batch
         else:
             s = self.sums
-            s["max_abs"] = np.maximum(s["max_abs"], batch["max_abs"])
             s["minimum"] = np.minimum(s["minimum"], batch["minimum"])
             s["maximum"] = np.maximum(s["maximum"], batch["maximum"])
             for key in ("sum", "sq", "active"):
                 s[key] = s[key] + batch[key]
         self.n += x.shape[0]
-        self.count += x.size // x.shape[1]
+        self.count += x.shape[0] * x.shape[2]
 
     def update_gram(self, x: np.ndarray) -> None:
         rows = np.moveaxis(np.asarray(x, dtype=np.float64), 1, -1).reshape(-1, x.shape[1])
@@ -101,7 +106,7 @@ class _Running:
         return TensorStats(
             samples=self.n,
             count=self.count,
-            max_abs=s["max_abs"],
+            max_abs=np.maximum(np.abs(s["minimum"]), np.abs(s["maximum"])),
             minimum=s["minimum"],
             maximum=s["maximum"],
             mean=s["sum"] / self.count,
@@ -110,9 +115,10 @@ class _Running:
         )
 
 
-def _active(x: np.ndarray) -> np.ndarray:
-    """Per channel: instances whose L2 energy exceeds the instance's mean energy (DSP)."""
-    e = np.sqrt(np.square(x).reshape(x.shape[0], x.shape[1], -1).sum(axis=2))
+def _active(square: np.ndarray) -> np.ndarray:
+    """Per channel: instances whose L2 energy exceeds the instance's mean energy (DSP);
+    ``square[i, c] = ‖x[i, c, :]‖²``."""
+    e = np.sqrt(square)
     mu = e.sum(axis=1) / (np.count_nonzero(e, axis=1) + 1)
     return (e > mu[:, None]).sum(axis=0)
 
@@ -157,16 +163,68 @@ def batches(inputs: Mapping[str, np.ndarray], batch_size: int):
 
 
 def run_model(
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | ort.InferenceSession,
     inputs: Mapping[str, np.ndarray],
     *,
     batch_size: int = 64,
     threads: int | None = None,
 ) -> tuple[np.ndarray, ...]:
-    """The model's outputs on ``inputs``, run in batches and concatenated."""
-    sess = session(model, threads)
-    parts = [sess.run(None, feed) for feed in batches(inputs, batch_size)]
+    """The outputs of ``model`` (or of an open session) on ``inputs``, run in batches."""
+    sess = model if isinstance(model, ort.InferenceSession) else session(model, threads)
+    return _run(sess, None, inputs, batch_size)
+
+
+def _run(sess, fetch, inputs, batch_size: int) -> tuple[np.ndarray, ...]:
+    parts = [sess.run(fetch, feed) for feed in batches(inputs, batch_size)]
     return tuple(np.concatenate(cols) for cols in zip(*parts, strict=True))
+
+
+class Probe:
+    """One session of ``model`` with ``tensors`` as extra outputs (after its own)."""
+
+    def __init__(
+        self, model: onnx.ModelProto, tensors: Sequence[str], threads: int | None = None
+    ) -> None:
+        self.outputs = tuple(o.name for o in model.graph.output)
+        self.tensors = tuple(n for n in dict.fromkeys(tensors) if n not in self.outputs)
+        self.session = session(with_outputs(model, self.tensors), threads)
+
+    def run(self, inputs: Mapping[str, np.ndarray], batch_size: int = 64):
+        """The model's own outputs only (the probed tensors are not copied out)."""
+        return _run(self.session, list(self.outputs), inputs, batch_size)
+
+    def statistics(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        tensors: Sequence[str],
+        *,
+        gram: Sequence[str] = (),
+        batch_size: int = 64,
+    ) -> ActivationStats:
+        """Statistics of ``tensors`` (Gram matrices of ``gram``) over all of ``inputs``."""
+        names = list(dict.fromkeys([*tensors, *gram]))
+        fetch = [*self.outputs, *names]
+        running = {name: _Running() for name in names}
+        want_stats, want_gram = set(tensors), set(gram)
+        own = len(self.outputs)
+        outputs: list[list[np.ndarray]] = [[] for _ in range(own)]
+        for feed in batches(inputs, batch_size):
+            values = self.session.run(fetch, feed)
+            for k in range(own):
+                outputs[k].append(values[k])
+            for name, value in zip(names, values[own:], strict=True):
+                if name in want_stats:
+                    running[name].update(value)
+                if name in want_gram:
+                    running[name].update_gram(value)
+        samples = len(next(iter(inputs.values())))
+        logger.info("statistics of %d tensors over %d samples", len(names), samples)
+        return ActivationStats(
+            tensors=MappingProxyType({k: running[k].freeze() for k in tensors}),
+            gram=MappingProxyType({k: running[k].gram / running[k].rows for k in gram}),
+            outputs=tuple(np.concatenate(o) for o in outputs),
+            samples=samples,
+        )
 
 
 def collect_stats(
@@ -179,27 +237,5 @@ def collect_stats(
     threads: int | None = None,
 ) -> ActivationStats:
     """Statistics of ``tensors`` (and Gram matrices of ``gram``) over all of ``inputs``."""
-    own = len(model.graph.output)
-    names = list(dict.fromkeys([*tensors, *gram]))
-    sess = session(with_outputs(model, names), threads)
-    fetch = [o.name for o in model.graph.output] + names
-    running = {name: _Running() for name in names}
-    want_stats, want_gram = set(tensors), set(gram)
-    outputs: list[list[np.ndarray]] = [[] for _ in range(own)]
-    for feed in batches(inputs, batch_size):
-        values = sess.run(fetch, feed)
-        for k in range(own):
-            outputs[k].append(values[k])
-        for name, value in zip(names, values[own:], strict=True):
-            if name in want_stats:
-                running[name].update(value)
-            if name in want_gram:
-                running[name].update_gram(value)
-    samples = len(next(iter(inputs.values())))
-    logger.info("statistics of %d tensors over %d samples", len(names), samples)
-    return ActivationStats(
-        tensors=MappingProxyType({k: running[k].freeze() for k in tensors}),
-        gram=MappingProxyType({k: running[k].gram / running[k].rows for k in gram}),
-        outputs=tuple(np.concatenate(o) for o in outputs),
-        samples=samples,
-    )
+    probe = Probe(model, [*tensors, *gram], threads)
+    return probe.statistics(inputs, tensors, gram=gram, batch_size=batch_size)

@@ -8,14 +8,19 @@ sources are linked form a ``ChannelGroup``.
 Removing unit u deletes every occurrence of its atoms: the producer rows (W, B of the
 source Convs), the per-channel parameters along the way (BN, depthwise Conv, per-channel
 constants), and the input slices of the channel-mixing consumers (Conv columns, Gemm /
-MatMul rows or columns, at their Concat offsets). Per-channel ops act on each channel
-alone, so the only effect the removal has on the rest of the graph is the term
+MatMul rows or columns, at their Concat offsets). A tensor left with no channel at all
+(a whole source — e.g. one of LITE's 1-channel hand-crafted filters — or a whole branch)
+disappears with the nodes computing it, and the Concat reading it loses that input.
+Per-channel ops act on each channel alone, so the only effect the removal has on the rest
+of the graph is the term
 
     Δy = Σ_{consumers k} Σ_{positions p of u in k's input}  W_k[:, p] * x_k[p]
 
 hence u is removable without changing any output when x_k[p] = 0 on every sample and
 time step at every such consumer (``dead``), or x_k[p] = v constant and each consumer
-can absorb W_k[:, p] * v into its bias exactly (``plan``). A unit is *pinned* (never
+can absorb W_k[:, p] * v into its bias exactly (``plan``). The input of a consumer (a
+*stage*: LITE's 113-channel concat, an Inception module's 128 channels) never loses all
+its units (``ChannelAnalysis.stages``). A unit is *pinned* (never
 removed) when any of its atoms reaches an op outside the table, a graph output, a
 subgraph, or comes from an untracked tensor; ``blocked_by`` says which and why.
 """
@@ -79,7 +84,12 @@ class ChannelAnalysis:
     slices: tuple[Slice, ...]
     consumers: tuple[Consumer, ...]
     taps: Mapping[str, Layout]
+    layouts: Mapping[str, Layout]
     node_names: tuple[str, ...]
+
+    def stages(self) -> tuple[frozenset[int], ...]:
+        """The units each channel-mixing consumer reads: what must never be emptied."""
+        return tuple(frozenset(self.unit_of[a] for a in c.layout) for c in self.consumers)
 
 
 class _Builder:
@@ -250,6 +260,7 @@ def find_groups(model: onnx.ModelProto) -> ChannelAnalysis:
         slices=tuple(b.slices),
         consumers=tuple(b.consumers),
         taps=MappingProxyType(dict(b.taps)),
+        layouts=MappingProxyType(dict(b.layouts)),
         node_names=tuple(node_label(n, i) for i, n in enumerate(index.nodes)),
     )
     logger.info(

@@ -9,8 +9,14 @@ is listed in ``failures``; the CLI exits 1 and writes nothing unless ``--force``
 * with labels: accuracy drop (held-out part, or the decision part when nothing is held
   out) ≤ ``max_accuracy_drop``.
 
-Random standard-normal inputs are compared too, as a report only: they wake channels
-that real data never does, so they would refuse sound pruning.
+Random standard-normal inputs (``RANDOM_SAMPLES`` of them) are compared too, as a
+report only: they wake channels that real data never does, so they would refuse sound
+pruning.
+
+Cost: one session of the original model (``Probe``: statistics on the decision part, its
+outputs on the held-out part and on the random inputs) and one of the pruned model, so
+about two inference passes over the calibration set plus the statistics
+(``benchmarks/compress_speed.py``).
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from dsp_deploy import metadata
-from dsp_deploy.compress.calibrate import ActivationStats, collect_stats, run_model
+from dsp_deploy.compress.calibrate import ActivationStats, Probe, collect_stats, session
 from dsp_deploy.compress.graph import copy_model
 from dsp_deploy.compress.groups import ChannelAnalysis, find_groups
 from dsp_deploy.compress.plan import PruningPlan, make_plan
@@ -35,6 +42,7 @@ from dsp_deploy.io import Calibration
 logger = logging.getLogger(__name__)
 
 LITE_ARCHS = frozenset({"lite", "litetime"})
+RANDOM_SAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -107,14 +115,17 @@ def _layers(analysis: ChannelAnalysis, plan: PruningPlan, before, after) -> tupl
     return tuple(rows)
 
 
-def _random_report(model, candidate, calibration: Calibration, atol, rtol, batch_size):
+def _random_report(
+    probe: Probe, candidate: ort.InferenceSession, calibration: Calibration, **tol
+) -> ParityReport:
+    # A report only, and a few samples say enough: random inputs wake channels that real
+    # data never does.
     rng = np.random.default_rng(1)
     feeds = {
-        k: rng.standard_normal((min(64, len(v)), *v.shape[1:])).astype(np.float32)
+        k: rng.standard_normal((min(RANDOM_SAMPLES, len(v)), *v.shape[1:])).astype(np.float32)
         for k, v in calibration.inputs.items()
     }
-    reference = run_model(model, feeds, batch_size=batch_size)
-    return verify(reference, candidate, feeds, atol=atol, rtol=rtol, batch_size=batch_size)
+    return verify(probe.run(feeds), candidate, feeds, **tol)
 
 
 def _gates(criterion, threshold, decision, holdout, min_agreement, max_drop) -> tuple[str, ...]:
@@ -164,14 +175,9 @@ def compress(
     part, rest = calibration.take(decide), calibration.take(held)
     mode = "lstsq" if reconstruct else compensation
     gram = [c.tensor for c in analysis.consumers if c.pointwise] if mode == "lstsq" else []
-    stats: ActivationStats = collect_stats(
-        model,
-        part.inputs,
-        probe_tensors(analysis),
-        gram=gram,
-        batch_size=batch_size,
-        threads=threads,
-    )
+    tensors = probe_tensors(analysis)
+    probe = Probe(model, [*tensors, *gram], threads)  # the one session of the original
+    stats = probe.statistics(part.inputs, tensors, gram=gram, batch_size=batch_size)
     count = default_min_count(model) if min_count is None else min_count
     plan = make_plan(
         analysis,
@@ -182,15 +188,14 @@ def compress(
         compensation=mode,
     )
     pruned = prune(model, plan) if plan.remove or plan.compensations else copy_model(model)
+    candidate = session(pruned, threads)
     tol = {"atol": atol, "rtol": rtol, "batch_size": batch_size}
-    decision = verify(
-        stats.outputs, pruned, part.inputs, labels=part.labels, threads=threads, **tol
-    )
+    decision = verify(stats.outputs, candidate, part.inputs, labels=part.labels, **tol)
     held_report = None
     if len(rest):
-        reference = run_model(model, rest.inputs, batch_size=batch_size, threads=threads)
-        held_report = verify(reference, pruned, rest.inputs, labels=rest.labels, **tol)
-    random = _random_report(model, pruned, calibration, atol, rtol, batch_size)
+        reference = probe.run(rest.inputs, batch_size)
+        held_report = verify(reference, candidate, rest.inputs, labels=rest.labels, **tol)
+    random = _random_report(probe, candidate, calibration, **tol)
     length = next(iter(calibration.inputs.values())).shape[-1]
     before, after = model_cost(model, length=length), model_cost(pruned, length=length)
     failures = _gates(criterion, threshold, decision, held_report, min_agreement, max_accuracy_drop)
@@ -226,9 +231,12 @@ def compress(
 
 @dataclass(frozen=True)
 class UnitStats:
-    """A unit's statistics where a consumer first reads it (and whether ``dead`` drops it)."""
+    """A unit's statistics at one channel-mixing consumer reading it (one row per
+    consumer and position), and whether ``dead`` drops the unit."""
 
     group: int
+    unit: int
+    consumer: str
     tensor: str
     position: int
     max_abs: float
@@ -246,37 +254,36 @@ class Inspection:
     macs: int
     units: tuple[UnitStats, ...]
 
+    def dead_units(self, group: int) -> int:
+        """Units of ``group`` that the lossless ``dead`` criterion removes."""
+        return len({u.unit for u in self.units if u.group == group and u.dead})
+
 
 def _unit_stats(analysis: ChannelAnalysis, stats: ActivationStats, plan: PruningPlan):
-    first: dict[int, tuple[str, int]] = {}
-    for c in analysis.consumers:
-        for p, atom in enumerate(c.layout):
-            first.setdefault(analysis.unit_of[atom], (c.tensor, p))
     taps = {
         analysis.unit_of[a]: (t, p) for t, lay in analysis.taps.items() for p, a in enumerate(lay)
     }
     removed = set(plan.remove)
     rows = []
-    for u, unit in enumerate(analysis.units):
-        if u not in first:
-            continue
-        tensor, p = first[u]
-        s = stats.tensors[tensor]
-        active = None
-        if u in taps:
-            active = int(stats.tensors[taps[u][0]].active[taps[u][1]])
-        rows.append(
-            UnitStats(
-                unit.group,
-                tensor,
-                p,
-                float(s.max_abs[p]),
-                float(s.mean[p]),
-                float(s.energy[p]),
-                active,
-                u in removed,
+    for c in analysis.consumers:
+        s = stats.tensors[c.tensor]
+        for p, atom in enumerate(c.layout):
+            u = analysis.unit_of[atom]
+            tap = taps.get(u)
+            rows.append(
+                UnitStats(
+                    group=analysis.units[u].group,
+                    unit=u,
+                    consumer=analysis.node_names[c.node],
+                    tensor=c.tensor,
+                    position=p,
+                    max_abs=float(s.max_abs[p]),
+                    mean=float(s.mean[p]),
+                    energy=float(s.energy[p]),
+                    active=None if tap is None else int(stats.tensors[tap[0]].active[tap[1]]),
+                    dead=u in removed,
+                )
             )
-        )
     return tuple(rows)
 
 

@@ -23,7 +23,8 @@ output the paper scores). Removed channels are compensated (``compensation``):
            refit of the kept columns K (and bias) to the original outputs, with
            G = E[x̃ x̃ᵀ] the calibration Gram matrix of the input x̃ = [x; 1]; others: mean
 
-Never empty a layer: a source node whose every channel would go keeps its strongest unit.
+Never empty a layer: the input of every channel-mixing consumer (a *stage*) keeps at
+least its strongest unit; a source whose every channel goes is deleted whole.
 Pinned units are always kept.
 """
 
@@ -116,13 +117,15 @@ def _energy(occ: list[tuple[Consumer, int]], stats: ActivationStats) -> float:
     return max((float(stats.tensors[c.tensor].energy[p]) for c, p in occ), default=0.0)
 
 
-def _keep_one_per_source(analysis: ChannelAnalysis, remove: set[int], score: list[float]) -> None:
-    for source in analysis.sources:
-        units = {analysis.unit_of[a] for a in source.atoms}
-        if source.node >= 0 and units and units <= remove:
+def _keep_one_per_stage(analysis: ChannelAnalysis, remove: set[int], score: list[float]) -> None:
+    # A whole source or branch may go (its Concat input goes with it); a consumer may not
+    # be left reading nothing.
+    for consumer, units in zip(analysis.consumers, analysis.stages(), strict=True):
+        if units and units <= remove:
             best = max(units, key=lambda u: score[u])
             remove.discard(best)
-            logger.debug("%s keeps unit %d so it is not emptied", source.label, best)
+            name = analysis.node_names[consumer.node]
+            logger.debug("unit %d kept so the input of %s is not emptied", best, name)
 
 
 def _compensations(
@@ -176,7 +179,7 @@ def make_plan(
         candidates = {u for u, t in enumerate(taps) if t is not None and t <= min_count}
         mode = compensation
     remove = {u for u in candidates if analysis.units[u].blocked_by is None}
-    _keep_one_per_source(analysis, remove, score)
+    _keep_one_per_stage(analysis, remove, score)
     plan = PruningPlan(
         analysis=analysis,
         criterion=criterion,

@@ -9,9 +9,11 @@ The input model is never mutated: the pass works on ``normalise(model)``, a copy
           (ε = 1e-9 · mean diag G, a guard against exactly collinear channels);
 2. every ``Slice`` keeps the positions whose atom survives (``np.take`` on its axis);
    a depthwise Conv gets ``group`` = its remaining channels;
-3. changed parameters become new initializers (fresh names, so a tensor shared by two
+3. a tensor left with no channel loses its Concat edge, so the nodes computing it (the
+   source Conv and its per-channel chain) become unused;
+4. changed parameters become new initializers (fresh names, so a tensor shared by two
    nodes is never sliced twice); nodes and initializers nobody reads are dropped;
-4. intermediate ``value_info`` is cleared and shapes are inferred again; graph inputs,
+5. intermediate ``value_info`` is cleared and shapes are inferred again; graph inputs,
    outputs (names, dynamic dims), opset, doc strings and ``metadata_props`` stay.
 """
 
@@ -120,7 +122,7 @@ def _slice(params: _Params, plan: PruningPlan, removed: frozenset[int]) -> dict[
     groups: dict[int, int] = {}
     for s in plan.analysis.slices:
         keep = [p for p, a in enumerate(s.layout) if a not in removed]
-        if len(keep) == len(s.layout):
+        if len(keep) == len(s.layout) or not keep:  # not keep: the node goes (_cut_empty)
             continue
         value = params.get(s.node, s.input)
         params.set(s.node, s.input, np.take(value, keep, axis=s.axis))
@@ -154,6 +156,28 @@ def _write(model: onnx.ModelProto, params: _Params, groups: dict[int, int]) -> N
         set_ints(graph.node[i], "group", group)
 
 
+def _cut_empty(graph: onnx.GraphProto, plan: PruningPlan, removed: frozenset[int]) -> None:
+    """Unhook tensors left with no channel: Concat drops them; every other reader must
+    be a node whose own channel outputs are empty too (it goes with them)."""
+    layouts = plan.analysis.layouts
+    empty = {t for t, lay in layouts.items() if lay and all(a in removed for a in lay)}
+    if not empty:
+        return
+    for node in graph.node:
+        read = [n for n in node.input if n in empty]
+        if not read:
+            continue
+        if node.op_type == "Concat" and len(read) < len(node.input):
+            kept = [n for n in node.input if n not in empty]
+            del node.input[:]
+            node.input.extend(kept)
+            continue
+        tracked = [o for o in node.output if o in layouts]
+        if not tracked or not all(o in empty for o in tracked):
+            raise ValueError(f"plan empties {read[0]}, which {node.name} still needs")
+    logger.debug("deleted %d empty tensors and their nodes", len(empty))
+
+
 def _drop_unused(graph: onnx.GraphProto) -> None:
     needed = {o.name for o in graph.output}
     kept = []
@@ -184,6 +208,7 @@ def prune(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
     params = _Params(index)
     _compensate(params, plan, removed)
     groups = _slice(params, plan, removed)
+    _cut_empty(out.graph, plan, removed)
     _write(out, params, groups)
     _drop_unused(out.graph)
     del out.graph.value_info[:]

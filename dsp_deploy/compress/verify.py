@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from dsp_deploy.compress.calibrate import run_model
 
@@ -76,7 +77,7 @@ def compare(
 
 def verify(
     reference: Sequence[np.ndarray],
-    candidate: onnx.ModelProto,
+    candidate: onnx.ModelProto | ort.InferenceSession,
     inputs: Mapping[str, np.ndarray],
     *,
     atol: float,
@@ -85,6 +86,7 @@ def verify(
     batch_size: int = 64,
     threads: int | None = None,
 ) -> ParityReport:
-    """Run ``candidate`` on ``inputs`` with onnxruntime and compare with ``reference``."""
+    """Run ``candidate`` (a model or an open session) on ``inputs`` with onnxruntime and
+    compare with ``reference``."""
     outputs = run_model(candidate, inputs, batch_size=batch_size, threads=threads)
     return compare(reference, outputs, atol=atol, rtol=rtol, labels=labels)
