@@ -147,8 +147,9 @@ def _pct(before: int, after: int) -> str:
 
 
 def _render(result: CompressResult, model: str, out: Path, written: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from dsp_deploy.render import console as make_console
 
     table = Table(title=f"compress {model} ({result.plan.criterion})")
     for column in ("layer", "channels", "params", "MACs"):
@@ -171,7 +172,7 @@ def _render(result: CompressResult, model: str, out: Path, written: bool) -> Non
         f"{mb:,} → {ma:,} ({_pct(mb, ma)})",
         style="bold",
     )
-    console = Console()
+    console = make_console()
     console.print(table)
     for label, report in (
         ("decision", result.decision),

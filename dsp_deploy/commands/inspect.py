@@ -81,10 +81,11 @@ def _as_dict(result: Inspection, model: str) -> dict:
 
 
 def _render(result: Inspection, model: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from dsp_deploy.render import console as make_console
+
+    console = make_console()
     layers = Table(title=f"{model}: {result.params:,} params, {result.macs:,} MACs/sample")
     for column in ("layer", "channels", "params", "MACs"):
         layers.add_column(column, justify="left" if column == "layer" else "right")

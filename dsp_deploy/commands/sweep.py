@@ -1,0 +1,219 @@
+"""``dsp-deploy sweep`` (Ray, resumable) and ``dsp-deploy sweep-report DIR``.
+
+Exit 0: every planned task has its row; 1: some tasks failed (listed; a rerun retries
+them); 2: bad options, datasets or folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from dsp_deploy.sweep.runner import Event, Plan, SweepSummary
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sweep")(sweep_command)
+    app.command("sweep-report")(report_command)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+
+
+def _seeds(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(s) for s in _split(text))
+    except ValueError:
+        raise typer.BadParameter(f"--seeds {text!r}: expected integers, e.g. 9409,3804") from None
+
+
+def sweep_command(
+    datasets: Annotated[str, typer.Option("--datasets", help="Comma list: names or paths.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder (resumable).")],
+    archs: Annotated[str, typer.Option("--archs", help="Comma list: lite, inception.")] = "lite",
+    variants: Annotated[
+        str,
+        typer.Option(
+            "--variants",
+            help="Comma list or 'all': dense, dsp-onnx, dsp-onnx-rule, dsp-retrain, dsp-exact, "
+            "narrow.",
+        ),
+    ] = "all",
+    protocol: Annotated[str, typer.Option("--protocol", help="paper | cpu-small.")] = "cpu-small",
+    seeds: Annotated[
+        str | None, typer.Option("--seeds", help="Comma list (default: the protocol's).")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Fixed epochs (overrides the protocol).")
+    ] = None,
+    exact_sparsity: Annotated[
+        float | None, typer.Option("--exact-sparsity", help="dsp-exact λ (default: protocol's).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Existing Ray cluster (default: local).")
+    ] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option("--num-cpus", help="CPUs of the local Ray (default: all).")
+    ] = None,
+    cpus_per_task: Annotated[int, typer.Option("--cpus-per-task", help="CPUs per task.")] = 1,
+    retries: Annotated[int, typer.Option("--retries", help="Retries of a dead worker.")] = 3,
+    keep_models: Annotated[
+        bool, typer.Option("--keep-models", help="Also save every final ONNX model.")
+    ] = False,
+    report: Annotated[
+        bool, typer.Option("--report/--no-report", help="Write DIR/report at the end.")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run the DSP experiment over datasets × archs × seeds × variants on Ray."""
+    from dsp_deploy.errors import VerificationError
+    from dsp_deploy.sweep.protocols import get_protocol
+    from dsp_deploy.sweep.results import ResultsStore
+    from dsp_deploy.sweep.runner import SweepRequest, execute, load_datasets, plan_sweep
+    from dsp_deploy.sweep.tasks import VARIANTS
+
+    if epochs is not None and epochs < 1:
+        raise typer.BadParameter(f"--epochs {epochs}: expected >= 1")
+    if retries < 0 or (num_cpus is not None and num_cpus < 1):
+        raise typer.BadParameter("--retries must be >= 0 and --num-cpus >= 1")
+    chosen = get_protocol(protocol).with_overrides(
+        epochs=epochs, seeds=_seeds(seeds), exact_sparsity=exact_sparsity
+    )
+    request = SweepRequest(
+        datasets=_split(datasets),
+        archs=_split(archs),
+        variants=VARIANTS if variants.strip() == "all" else _split(variants),
+        protocol=chosen,
+        cpus_per_task=cpus_per_task,
+        keep_models=keep_models,
+    )
+    store = ResultsStore(out)
+    store.bind(chosen)
+    data = load_datasets(request.datasets)
+    plan = plan_sweep(request, data, store)
+    with _Progress(plan, quiet or as_json) as progress:
+        summary = execute(
+            plan, data, store, address=address, num_cpus=num_cpus, retries=retries,
+            progress=progress,
+        )  # fmt: skip
+    if report and store.rows():
+        from dsp_deploy.sweep.report import build_report, write_report
+
+        write_report(build_report(out), out / "report")
+    _render(summary, out, as_json)
+    if summary.failed:
+        raise VerificationError(
+            f"{len(summary.failed)} of {summary.planned} tasks failed (see {out}/failures.jsonl);"
+            " rerun the same command to retry them"
+        )
+
+
+def report_command(
+    folder: Annotated[Path, typer.Argument(help="Sweep folder (holds results.csv).")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Report folder [DIR/report].")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Tables, statistics and plots of a sweep folder, into DIR/report."""
+    from dataclasses import asdict
+
+    from dsp_deploy.errors import require
+
+    require("scipy", "sweep")
+    require("matplotlib", "sweep")
+    from dsp_deploy.sweep.report import build_report, markdown, write_report
+
+    result = build_report(folder)
+    files = write_report(result, output or folder / "report")
+    if as_json:
+        summary = [asdict(c) for c in result.summary]
+        typer.echo(json.dumps({"files": [str(f) for f in files], "summary": summary}))
+        return
+    from dsp_deploy.render import console
+
+    console().print(markdown(result).split("## Per dataset")[0])
+    console().print(f"wrote {len(files)} files to {files[-1].parent}")
+
+
+class _Progress:
+    """done/total with ETA on stderr (rich), or nothing."""
+
+    def __init__(self, plan: Plan, quiet: bool) -> None:
+        self.plan, self.quiet = plan, quiet
+
+    def __enter__(self) -> Any:
+        if self.quiet or not self.plan.pending:
+            return None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        from dsp_deploy.render import console
+
+        self.bar = Progress(
+            TextColumn("sweep"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("failed {task.fields[failed]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[last]}"),
+            console=console(stderr=True),
+        )
+        self.bar.__enter__()
+        done = len(self.plan.tasks) - len(self.plan.pending)
+        if done:
+            self.bar.console.print(f"{done} of {len(self.plan.tasks)} tasks already done")
+        self.task = self.bar.add_task("", total=len(self.plan.pending), failed=0, last="")
+        return self.update
+
+    def update(self, event: Event) -> None:
+        last = "/".join(event.task.key) + (f" FAILED: {event.error}" if event.error else "")
+        self.bar.update(
+            self.task, completed=event.done + event.failed, failed=event.failed, last=last
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.quiet and self.plan.pending:
+            self.bar.__exit__(*exc)  # type: ignore[arg-type]
+
+
+def _render(summary: SweepSummary, out: Path, as_json: bool) -> None:
+    info = {
+        "out": str(out),
+        "planned": summary.planned,
+        "already_done": summary.already_done,
+        "completed": summary.completed,
+        "failed": [{"key": list(k), "error": e} for k, e in summary.failed],
+        "skipped": [{"dataset": d, "arch": a, "why": w} for d, a, w in summary.skipped],
+        "seconds": round(summary.seconds, 1),
+    }
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    from dsp_deploy.render import console
+
+    c = console()
+    c.print(
+        f"sweep {out}: {summary.completed} tasks run now, {summary.already_done} already "
+        f"done, {len(summary.failed)} failed, of {summary.planned}, in {summary.seconds:.1f} s"
+    )
+    for d, a, w in summary.skipped:
+        c.print(f"skipped {d} ({a}): {w}")
+    for key, error in summary.failed:
+        c.print(f"[red]failed[/red] {'/'.join(key)}: {error}")
