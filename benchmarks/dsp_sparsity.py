@@ -131,12 +131,12 @@ def main() -> None:
         print(table(args.out))
         return
     torch.set_num_threads(args.threads)
-    done = done_keys(args.out)
     for dataset in args.datasets:
         for arch in args.archs:
             lams = args.sparsities or [0.0, get_arch(arch).sparsity]
             for lam in lams:
                 key = (dataset, arch, lam, args.epochs, args.seed)
+                done = done_keys(args.out)  # re-read: another process may have done it
                 if any(k[1:] == key[1:] and k[0].lower() == dataset.lower() for k in done):
                     continue
                 row = run(dataset, arch, lam, args.epochs, args.checkpoints, args.seed)

@@ -152,3 +152,19 @@ def test_pad_that_cannot_fold_stays(change: tuple[str, str]) -> None:
         text = text.replace("float[N, 3, 10] y", "float[N, 2, 13] y")
     folded = fold_pads_into_convs(fold_constants(_parse(text)))
     assert "Pad" in [n.op_type for n in folded.graph.node]
+
+
+@pytest.mark.parametrize("family", ["lite", "inception"])
+def test_export_traces_the_plain_path(family: str) -> None:
+    """The fast training kernels step aside while exporting: same graph with them on or off."""
+    from dsp_deploy.nets.layers import use_fast_kernels
+
+    net = _member(family, 0)
+    fast = to_onnx(probability_model([use_fast_kernels(net, True)]), length=LENGTH)
+    plain = to_onnx(probability_model([use_fast_kernels(net, False)]), length=LENGTH)
+    assert fast.graph.node == plain.graph.node
+    assert fast.graph.initializer == plain.graph.initializer
+    convs = [n for n in fast.graph.node if n.op_type == "Conv"]
+    # LITE: branches, hand-crafted, 2 × (depthwise, pointwise); Inception: 6 × 3 branches,
+    # 5 bottlenecks, 6 pool convs, 2 shortcuts
+    assert len(convs) == (3 + 17 + 2 + 2 if family == "lite" else 6 * 3 + 5 + 6 + 2)

@@ -1,4 +1,5 @@
-"""LITE / InceptionTime in PyTorch: parameter formulas, shapes, padding, pruning copies."""
+"""LITE / InceptionTime in PyTorch: parameter formulas, shapes, padding, pruning copies, and
+the fast training kernels against the plain modules (outputs and gradients)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ F = torch.nn.functional
 
 from dsp_deploy.errors import InputError  # noqa: E402
 from dsp_deploy.nets.ensemble import Ensemble, Probabilities  # noqa: E402
+from dsp_deploy.nets.fast import max_pool1d_same, merged_conv1d, padded_conv1d  # noqa: E402
 from dsp_deploy.nets.inception import Inception, InceptionConfig  # noqa: E402
 from dsp_deploy.nets.layers import (  # noqa: E402
     SameConv1d,
@@ -18,9 +20,11 @@ from dsp_deploy.nets.layers import (  # noqa: E402
     peak_filter,
     same_pads,
     trend_filter,
+    use_fast_kernels,
 )
 from dsp_deploy.nets.lite import Lite, LiteConfig  # noqa: E402
 from dsp_deploy.nets.registry import ARCHS, get_arch  # noqa: E402
+from dsp_deploy.train.sparsity import dsp_penalty  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -176,3 +180,119 @@ def test_registry() -> None:
         get_arch("resnet")
     with pytest.raises(InputError):
         LiteConfig(2, dwsc_widths=(0, 4))
+
+
+# --- fast kernels: the training path computes the plain path's function ----------------
+
+CONV_CASES = [  # (in, out, k, dilation, groups, pads)
+    (3, 4, 5, 1, 1, (2, 2)),
+    (3, 4, 4, 1, 1, (1, 2)),  # Keras "same" for an even kernel
+    (1, 6, 7, 2, 1, (5, 7)),
+    (5, 5, 4, 3, 5, (4, 5)),  # depthwise, dilated, asymmetric
+    (6, 6, 3, 4, 6, (4, 4)),
+    (4, 4, 3, 1, 2, (1, 1)),  # grouped: falls back to torch's kernels
+    (5, 3, 1, 1, 1, (0, 0)),  # pointwise
+]
+
+
+@pytest.mark.parametrize(("cin", "cout", "k", "d", "groups", "pads"), CONV_CASES)
+def test_padded_conv1d_backward_is_exact(cin, cout, k, d, groups, pads) -> None:
+    """float64 gradcheck: the forward-convolution backward against finite differences."""
+    x = torch.randn(2, cin, 11, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(cout, cin // groups, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(cout, dtype=torch.float64, requires_grad=True)
+
+    def conv(x, w, b):
+        return padded_conv1d(x, w, b, pads=pads, dilation=d, groups=groups)
+
+    expected = F.conv1d(F.pad(x, pads), w, b, dilation=d, groups=groups)
+    torch.testing.assert_close(conv(x, w, b), expected, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(conv, (x, w, b))
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "k", "d", "groups", "pads"), [c for c in CONV_CASES if c[4] in (1, c[0])]
+)
+def test_padded_conv1d_matches_torch_float32(cin, cout, k, d, groups, pads) -> None:
+    x = torch.randn(8, cin, 60, requires_grad=True)
+    w = torch.randn(cout, cin // groups, k, requires_grad=True)
+    g = torch.randn(8, cout, 60 + sum(pads) - (k - 1) * d)
+    grads = []
+    for conv in (padded_conv1d, None):
+        x.grad = w.grad = None
+        y = (
+            conv(x, w, pads=pads, dilation=d, groups=groups)
+            if conv
+            else F.conv1d(F.pad(x, pads), w, dilation=d, groups=groups)
+        )
+        y.backward(g)
+        grads.append((y.detach(), x.grad, w.grad))
+    for got, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_merged_conv1d_is_the_concatenation() -> None:
+    x = torch.randn(3, 1, 40, dtype=torch.float64)
+    weights = [torch.randn(o, 1, k, dtype=torch.float64) for o, k in ((2, 40), (3, 7), (1, 2))]
+    pads = [same_pads(w.shape[-1]) for w in weights]
+    expected = torch.cat([F.conv1d(F.pad(x, p), w) for w, p in zip(weights, pads, strict=True)], 1)
+    torch.testing.assert_close(merged_conv1d(x, weights, pads), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("length", [1, 2, 9])
+def test_max_pool_first_max_gradient_with_ties(k: int, length: int) -> None:
+    # Rounded values tie often, as ReLU zeros do: the gradient must go where torch's does.
+    x = torch.randn(2, 3, length, dtype=torch.float64).round().requires_grad_()
+    g = torch.randn(2, 3, length, dtype=torch.float64)
+    y = F.max_pool1d(x, k, stride=1, padding=k // 2)
+    (expected,) = torch.autograd.grad(y, x, g)
+    got = max_pool1d_same(x, k)
+    assert torch.equal(got, y)
+    (grad,) = torch.autograd.grad(got, x, g)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="odd"):
+        max_pool1d_same(x, 2)
+
+
+def _grads(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool):
+    """Logits, taps, ∂loss/∂x and ∂loss/∂θ for CE + DSP penalty (λ large enough to matter)."""
+    use_fast_kernels(net, fast)
+    net.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    logits, taps = net.forward_with_taps(x)
+    loss = F.cross_entropy(logits, y) + dsp_penalty(taps, [1.0] * len(taps), 1e-3)
+    loss.backward()
+    params = {n: p.grad for n, p in net.named_parameters() if p.requires_grad}
+    return logits.detach(), [t.detach() for t in taps], x.grad, params
+
+
+@pytest.mark.parametrize("family", ["lite", "inception"])
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_and_plain_paths_agree(family: str, training: bool) -> None:
+    net = Lite(LiteConfig(3)) if family == "lite" else Inception(InceptionConfig(3))
+    _randomise_bn(net)
+    net.train(training)
+    x, y = torch.randn(6, 1, 57), torch.tensor([0, 1, 2, 0, 1, 2])
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    plain = _grads(net, x, y, fast=False)
+    net.load_state_dict(state)  # undo the BN running-statistics update
+    fast = _grads(net, x, y, fast=True)
+    torch.testing.assert_close(fast[0], plain[0], rtol=0, atol=1e-5)
+    for a, b in zip(fast[1], plain[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast[2], plain[2], rtol=0, atol=1e-5)
+    assert fast[3].keys() == plain[3].keys()
+    for name, grad in plain[3].items():
+        torch.testing.assert_close(fast[3][name], grad, rtol=0, atol=1e-5, msg=name)
+    assert max(g.abs().max() for g in plain[3].values()) > 1e-2  # gradients are not vacuous
+
+
+def test_fast_kernels_switch_and_keep_parameters() -> None:
+    net = Lite(LiteConfig(2))
+    flags = [m.fast_kernels for m in net.modules() if hasattr(m, "fast_kernels")]
+    # Lite, 3 branches, the hybrid block and its 17 filters, 2 depthwise, 2 pointwise convs
+    assert len(flags) == 1 + 3 + 1 + 17 + 2 + 2 and all(flags)
+    assert use_fast_kernels(net, False) is net
+    assert not any(m.fast_kernels for m in net.modules() if hasattr(m, "fast_kernels"))
+    assert count_params(net) == 10_252 + 33 * 2

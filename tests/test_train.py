@@ -53,6 +53,22 @@ def test_penalty_gradient_is_finite_at_dead_channels() -> None:
     assert torch.equal(f.grad, torch.zeros_like(f))
 
 
+def test_penalty_gradient_matches_autograd_norm() -> None:
+    f = torch.relu(torch.randn(4, 7, 9, dtype=torch.float64))
+    f[:, 2] = 0.0  # a dead channel
+    f[1, 5] = 0.0
+    view = f[:, 1:]  # taps are often channel slices of a larger map
+    leaf = view.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(group_l21(leaf), leaf)
+    ref = view.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(torch.linalg.vector_norm(ref, dim=-1).sum(), ref)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-12)
+    assert float(group_l21(view)) == pytest.approx(
+        float(torch.linalg.vector_norm(view, dim=-1).sum())
+    )
+    assert torch.autograd.gradcheck(group_l21, (f[:, 3:5].clone() + 0.1).requires_grad_())
+
+
 def test_sparsity_zero_is_plain_cross_entropy() -> None:
     X, y = _toy()
     seed_torch(0)

@@ -14,6 +14,11 @@ module 1 2,528; modules 2–6 80,128 each; shortcuts 384 + 16,640; head 129·C.
 
 A branch of width 0 is removed, so the protocol can rebuild any smaller module; a module
 whose input has a single channel gets no bottleneck, as in the reference.
+
+Speed: with ``fast_kernels`` on (the default; off while an ONNX export traces), the
+univariate first module runs its three convolutions as one, the max pooling and every
+convolution use :mod:`dsp_deploy.nets.fast`'s backward; the weights, the state dict and
+the exported graph are those of the plain modules.
 """
 
 from __future__ import annotations
@@ -26,7 +31,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsp_deploy.errors import InputError
-from dsp_deploy.nets.layers import SameConv1d, as_index, copy_batchnorm_, take_
+from dsp_deploy.nets.fast import max_pool1d_same
+from dsp_deploy.nets.layers import (
+    PointwiseConv1d,
+    SameConv1d,
+    as_index,
+    copy_batchnorm_,
+    fast_path,
+    merged_same_conv1d,
+    take_,
+)
 
 KERNELS: tuple[int, int, int] = (40, 20, 10)
 DEFAULT_MODULE: tuple[int, int, int, int] = (32, 32, 32, 32)
@@ -73,30 +87,32 @@ class InceptionModule(nn.Module):
     def __init__(self, in_channels: int, widths: Sequence[int], bottleneck: int) -> None:
         super().__init__()
         self.widths = tuple(widths)
-        self.bottleneck = (
-            nn.Conv1d(in_channels, bottleneck, 1, bias=False) if in_channels > 1 else None
-        )
+        self.bottleneck = PointwiseConv1d(in_channels, bottleneck) if in_channels > 1 else None
         z = bottleneck if in_channels > 1 else in_channels
         self.convs = nn.ModuleList(
             SameConv1d(z, w, k) for w, k in zip(self.widths[:3], KERNELS, strict=True) if w
         )
-        self.pool_conv = (
-            nn.Conv1d(in_channels, self.widths[3], 1, bias=False) if self.widths[3] else None
-        )
+        self.pool_conv = PointwiseConv1d(in_channels, self.widths[3]) if self.widths[3] else None
         self.bn = nn.BatchNorm1d(sum(self.widths))
+        self.fast_kernels = True
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         z = u if self.bottleneck is None else self.bottleneck(u)
-        parts = [conv(z) for conv in self.convs]
+        fast = fast_path(self)
+        if fast and self.bottleneck is None and self.convs:  # univariate: one merged conv
+            parts = [merged_same_conv1d(z, self.convs)]
+        else:
+            parts = [conv(z) for conv in self.convs]
         if self.pool_conv is not None:
-            parts.append(self.pool_conv(F.max_pool1d(u, 3, stride=1, padding=1)))
+            pooled = max_pool1d_same(u, 3) if fast else F.max_pool1d(u, 3, stride=1, padding=1)
+            parts.append(self.pool_conv(pooled))
         return F.relu(self.bn(torch.cat(parts, dim=1)))
 
 
 class Shortcut(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(in_channels, out_channels, 1, bias=False)
+        self.conv = PointwiseConv1d(in_channels, out_channels)
         self.bn = nn.BatchNorm1d(out_channels)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,13 @@ LITE's hand-crafted filters (Ismail-Fawaz et al., 2022/2023), one output channel
   and ``r'`` its reverse, the six quarters ``[-r, -r', 2r, 2r', -r, -r']``.
 
 They are frozen (``requires_grad=False``) and count 438 weights in total.
+
+Fast kernels (training speed on CPU; :mod:`dsp_deploy.nets.fast` holds the math): every
+module here with a ``fast_kernels`` flag computes the same function two ways. The plain
+path is what the ONNX exporter traces (one Conv per filter bank, padding as above); the
+fast path — used when the flag is on and no ONNX export is running — pads once, merges
+the convolutions of one input into one, and runs the backward pass as forward
+convolutions, which oneDNN computes several times faster than its own backward.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsp_deploy.nets.fast import is_exporting, merged_conv1d, padded_conv1d
+
 HYBRID_KERNELS: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
 
 
@@ -34,6 +43,19 @@ def same_pads(kernel_size: int, dilation: int = 1) -> tuple[int, int]:
     """Keras "same" padding (left, right) for a stride-1 convolution."""
     total = (kernel_size - 1) * dilation
     return total // 2, total - total // 2
+
+
+def fast_path(module: nn.Module) -> bool:
+    """Whether ``module`` should run its fast kernels now (flag on, no ONNX export)."""
+    return bool(getattr(module, "fast_kernels", False)) and not is_exporting()
+
+
+def use_fast_kernels(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch the fast kernels of ``module`` and its submodules on or off; returns it."""
+    for m in module.modules():
+        if hasattr(m, "fast_kernels"):
+            m.fast_kernels = enabled
+    return module
 
 
 class SameConv1d(nn.Module):
@@ -50,7 +72,8 @@ class SameConv1d(nn.Module):
         bias: bool = False,
     ) -> None:
         super().__init__()
-        left, right = same_pads(kernel_size, dilation)
+        left, right = self.same = same_pads(kernel_size, dilation)
+        self.fast_kernels = True
         # Symmetric padding stays inside the Conv; only asymmetric padding needs F.pad.
         self.pads = (0, 0) if left == right else (left, right)
         self.conv = nn.Conv1d(
@@ -64,9 +87,32 @@ class SameConv1d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast_path(self):
+            conv = self.conv
+            return padded_conv1d(
+                x,
+                conv.weight,
+                conv.bias,
+                pads=self.same,
+                dilation=conv.dilation[0],
+                groups=conv.groups,
+            )
         if self.pads != (0, 0):
             x = F.pad(x, self.pads)
         return self.conv(x)
+
+
+class PointwiseConv1d(nn.Conv1d):
+    """A 1×1 Conv1d (``nn.Conv1d`` to the exporter and the state dict) with fast kernels."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, bias: bool = False) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+        self.fast_kernels = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast_path(self):
+            return padded_conv1d(x, self.weight, self.bias, pads=(0, 0))
+        return super().forward(x)
 
 
 def trend_filter(kernel_size: int, *, increasing: bool) -> np.ndarray:
@@ -104,13 +150,24 @@ class HybridBlock(nn.Module):
             conv.conv.weight = nn.Parameter(torch.from_numpy(w).view(1, 1, -1), requires_grad=False)
             convs.append(conv)
         self.convs = nn.ModuleList(convs)
+        self.fast_kernels = True
 
     @property
     def out_channels(self) -> int:
         return len(self.convs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast_path(self):
+            return F.relu(merged_same_conv1d(x, self.convs))
         return F.relu(torch.cat([conv(x) for conv in self.convs], dim=1))
+
+
+def merged_same_conv1d(x: torch.Tensor, convs: Iterable[SameConv1d]) -> torch.Tensor:
+    """The channel concatenation of undilated ``convs`` of ``x``, as one convolution."""
+    convs = list(convs)
+    if any(c.conv.bias is not None or c.conv.dilation != (1,) for c in convs):
+        raise ValueError("merged_same_conv1d needs bias-free, undilated convolutions")
+    return merged_conv1d(x, [c.conv.weight for c in convs], [c.same for c in convs])
 
 
 def count_params(module: nn.Module, *, trainable: bool | None = None) -> int:

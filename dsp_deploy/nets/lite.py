@@ -24,6 +24,12 @@ Decisions:
   hand-crafted channels, whose only trainable parts are BN's γ and β (PAPER.md §9.1).
   The protocol always keeps the hand-crafted channels, so penalising them buys nothing.
 * Initialisation is PyTorch's default, as in the authors' PyTorch port.
+* Speed: with ``fast_kernels`` on (the default; off while an ONNX export traces), the
+  three branches run as one convolution and the 17 hand-crafted filters as another
+  (:func:`~dsp_deploy.nets.layers.merged_same_conv1d`), and the depthwise and 1×1
+  convolutions use :mod:`dsp_deploy.nets.fast`'s backward. Weights stay stored per
+  branch and per filter, so parameter counts, state dicts and the exported graph do not
+  change; ``use_fast_kernels(net, False)`` restores the plain path.
 """
 
 from __future__ import annotations
@@ -38,9 +44,12 @@ from torch import nn
 from dsp_deploy.errors import InputError
 from dsp_deploy.nets.layers import (
     HybridBlock,
+    PointwiseConv1d,
     SameConv1d,
     as_index,
     copy_batchnorm_,
+    fast_path,
+    merged_same_conv1d,
     take_,
 )
 
@@ -110,16 +119,20 @@ class Lite(nn.Module):
         f2, f3 = config.dwsc_widths
         self.bn1 = nn.BatchNorm1d(m)
         self.dw1 = SameConv1d(m, m, DWSC_KERNELS[0], dilation=DWSC_DILATIONS[0], groups=m)
-        self.pw1 = nn.Conv1d(m, f2, 1, bias=False)
+        self.pw1 = PointwiseConv1d(m, f2)
         self.bn2 = nn.BatchNorm1d(f2)
         self.dw2 = SameConv1d(f2, f2, DWSC_KERNELS[1], dilation=DWSC_DILATIONS[1], groups=f2)
-        self.pw2 = nn.Conv1d(f2, f3, 1, bias=False)
+        self.pw2 = PointwiseConv1d(f2, f3)
         self.bn3 = nn.BatchNorm1d(f3)
         self.fc = nn.Linear(f3, config.n_classes)
+        self.fast_kernels = True
 
     def forward_with_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits and the post-BN-ReLU maps the DSP loss and the protocol read."""
-        parts = [branch(x) for branch in self.branches]
+        if fast_path(self):  # the three branches as one convolution
+            parts = [merged_same_conv1d(x, self.branches)] if self.branches else []
+        else:
+            parts = [branch(x) for branch in self.branches]
         h0 = F.relu(self.bn1(torch.cat([*parts, self.hybrid(x)], dim=1)))
         h1 = F.relu(self.bn2(self.pw1(self.dw1(h0))))
         h2 = F.relu(self.bn3(self.pw2(self.dw2(h1))))

@@ -20,7 +20,9 @@ Decisions (PAPER.md §9):
   tabulated from are the 1e-5 ones; 2e-5 is one ``--sparsity`` away.
 * **LITE's hand-crafted channels are not penalised** (quirk 1): see ``nets/lite.py``.
 * The penalty costs one norm per tap (no extra forward pass); ``benchmarks/train_speed.py``
-  measures it.
+  measures it. Its backward, ``∂/∂F[i,c,t] = F[i,c,t] / ‖F[i,c,:]‖₂`` (0 where the norm is
+  0), is one pass over the map: autograd's norm backward makes three (divide, mask,
+  multiply, all map-sized) and cost twice as much here.
 """
 
 from __future__ import annotations
@@ -28,11 +30,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+
+class _GroupL21(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: FunctionCtx, feature_map: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        norms = torch.linalg.vector_norm(feature_map, ord=2, dim=-1)
+        ctx.save_for_backward(feature_map, norms)
+        return norms.sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        feature_map, norms = ctx.saved_tensors  # type: ignore[attr-defined]
+        scale = (grad / norms).masked_fill_(norms == 0, 0.0)  # (B, C): cheap
+        return feature_map * scale.unsqueeze(-1)
 
 
 def group_l21(feature_map: torch.Tensor) -> torch.Tensor:
     """``Σ_i Σ_c ‖F[i, c, :]‖₂`` of a ``(B, C, T)`` map, as a scalar tensor."""
-    return torch.linalg.vector_norm(feature_map, ord=2, dim=-1).sum()
+    return _GroupL21.apply(feature_map)
 
 
 def dsp_penalty(
