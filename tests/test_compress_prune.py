@@ -106,6 +106,21 @@ def test_dsp_rule_compensation_brings_outputs_closer() -> None:
     assert diffs["lstsq"] < diffs["none"] and diffs["mean"] < diffs["none"]
 
 
+def test_compensation_gives_a_bias_free_conv_a_bias_of_its_weight_type() -> None:
+    # Regression: the folded bias of a Conv without one came out float64, which
+    # onnxruntime refuses (found by the sweep on InceptionTime's bias-free convs).
+    model = G.chain(dead1=(), dead2=())
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[0] == "r")
+    del conv.input[2]
+    result = compress(model, calibration(200), criterion="dsp", compensation="mean")
+    assert result.plan.remove
+    pruned = next(n for n in result.model.graph.node if n.op_type == "Conv" and n.input[0] == "r")
+    assert len(pruned.input) == 3
+    bias = next(t for t in result.model.graph.initializer if t.name == pruned.input[2])
+    assert bias.data_type == onnx.TensorProto.FLOAT
+    run_model(result.model, {"x": G.inputs(4)})  # loads and runs in onnxruntime
+
+
 def test_dsp_never_empties_a_layer() -> None:
     model = G.chain(dead1=(0, 1, 2, 3), dead2=(0, 1, 2))
     result = compress(model, calibration(40), criterion="dsp", min_count=10**6)

@@ -53,6 +53,7 @@ class _Params:
 
 def _fold(params: _Params, c: Consumer, comp: Compensation) -> None:
     node = params.index.nodes[c.node]
+    dtype = params.get(c.node, 1).dtype  # a new bias must match the weight's element type
     w = params.get(c.node, 1).astype(np.float64)
     v = np.zeros(len(c.layout))
     for p, value in comp.values:
@@ -61,14 +62,14 @@ def _fold(params: _Params, c: Consumer, comp: Compensation) -> None:
         delta = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) @ v
         bias = params.get(c.node, 2)
         base = np.zeros(w.shape[0]) if bias is None else bias.astype(np.float64)
-        params.set(c.node, 2, (base + delta).astype(w.dtype if bias is None else bias.dtype))
+        params.set(c.node, 2, (base + delta).astype(dtype if bias is None else bias.dtype))
         return
     alpha, beta = attr(node, "alpha", 1.0), attr(node, "beta", 1.0)
     b = w.T if attr(node, "transB", 0) else w
     delta = alpha / beta * (v @ b)
     bias = params.get(c.node, 2)
     base = np.zeros(b.shape[1]) if bias is None else np.broadcast_to(bias, delta.shape)
-    params.set(c.node, 2, (base + delta).astype(np.float32))
+    params.set(c.node, 2, (base + delta).astype(dtype if bias is None else bias.dtype))
 
 
 def _affine(params: _Params, c: Consumer) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +129,15 @@ def _slice(params: _Params, plan: PruningPlan, removed: frozenset[int]) -> dict[
         params.set(s.node, s.input, np.take(value, keep, axis=s.axis))
         if s.role == DEPTHWISE:
             groups[s.node] = len(keep)
+        if _added_conv_bias(params, s.node) and s.input == 1 and s.axis == 0:
+            # A bias that compensation gave a bias-free Conv follows its output channels.
+            params.set(s.node, 2, np.take(params.get(s.node, 2), keep, axis=0))
     return groups
+
+
+def _added_conv_bias(params: _Params, node: int) -> bool:
+    inputs = params.index.nodes[node].input
+    return (node, 2) in params.changed and (len(inputs) < 3 or not inputs[2])
 
 
 def _unique(name: str, taken: set[str]) -> str:

@@ -1,0 +1,250 @@
+"""A sweep's folder: results CSV (one row per finished task), artefacts and manifest.
+
+Layout of ``DIR``::
+
+    sweep.json          the protocol the sweep runs under (a rerun must match it)
+    results.csv         one row per finished task, keyed by (dataset, arch, variant, seed)
+    probs/KEY.npz       the task's test-set probabilities and labels (for ensembles)
+    models/KEY.onnx     models a later task needs (dsp-onnx's sparse model), or all with
+                        ``keep_models``
+
+Commit protocol. Only the driver writes, never a worker: workers return their result to
+the driver, so a cluster needs no shared filesystem and a retried worker cannot write
+twice. For each finished task the driver writes the artefacts first (each atomically:
+temporary file in the same folder, then ``os.replace``), then appends the row. The row is
+the commit marker: a task counts as done once its row is in ``results.csv``.
+
+Appending a row: under an exclusive ``flock`` on ``DIR/.lock`` (two drivers on one
+folder cannot interleave), re-read the keys and skip a key already present (idempotent:
+a task retried after its row landed adds nothing), then one ``write`` of the whole line
+on an ``O_APPEND`` descriptor, ``fsync``. A driver killed mid-write can leave at most a
+partial last line without its newline; readers ignore it and the next append cuts it off,
+so that task simply runs again. One file rather than one file per task: the CSV is the
+table people read, and single-line appends under a lock are atomic enough without a
+merge step.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsp_deploy.errors import InputError
+from dsp_deploy.sweep.protocols import Protocol
+
+log = logging.getLogger(__name__)
+
+KEY_COLUMNS: tuple[str, ...] = ("dataset", "arch", "variant", "seed")
+COLUMNS: tuple[str, ...] = (
+    *KEY_COLUMNS,
+    "protocol",
+    "epochs",
+    "retrain_epochs",
+    "steps",
+    "sparsity",
+    "accuracy",
+    "train_accuracy",
+    "params",
+    "macs",
+    "params_dense",
+    "macs_dense",
+    "compression",
+    "macs_reduction",
+    "params_torch",
+    "latency_ms",
+    "dead_channels",
+    "kept_channels",
+    "width",
+    "verified",
+    "failures",
+    "train_seconds",
+    "compress_seconds",
+    "task_seconds",
+    "n_train",
+    "n_test",
+    "length",
+    "n_classes",
+    "host",
+)
+
+Key = tuple[str, str, str, str]
+
+
+def row_key(row: Mapping[str, Any]) -> Key:
+    """The idempotent key of a row: (dataset, arch, variant, seed) as text."""
+    return tuple(str(row[c]) for c in KEY_COLUMNS)  # type: ignore[return-value]
+
+
+def key_name(key: Key) -> str:
+    """A file-name-safe stem for ``key``."""
+    return "__".join(re.sub(r"[^A-Za-z0-9_.-]", "_", part) for part in key)
+
+
+class ResultsStore:
+    """The folder of one sweep; see the module docstring for the commit protocol."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"sweep folder {self.root} exists and is not a folder")
+        self.csv = self.root / "results.csv"
+
+    # ---- manifest -------------------------------------------------------------------
+    def bind(self, protocol: Protocol) -> None:
+        """Record ``protocol`` on the first run; refuse a rerun under another one."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        manifest = self.root / "sweep.json"
+        wanted = protocol.to_dict()
+        if manifest.exists():
+            stored = json.loads(manifest.read_text())["protocol"]
+            diff = sorted(k for k in wanted if json.dumps(wanted[k]) != json.dumps(stored.get(k)))
+            if diff:
+                raise InputError(
+                    f"{manifest} holds a {stored.get('name')!r} sweep that differs in "
+                    f"{', '.join(diff)}; use another --out folder or the same settings"
+                )
+            return
+        _atomic_write(manifest, json.dumps({"protocol": wanted}, indent=2).encode())
+
+    def protocol(self) -> Protocol | None:
+        manifest = self.root / "sweep.json"
+        if not manifest.exists():
+            return None
+        return Protocol.from_dict(json.loads(manifest.read_text())["protocol"])
+
+    # ---- rows -----------------------------------------------------------------------
+    def rows(self) -> tuple[dict[str, str], ...]:
+        """Committed rows, first one per key, as text (a torn last line is ignored)."""
+        if not self.csv.exists():
+            return ()
+        text = self.csv.read_text()
+        text = text[: text.rfind("\n") + 1]
+        seen: dict[Key, dict[str, str]] = {}
+        for row in csv.DictReader(io.StringIO(text)):
+            if None in row or any(row.get(c) in (None, "") for c in KEY_COLUMNS):
+                log.warning("%s: skipping a malformed row %s", self.csv, row)
+                continue
+            seen.setdefault(row_key(row), row)
+        return tuple(seen.values())
+
+    def done(self) -> frozenset[Key]:
+        return frozenset(row_key(r) for r in self.rows())
+
+    def commit(
+        self,
+        row: Mapping[str, Any],
+        *,
+        probabilities: np.ndarray,
+        labels: np.ndarray,
+        models: Mapping[str, bytes] = {},  # noqa: B006 - read only
+    ) -> bool:
+        """Write the artefacts, then append ``row``; False when its key was already there."""
+        key = row_key(row)
+        self._check_columns(row)
+        self.root.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, probabilities=probabilities.astype(np.float32), labels=labels)
+        _atomic_write(self.probs_path(key), buffer.getvalue())
+        for kind, data in models.items():
+            _atomic_write(self.model_path(key, kind), data)
+        with self._locked():
+            if key in self.done():
+                log.info("row %s already committed; not appended again", key)
+                return False
+            self._append_line(row)
+        return True
+
+    def probs_path(self, key: Key) -> Path:
+        return self.root / "probs" / f"{key_name(key)}.npz"
+
+    def model_path(self, key: Key, kind: str) -> Path:
+        return self.root / "models" / f"{key_name(key)}.{kind}.onnx"
+
+    def load_probs(self, key: Key) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, labels) of a committed task."""
+        path = self.probs_path(key)
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return f["probabilities"], f["labels"]
+        except (OSError, KeyError, ValueError) as e:
+            raise InputError(f"{path}: expected probabilities and labels of {key}: {e}") from e
+
+    def _check_columns(self, row: Mapping[str, Any]) -> None:
+        unknown = sorted(set(row) - set(COLUMNS))
+        if unknown:
+            raise ValueError(f"result row has columns {unknown} not in the results schema")
+
+    def _append_line(self, row: Mapping[str, Any]) -> None:
+        fd = os.open(self.csv, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            _cut_torn_tail(fd)
+            line = io.StringIO()
+            writer = csv.DictWriter(line, fieldnames=COLUMNS, lineterminator="\n")
+            if os.fstat(fd).st_size == 0:
+                writer.writeheader()
+            writer.writerow({c: _cell(row.get(c)) for c in COLUMNS})
+            os.write(fd, line.getvalue().encode())  # one write: the row lands whole or torn
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with (self.root / ".lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return ";".join(str(v) for v in value)
+    return str(value)
+
+
+def _cut_torn_tail(fd: int) -> None:
+    """Truncate a last line that a killed writer left without its newline."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    tail = os.pread(fd, min(size, 1 << 16), max(0, size - (1 << 16)))
+    if tail.endswith(b"\n"):
+        return
+    cut = tail.rfind(b"\n")
+    keep = (size - len(tail) + cut + 1) if cut >= 0 else 0
+    log.warning("results file: cutting a torn last line (%d bytes)", size - keep)
+    os.ftruncate(fd, keep)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

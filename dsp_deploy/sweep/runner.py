@@ -1,0 +1,275 @@
+"""Plan a sweep and run its tasks on Ray, committing each result as it arrives.
+
+Plan. For every requested dataset (loaded once, on the driver) and arch, the protocol
+decides whether the dataset is in (``Protocol.admits``) and for how many epochs it trains
+(``Protocol.epochs_for``). Tasks are (dataset, arch, variant, seed); those whose key is
+already in ``results.csv`` are done and skipped. Order: seed-major (every dataset's
+first seed before any second seed), so a partial sweep already covers many datasets.
+
+Dependencies (``tasks.UPSTREAM``): a ``dsp-onnx-rule`` task reads its ``dsp-onnx`` task's
+sparse model, a ``narrow`` task its ``dsp-retrain`` task's parameter count. When the
+upstream runs in this sweep, its Ray ``ObjectRef`` is the downstream's argument, so Ray
+starts the downstream once the upstream has finished; when the upstream finished in an
+earlier run, its row and saved model are read back from the folder. ``narrow`` without
+either is refused at planning time.
+
+Execution. Local Ray by default (``ray.init(num_cpus=...)``, no dashboard), or an
+existing cluster with ``address``; a Ray session that is already initialised in this
+process is used as it is and left running. The datasets go into the object store once
+(``ray.put``), so workers need the package but not the data. Each task asks for
+``cpus_per_task`` CPUs and runs torch and onnxruntime on as many threads; a task whose
+worker process dies is retried by Ray up to ``retries`` times (``max_retries``), while an
+exception raised by the task itself is not retried (it would fail again) but recorded in
+``failures.jsonl`` and reported. Only the driver writes to the folder
+(:mod:`dsp_deploy.sweep.results`), so a retry never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dsp_deploy.errors import InputError, require
+from dsp_deploy.sweep.protocols import Protocol
+from dsp_deploy.sweep.results import Key, ResultsStore, row_key
+from dsp_deploy.sweep.tasks import ARCHS, UPSTREAM, VARIANTS, Task, TaskOutput, run_task
+
+if TYPE_CHECKING:
+    from dsp_deploy.data import Dataset
+
+log = logging.getLogger(__name__)
+
+DataPairs = Mapping[str, tuple["Dataset", "Dataset"]]
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    datasets: tuple[str, ...]  # names or paths, as given
+    archs: tuple[str, ...]
+    variants: tuple[str, ...]
+    protocol: Protocol
+    cpus_per_task: int = 1
+    keep_models: bool = False
+
+    def __post_init__(self) -> None:
+        for kind, given, known in (
+            ("arch", self.archs, ARCHS),
+            ("variant", self.variants, VARIANTS),
+        ):
+            unknown = [g for g in given if g not in known]
+            if unknown or not given:
+                raise InputError(f"unknown or no {kind}s {unknown}; expected some of {known}")
+        if not self.datasets:
+            raise InputError("no datasets given")
+        if self.cpus_per_task < 1:
+            raise InputError(f"cpus per task must be >= 1, got {self.cpus_per_task}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    tasks: tuple[Task, ...]  # every task of the sweep, done or not, in submission order
+    pending: tuple[Task, ...]
+    skipped: tuple[tuple[str, str, str], ...]  # (dataset, arch, why)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Progress: ``done`` and ``failed`` of ``total`` pending tasks after ``task``."""
+
+    task: Task
+    done: int
+    failed: int
+    total: int
+    error: str | None = None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    planned: int
+    already_done: int
+    completed: int
+    failed: tuple[tuple[Key, str], ...]
+    skipped: tuple[tuple[str, str, str], ...]
+    seconds: float
+
+
+def load_datasets(sources: Sequence[str]) -> dict[str, tuple[Dataset, Dataset]]:
+    """Both splits of each source, keyed by the source as given."""
+    from dsp_deploy.data import load_train_test
+
+    return {s: load_train_test(s) for s in dict.fromkeys(sources)}
+
+
+def plan_sweep(request: SweepRequest, data: DataPairs, store: ResultsStore) -> Plan:
+    """Every task of ``request`` and the ones not yet in ``store``; see the module doc."""
+    from dsp_deploy.nets.registry import get_arch
+
+    protocol, tasks, skipped = request.protocol, [], []
+    for seed in protocol.seeds:
+        for source in request.datasets:
+            train, _ = data[source]
+            n, length = len(train.y), int(train.X.shape[-1])
+            for arch in request.archs:
+                spec = get_arch(arch)
+                if not protocol.admits(spec.family, n, length):
+                    why = f"step cost {protocol.step_cells(n, length)} over the protocol bound"
+                    if seed == protocol.seeds[0]:
+                        skipped.append((train.name, arch, why))
+                    continue
+                for variant in request.variants:
+                    tasks.append(_task(request, train.name, arch, variant, seed, n, spec))
+    done = store.done()
+    _check_upstreams(tasks, done)
+    pending = tuple(t for t in tasks if t.key not in done)
+    return Plan(tuple(tasks), pending, tuple(skipped))
+
+
+def _task(request: SweepRequest, name: str, arch: str, variant: str, seed: int, n: int, spec):
+    protocol = request.protocol
+    if variant in ("dense", "narrow"):
+        sparsity = 0.0
+    elif variant == "dsp-exact":
+        sparsity = protocol.exact_lambda(spec.family)
+    else:
+        sparsity = spec.sparsity
+    return Task(
+        dataset=name,
+        arch=arch,
+        variant=variant,
+        seed=seed,
+        protocol=protocol.name,
+        epochs=protocol.epochs_for(n),
+        batch_size=protocol.batch_size,
+        sparsity=sparsity,
+        threads=request.cpus_per_task,
+        latency_runs=protocol.latency_runs,
+        keep_models=request.keep_models,
+    )
+
+
+def _check_upstreams(tasks: Sequence[Task], done: frozenset[Key]) -> None:
+    planned = {t.key for t in tasks}
+    for t in tasks:
+        if t.variant == "narrow" and t.upstream_key not in planned | done:
+            raise InputError(
+                f"variant narrow needs {UPSTREAM['narrow']} for {t.dataset}/{t.arch}/seed "
+                f"{t.seed} (its parameter target); add {UPSTREAM['narrow']} to --variants"
+            )
+
+
+def _from_disk(store: ResultsStore, rows: Mapping[Key, Mapping[str, str]], key: Key) -> TaskOutput:
+    path = store.model_path(key, "sparse")
+    models = {"sparse": path.read_bytes()} if path.exists() else {}
+    empty = np.zeros((0, 0), np.float32)
+    return TaskOutput(dict(rows[key]), empty, np.zeros(0, np.int64), models)
+
+
+def _init_ray(ray: Any, address: str | None, num_cpus: int | None) -> bool:
+    """Connect or start Ray; True when this call started it (so it must shut it down)."""
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def execute(
+    plan: Plan,
+    data: DataPairs,
+    store: ResultsStore,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    retries: int = 3,
+    progress: Callable[[Event], None] | None = None,
+) -> SweepSummary:
+    """Run ``plan.pending`` on Ray and commit each result as it arrives."""
+    start = time.perf_counter()
+    failed: list[tuple[Key, str]] = []
+    completed = 0
+    if not plan.pending:
+        return SweepSummary(len(plan.tasks), len(plan.tasks), 0, (), plan.skipped, 0.0)
+    ray = require("ray", "sweep")
+    started = _init_ray(ray, address, num_cpus)
+    try:
+        waiting = _submit(ray, plan, data, store, retries)
+        total = len(waiting)
+        while waiting:
+            (ref,), _ = ray.wait(list(waiting), num_returns=1)
+            task = waiting.pop(ref)
+            try:
+                output: TaskOutput = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                message = _first_line(e)
+                failed.append((task.key, message))
+                _log_failure(store, task, message)
+                if progress:
+                    progress(Event(task, completed, len(failed), total, error=message))
+                continue
+            fresh = store.commit(
+                output.row,
+                probabilities=output.probabilities,
+                labels=output.labels,
+                models=output.models,
+            )
+            completed += 1
+            if progress:
+                progress(Event(task, completed, len(failed), total, duplicate=not fresh))
+    finally:
+        if started:
+            ray.shutdown()
+    already = len(plan.tasks) - len(plan.pending)
+    seconds = time.perf_counter() - start
+    return SweepSummary(len(plan.tasks), already, completed, tuple(failed), plan.skipped, seconds)
+
+
+def _submit(
+    ray: Any, plan: Plan, data: DataPairs, store: ResultsStore, retries: int
+) -> dict[Any, Task]:
+    remote = ray.remote(run_task)
+    rows = {row_key(r): r for r in store.rows()}
+    by_name = {pair[0].name: pair for pair in data.values()}
+    refs: dict[str, tuple[Any, Any]] = {}
+    submitted: dict[Key, Any] = {}
+    waiting: dict[Any, Task] = {}
+    for task in plan.pending:
+        if task.dataset not in refs:
+            train, test = by_name[task.dataset]
+            refs[task.dataset] = (ray.put(train), ray.put(test))
+        upstream = None
+        if task.upstream_key in submitted:
+            upstream = submitted[task.upstream_key]
+        elif task.upstream_key in rows:
+            upstream = _from_disk(store, rows, task.upstream_key)
+        ref = remote.options(
+            num_cpus=task.threads,
+            max_retries=retries,
+            retry_exceptions=False,
+            name=f"sweep:{'/'.join(task.key)}",
+        ).remote(task, *refs[task.dataset], upstream)
+        submitted[task.key] = ref
+        waiting[ref] = task
+    return waiting
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    # RayTaskError puts the task's own exception on its last line.
+    return lines[-1] if lines else type(error).__name__
+
+
+def _log_failure(store: ResultsStore, task: Task, message: str) -> None:
+    log.error("task %s failed: %s", "/".join(task.key), message)
+    store.root.mkdir(parents=True, exist_ok=True)
+    entry = {"key": list(task.key), "error": message, "time": time.time()}
+    with (store.root / "failures.jsonl").open("a") as f:
+        f.write(json.dumps(entry) + "\n")

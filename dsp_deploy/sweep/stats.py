@@ -1,0 +1,205 @@
+"""From result rows to per-dataset cells, ensembles and paired statistics (numpy, scipy).
+
+A *cell* is one (arch, dataset, variant) over the seeds it has. Its single-model numbers
+are means over those seeds; its ensemble accuracy is that of the mean softmax over the
+seeds (``p(x) = (1/M) Σ_m p_m(x)``, as LITETime/InceptionTime), formed when M ≥ 2; the
+ensemble's params and MACs are the members' sums (the paper's accounting).
+
+A comparison of variant v against a baseline b (``dense``, or ``narrow`` for the DSP
+variants) runs over the datasets where both cells exist, at one level (``single``: the
+seed means; ``ensemble``), and gives the mean compression of v (1 − params/params of the
+published dense architecture), the mean accuracy change v − b, wins/ties/losses counted
+from v's side (a tie is an equal accuracy), and the two-sided Wilcoxon signed-rank p over
+the paired accuracies (1 when every pair is equal; None with fewer than 2 datasets).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dsp_deploy.sweep.results import Key, row_key
+from dsp_deploy.sweep.tasks import DSP_VARIANTS, VARIANTS
+
+LEVELS: tuple[str, ...] = ("single", "ensemble")
+ProbsLoader = Callable[[Key], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Cell:
+    arch: str
+    dataset: str
+    variant: str
+    seeds: tuple[str, ...]
+    accuracy: float  # mean over seeds
+    ensemble_accuracy: float | None  # mean softmax over seeds (>= 2)
+    params: float  # mean over seeds
+    params_dense: float
+    macs: float
+    macs_dense: float
+    latency_ms: float | None
+    epochs: int
+
+    @property
+    def compression(self) -> float:
+        return 1 - self.params / self.params_dense
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs / self.macs_dense
+
+    def level(self, level: str) -> float | None:
+        return self.accuracy if level == "single" else self.ensemble_accuracy
+
+
+@dataclass(frozen=True)
+class Comparison:
+    arch: str
+    variant: str
+    baseline: str
+    level: str
+    n: int
+    mean_compression: float
+    mean_delta: float  # accuracy points (fraction), variant − baseline
+    wins: int
+    ties: int
+    losses: int
+    p_value: float | None
+
+
+def _num(text: str | None) -> float | None:
+    return None if text in (None, "") else float(text)
+
+
+def cells(rows: Iterable[Mapping[str, str]], load_probs: ProbsLoader | None) -> tuple[Cell, ...]:
+    """One cell per (arch, dataset, variant), in variant order within a dataset."""
+    groups: dict[tuple[str, str, str], list[Mapping[str, str]]] = {}
+    for r in rows:
+        groups.setdefault((r["arch"], r["dataset"], r["variant"]), []).append(r)
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    out = []
+    for (arch, dataset, variant), group in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1].lower(), order.get(kv[0][2], 99))
+    ):
+        group = sorted(group, key=lambda r: r["seed"])
+        latencies = [x for x in (_num(r.get("latency_ms")) for r in group) if x is not None]
+        out.append(
+            Cell(
+                arch=arch,
+                dataset=dataset,
+                variant=variant,
+                seeds=tuple(r["seed"] for r in group),
+                accuracy=float(np.mean([float(r["accuracy"]) for r in group])),
+                ensemble_accuracy=_ensemble(group, load_probs),
+                params=float(np.mean([float(r["params"]) for r in group])),
+                params_dense=float(np.mean([float(r["params_dense"]) for r in group])),
+                macs=float(np.mean([float(r["macs"]) for r in group])),
+                macs_dense=float(np.mean([float(r["macs_dense"]) for r in group])),
+                latency_ms=float(np.mean(latencies)) if latencies else None,
+                epochs=int(group[0]["epochs"]),
+            )
+        )
+    return tuple(out)
+
+
+def _ensemble(group: Sequence[Mapping[str, str]], load_probs: ProbsLoader | None) -> float | None:
+    if load_probs is None or len(group) < 2:
+        return None
+    members = [load_probs(row_key(r)) for r in group]
+    probs = np.mean([p for p, _ in members], axis=0)
+    return float(np.mean(probs.argmax(axis=1) == members[0][1]))
+
+
+def ensemble_rows(table: Sequence[Cell], rows: Sequence[Mapping[str, str]]) -> list[dict]:
+    """``seed=ensemble`` rows for the contract table (params/MACs summed over members)."""
+    out = []
+    for c in table:
+        if c.ensemble_accuracy is None:
+            continue
+        m = len(c.seeds)
+        out.append(
+            {
+                "dataset": c.dataset,
+                "arch": c.arch,
+                "variant": c.variant,
+                "seed": "ensemble",
+                "protocol": next((r["protocol"] for r in rows if r["dataset"] == c.dataset), ""),
+                "epochs": c.epochs,
+                "accuracy": c.ensemble_accuracy,
+                "params": round(c.params * m),
+                "macs": round(c.macs * m),
+                "params_dense": round(c.params_dense * m),
+                "macs_dense": round(c.macs_dense * m),
+                "compression": c.compression,
+                "macs_reduction": 1 - c.macs_ratio,
+            }
+        )
+    return out
+
+
+def wilcoxon_p(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided Wilcoxon signed-rank p of paired samples; 1 when all pairs are equal."""
+    from scipy.stats import wilcoxon
+
+    if len(a) < 2:
+        return None
+    diff = np.asarray(a, float) - np.asarray(b, float)
+    if np.all(diff == 0):
+        return 1.0
+    with warnings.catch_warnings():
+        # Small samples and ties make scipy warn about its approximation; p is still right
+        # for what it is, and the n beside it says how much to trust it.
+        warnings.simplefilter("ignore", category=UserWarning)
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        p = float(wilcoxon(a, b).pvalue)
+    return None if math.isnan(p) else p
+
+
+def compare(table: Sequence[Cell], variant: str, baseline: str, level: str) -> list[Comparison]:
+    """``variant`` against ``baseline`` per arch, at ``level``; see the module docstring."""
+    index = {(c.arch, c.dataset, c.variant): c for c in table}
+    out = []
+    for arch in sorted({c.arch for c in table}):
+        pairs = [
+            (index[(arch, d, variant)], index[(arch, d, baseline)])
+            for (a, d, v) in index
+            if a == arch and v == variant and (arch, d, baseline) in index
+        ]
+        pairs = [
+            (x, y) for x, y in pairs if x.level(level) is not None and y.level(level) is not None
+        ]
+        if not pairs:
+            continue
+        acc = np.array([[x.level(level), y.level(level)] for x, y in pairs], dtype=float)
+        diff = acc[:, 0] - acc[:, 1]
+        out.append(
+            Comparison(
+                arch=arch,
+                variant=variant,
+                baseline=baseline,
+                level=level,
+                n=len(pairs),
+                mean_compression=float(np.mean([x.compression for x, _ in pairs])),
+                mean_delta=float(diff.mean()),
+                wins=int((diff > 0).sum()),
+                ties=int((diff == 0).sum()),
+                losses=int((diff < 0).sum()),
+                p_value=wilcoxon_p(acc[:, 0], acc[:, 1]),
+            )
+        )
+    return out
+
+
+def summary(table: Sequence[Cell]) -> tuple[Comparison, ...]:
+    """Every variant against dense, and every DSP variant against narrow, both levels."""
+    out: list[Comparison] = []
+    for level in LEVELS:
+        for variant in VARIANTS[1:]:
+            out += compare(table, variant, "dense", level)
+        for variant in DSP_VARIANTS:
+            out += compare(table, variant, "narrow", level)
+    return tuple(out)

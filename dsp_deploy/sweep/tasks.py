@@ -1,0 +1,350 @@
+"""One sweep task: (dataset, arch, seed, variant) → one result row, on a worker.
+
+Variants (``λ_p`` is the arch's paper λ, ``λ_x`` the protocol's dsp-exact λ)::
+
+    dense          train (λ = 0) → ONNX
+    dsp-onnx       train (λ_p) → ONNX → compress --criterion dead        (lossless)
+    dsp-onnx-rule  dsp-onnx's sparse ONNX → compress --criterion dsp      (paper's rule,
+                   mean compensation; the row exists whether the gates pass or not)
+    dsp-retrain    train (λ_p) → analysis → smaller net → retrain (λ = 0) → ONNX
+    dsp-exact      train (λ_x) → ONNX → compress --criterion dead        (ours)
+    narrow         uniform width nearest dsp-retrain's params (same dataset and seed),
+                   train (λ = 0) → ONNX
+
+``dsp-onnx-rule`` and ``narrow`` take their upstream task's output (``UPSTREAM``): the
+sparse model bytes, or the retrained member's parameter count. A rule task with no
+upstream trains its own sparse model. Compression uses the whole training set as
+calibration (holdout 0): the channels removed are those dead on all of it, which is
+what the training-side analysis calls dead; the test set is the held-out check.
+
+Every row's ``accuracy`` comes from the final ONNX model on onnxruntime (so the export is
+checked too); ``params``/``macs`` from :func:`dsp_deploy.cost.model_cost`, against those
+of the dense architecture for the same dataset (``params_dense``); ``latency_ms`` is the
+median of ``latency_runs`` batch-1 calls on one onnxruntime thread, in-process: cheap and
+indicative (tasks share the machine), not a ``dsp-deploy bench`` measurement.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dsp_deploy.errors import InputError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from dsp_deploy.compress import CompressResult
+    from dsp_deploy.data import Dataset
+    from dsp_deploy.nets.registry import ArchSpec
+    from dsp_deploy.train.pipeline import TrainOutcome
+
+log = logging.getLogger(__name__)
+
+VARIANTS: tuple[str, ...] = (
+    "dense",
+    "dsp-onnx",
+    "dsp-onnx-rule",
+    "dsp-retrain",
+    "dsp-exact",
+    "narrow",
+)
+DSP_VARIANTS: tuple[str, ...] = ("dsp-onnx", "dsp-onnx-rule", "dsp-retrain", "dsp-exact")
+UPSTREAM: Mapping[str, str] = MappingProxyType(
+    {"dsp-onnx-rule": "dsp-onnx", "narrow": "dsp-retrain"}
+)
+ARCHS: tuple[str, ...] = ("lite", "inception")  # single members: ensembles come from seeds
+
+
+@dataclass(frozen=True)
+class Task:
+    dataset: str  # canonical name (Dataset.name)
+    arch: str  # lite | inception
+    variant: str
+    seed: int
+    protocol: str
+    epochs: int
+    batch_size: int
+    sparsity: float  # λ of the (first) training; 0 for dense and narrow
+    threads: int = 1
+    latency_runs: int = 100
+    keep_models: bool = False
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise InputError(f"unknown variant {self.variant!r}; expected one of {VARIANTS}")
+        if self.arch not in ARCHS:
+            raise InputError(f"unknown sweep arch {self.arch!r}; expected one of {ARCHS}")
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.dataset, self.arch, self.variant, str(self.seed))
+
+    @property
+    def upstream_key(self) -> tuple[str, str, str, str] | None:
+        up = UPSTREAM.get(self.variant)
+        return None if up is None else (self.dataset, self.arch, up, str(self.seed))
+
+
+@dataclass(frozen=True)
+class TaskOutput:
+    """What a worker sends back; the driver commits it (``results.ResultsStore``)."""
+
+    row: Mapping[str, Any]
+    probabilities: np.ndarray  # (n_test, classes) float32; empty when read back for upstream
+    labels: np.ndarray  # (n_test,) int64
+    models: Mapping[str, bytes] = field(default_factory=dict)  # "sparse", "final"
+
+
+@dataclass(frozen=True)
+class _Built:
+    model: onnx.ModelProto
+    fields: Mapping[str, Any]
+    models: Mapping[str, bytes] = field(default_factory=dict)
+
+
+def run_task(
+    task: Task, train: Dataset, test: Dataset, upstream: TaskOutput | None = None
+) -> TaskOutput:
+    """Train, export, compress and evaluate one task; see the module docstring."""
+    import torch
+
+    torch.set_num_threads(task.threads)
+    start = time.perf_counter()
+    built = _BUILDERS[task.variant](task, train, upstream)
+    probs = _predict(built.model, test.X, task.threads)
+    length = int(train.X.shape[-1])
+    dense_params, dense_macs = dense_cost(task.arch, len(train.classes), length)
+    from dsp_deploy.cost import model_cost
+
+    cost = model_cost(built.model, length=length)
+    row = {
+        "dataset": train.name,
+        "arch": task.arch,
+        "variant": task.variant,
+        "seed": task.seed,
+        "protocol": task.protocol,
+        "epochs": task.epochs,
+        "steps": task.epochs * math.ceil(len(train.y) / task.batch_size),
+        "sparsity": task.sparsity,
+        "accuracy": float(np.mean(probs.argmax(axis=1) == test.y)),
+        "params": cost.params,
+        "macs": cost.macs,
+        "params_dense": dense_params,
+        "macs_dense": dense_macs,
+        "compression": 1 - cost.params / dense_params,
+        "macs_reduction": 1 - cost.macs / dense_macs,
+        "latency_ms": latency_ms(built.model, length, task.latency_runs),
+        "n_train": len(train.y),
+        "n_test": len(test.y),
+        "length": length,
+        "n_classes": len(train.classes),
+        "host": socket.gethostname(),
+        **built.fields,
+        "task_seconds": round(time.perf_counter() - start, 3),
+    }
+    models = dict(built.models)
+    if task.keep_models:
+        models["final"] = built.model.SerializeToString()
+    log.info("task %s: accuracy %.4f, params %d", task.key, row["accuracy"], cost.params)
+    return TaskOutput(row, probs, test.y.astype(np.int64), models)
+
+
+# ---- variants ---------------------------------------------------------------------------
+def _dense(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
+    outcome = _fit(task, train)
+    return _Built(_export(outcome.model, task, train), _trained(outcome))
+
+
+def _dead_pruned(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
+    outcome = _fit(task, train)
+    sparse = _export(outcome.model, task, train)
+    result = _compress(sparse, train, "dead", task.threads)
+    fields = {**_trained(outcome), **_compressed(result)}
+    return _Built(result.model, fields, {"sparse": sparse.SerializeToString()})
+
+
+def _rule(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
+    import onnx
+
+    if upstream is not None and "sparse" in upstream.models:
+        sparse = onnx.load_from_string(upstream.models["sparse"])
+        copied = ("train_accuracy", "dead_channels", "params_torch")
+        fields: dict[str, Any] = {k: upstream.row.get(k) for k in copied}
+        fields["train_seconds"] = 0.0  # trained by the upstream task
+    else:
+        outcome = _fit(task, train)
+        sparse, fields = _export(outcome.model, task, train), _trained(outcome)
+    result = _compress(sparse, train, "dsp", task.threads)
+    return _Built(result.model, {**fields, **_compressed(result)})
+
+
+def _retrain(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
+    outcome = _fit(task, train, protocol="dsp-retrain")
+    member = outcome.members[0]
+    fields = {
+        **_trained(outcome),
+        "retrain_epochs": task.epochs,
+        "kept_channels": member.kept,
+        "dead_channels": _dead(member.sparse_analysis),
+    }
+    return _Built(_export(outcome.model, task, train), fields)
+
+
+def _narrow(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
+    from dsp_deploy.nets.registry import get_arch
+    from dsp_deploy.sweep.narrow import NarrowSpec, narrow_width
+
+    if upstream is None or not upstream.row.get("params_torch"):
+        raise InputError(f"task {task.key} needs its dsp-retrain row (parameter target)")
+    target = int(upstream.row["params_torch"])
+    base = get_arch(task.arch)
+    width = narrow_width(base.family, len(train.classes), target)
+    spec = NarrowSpec(**asdict(base), width=width)
+    outcome = _fit(task, train, spec=spec)
+    return _Built(_export(outcome.model, task, train), {**_trained(outcome), "width": width})
+
+
+_BUILDERS: Mapping[str, Callable[[Task, Any, TaskOutput | None], _Built]] = MappingProxyType(
+    {
+        "dense": _dense,
+        "dsp-onnx": _dead_pruned,
+        "dsp-onnx-rule": _rule,
+        "dsp-retrain": _retrain,
+        "dsp-exact": _dead_pruned,
+        "narrow": _narrow,
+    }
+)
+
+
+# ---- library calls ----------------------------------------------------------------------
+def _fit(
+    task: Task, train: Dataset, *, spec: ArchSpec | None = None, protocol: str = "none"
+) -> TrainOutcome:
+    from dsp_deploy.nets.registry import get_arch
+    from dsp_deploy.train.pipeline import TrainRequest
+    from dsp_deploy.train.pipeline import train as fit
+
+    request = TrainRequest(
+        spec or get_arch(task.arch),
+        epochs=task.epochs,
+        sparsity=task.sparsity,
+        seed=task.seed,
+        batch_size=task.batch_size,
+        protocol=protocol,
+    )
+    return fit(request, train.X, train.y, len(train.classes))
+
+
+def _trained(outcome: TrainOutcome) -> dict[str, Any]:
+    return {
+        "train_accuracy": outcome.train_accuracy,
+        "train_seconds": round(outcome.seconds, 3),
+        "params_torch": outcome.params,
+        "dead_channels": _dead(outcome.members[0].analysis),
+    }
+
+
+def _dead(analysis: Any) -> str:
+    return ";".join(
+        f"{d}/{c}" for d, c in zip(analysis.dead_counts, analysis.channel_counts, strict=True)
+    )
+
+
+def _compressed(result: CompressResult) -> dict[str, Any]:
+    return {
+        "verified": result.verified,
+        "failures": " | ".join(result.failures),
+        "kept_channels": ";".join(f"{a}/{b}" for b, a in (r.channels for r in result.layers)),
+        "compress_seconds": round(result.seconds, 3),
+    }
+
+
+def _export(model: Any, task: Task, train: Dataset) -> onnx.ModelProto:
+    from dsp_deploy.train.export import model_metadata, to_onnx
+
+    _, channels, length = train.X.shape
+    meta = model_metadata(
+        classes=train.classes,
+        length=length,
+        channels=channels,
+        arch=task.arch,
+        dataset=train.name,
+        training={
+            "epochs": task.epochs,
+            "sparsity": task.sparsity,
+            "seed": task.seed,
+            "variant": task.variant,
+            "protocol": task.protocol,
+        },
+    )
+    return to_onnx(model, length=length, channels=channels, meta=meta)
+
+
+def _compress(
+    model: onnx.ModelProto, train: Dataset, criterion: str, threads: int
+) -> CompressResult:
+    from dsp_deploy.compress import compress
+    from dsp_deploy.io import Calibration
+    from dsp_deploy.train.export import INPUT_NAME
+
+    calibration = Calibration(MappingProxyType({INPUT_NAME: train.X}), train.y)
+    return compress(model, calibration, criterion=criterion, holdout=0.0, threads=threads)
+
+
+def _session(model: onnx.ModelProto, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _predict(model: onnx.ModelProto, X: np.ndarray, threads: int) -> np.ndarray:
+    from dsp_deploy.train.export import INPUT_NAME
+
+    session = _session(model, threads)
+    chunks = [session.run(None, {INPUT_NAME: X[i : i + 256]})[0] for i in range(0, len(X), 256)]
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def latency_ms(model: onnx.ModelProto, length: int, runs: int, *, warmup: int = 10) -> float:
+    """Median wall time of one batch-1 call on one onnxruntime thread, in ms."""
+    from dsp_deploy.train.export import INPUT_NAME
+
+    session = _session(model, 1)
+    feed = {INPUT_NAME: np.random.default_rng(0).standard_normal((1, 1, length), np.float32)}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(max(runs, 1)):
+        t0 = time.perf_counter_ns()
+        session.run(None, feed)
+        times.append(time.perf_counter_ns() - t0)
+    return float(np.median(times)) / 1e6
+
+
+@lru_cache(maxsize=64)
+def dense_cost(arch: str, n_classes: int, length: int) -> tuple[int, int]:
+    """(params, MACs) of the published ``arch`` as ONNX, for this dataset's shape."""
+    from dsp_deploy.cost import model_cost
+    from dsp_deploy.nets.ensemble import probability_model
+    from dsp_deploy.nets.registry import get_arch
+    from dsp_deploy.train.export import to_onnx
+
+    net = probability_model([get_arch(arch).build(n_classes)])
+    cost = model_cost(to_onnx(net, length=length), length=length)
+    return cost.params, cost.macs

@@ -1,0 +1,189 @@
+"""The sweep on Ray, end to end: 1-epoch LITE on two tiny aeon-bundled datasets.
+
+A driver killed mid-sweep and rerun (with more variants) ends with every row exactly
+once; the report is written. The slow test runs the sweep through ``--address`` on a
+two-node local cluster.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from dsp_deploy.sweep.results import ResultsStore, row_key
+
+pytest.importorskip("ray")
+pytest.importorskip("torch")
+
+DATASETS = "UnitTest,ItalyPowerDemand"
+BASE = ("--datasets", DATASETS, "--archs", "lite", "--seeds", "1,2", "--epochs", "1")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One small local Ray for this module: the command reuses an initialised session."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dsp_deploy.cli", *args]
+
+
+def _wait_for_rows(path: Path, proc: subprocess.Popen, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and len(ResultsStore(path.parent).rows()) >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no {n} rows in {path} after {timeout} s (exit {proc.poll()})")
+
+
+def test_killed_sweep_resumes_with_every_row_once(tmp_path, local_ray, run_cli) -> None:
+    out = tmp_path / "sweep"
+    first = (*BASE, "--out", str(out), "--num-cpus", "2", "--no-report", "-q")
+    with (tmp_path / "driver.log").open("w") as log:
+        proc = subprocess.Popen(
+            _cli("sweep", *first, "--variants", "dense,dsp-onnx,dsp-onnx-rule"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_for_rows(out / "results.csv", proc, 1, timeout=240)
+        finally:
+            proc.kill()  # SIGKILL: no clean-up in the driver
+            proc.wait()
+    before = ResultsStore(out).rows()
+    assert 1 <= len(before) < 12, "the driver was killed too late to test resumption"
+
+    result = run_cli("sweep", *BASE, "--out", str(out), "--variants", "all", "--json")
+    assert result.code == 0, result.stderr
+
+    rows = ResultsStore(out).rows()
+    with (out / "results.csv").open() as f:
+        raw = list(csv.DictReader(f))
+    assert len(raw) == len(rows) == 2 * 2 * 6  # datasets × seeds × variants, once each
+    assert len({row_key(r) for r in raw}) == len(raw)
+    assert all(r in rows for r in before)  # rows from the killed run kept as they were
+    for r in rows:
+        assert 0 <= float(r["accuracy"]) <= 1 and int(r["epochs"]) == 1
+        assert 0 < int(r["params"]) <= int(r["params_dense"])
+        assert float(r["latency_ms"]) > 0 and r["protocol"] == "cpu-small"
+    by_variant = {v: [r for r in rows if r["variant"] == v] for v in {r["variant"] for r in rows}}
+    # the rule reused dsp-onnx's sparse model (this run's, or the killed run's from disk)
+    assert all(float(r["train_seconds"]) == 0 for r in by_variant["dsp-onnx-rule"])
+    assert all(r["verified"] in ("true", "false") for r in by_variant["dsp-onnx-rule"])
+    assert all(r["verified"] == "true" for r in by_variant["dsp-onnx"])
+    assert all(r["kept_channels"].count(";") == 2 for r in by_variant["dsp-retrain"])
+    assert all(1 <= int(r["width"]) <= 32 for r in by_variant["narrow"])
+
+    report = out / "report"
+    for name in ("report.md", "table.csv", "summary.csv", "per_dataset.csv", "published.csv"):
+        assert (report / name).is_file(), name
+    assert (report / "accuracy_lite.png").stat().st_size > 0
+    with (report / "table.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert sum(r["seed"] == "ensemble" for r in table) == 2 * 6
+    text = (report / "report.md").read_text()
+    assert "| lite | dsp-retrain | narrow | single | 2 |" in text
+
+    again = run_cli("sweep", *BASE, "--out", str(out), "--variants", "all", "--no-report")
+    assert again.code == 0 and "0 tasks run now, 24 already done" in again.stdout
+    assert len(ResultsStore(out).rows()) == 24
+
+    rep = run_cli("sweep-report", str(out), "-o", str(tmp_path / "rep"))
+    assert rep.code == 0 and (tmp_path / "rep" / "report.md").is_file()
+
+
+def test_narrow_without_its_upstream_is_refused(tmp_path, run_cli) -> None:
+    result = run_cli("sweep", *BASE, "--out", str(tmp_path / "s"), "--variants", "narrow")
+    assert result.code == 2 and "narrow needs dsp-retrain" in result.stderr
+
+
+def test_report_of_an_empty_folder_is_an_input_error(tmp_path, run_cli) -> None:
+    result = run_cli("sweep-report", str(tmp_path))
+    assert result.code == 2 and "holds no results" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sweep_through_address_on_a_two_node_cluster(tmp_path) -> None:
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    port = _free_port()
+    # Ray's Unix sockets live in its temp dir: pytest's tmp_path is too long a path for them.
+    temp = tempfile.mkdtemp(prefix="dspray-", dir="/tmp")
+    # Ray 2.60 enables token auth; nodes started apart would need the token shared.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    common = ("--num-cpus=1", "--block", "--disable-usage-stats")
+    nodes = [
+        subprocess.Popen(
+            [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false",
+             f"--temp-dir={temp}", *common],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    ]  # fmt: skip
+    try:
+        time.sleep(10)
+        nodes.append(
+            subprocess.Popen(
+                [ray_bin, "start", f"--address=127.0.0.1:{port}", *common],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        time.sleep(10)
+        out = tmp_path / "sweep"
+        args = (*BASE, "--variants", "dense,dsp-onnx", "--out", str(out), "--json")
+        done = subprocess.run(
+            _cli("sweep", *args, "--address", f"127.0.0.1:{port}"),
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert len(ResultsStore(out).rows()) == 2 * 2 * 2
+    finally:
+        for node in reversed(nodes):  # SIGTERM to `ray start --block` stops its node
+            node.terminate()
+        for node in reversed(nodes):
+            try:
+                node.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _inception_task(variant: str, sparsity: float):
+    from dsp_deploy.sweep.tasks import Task
+
+    return Task("UnitTest", "inception", variant, 1, "test", 1, 64, sparsity, 1, 5)
+
+
+def test_inception_sparse_task_and_its_rule_downstream() -> None:
+    # Inception's dsp-onnx then dsp-onnx-rule on the sparse model, on the worker function.
+    from dsp_deploy.data import load_train_test
+    from dsp_deploy.sweep.tasks import run_task
+
+    train, test = load_train_test("UnitTest")
+    sparse = run_task(_inception_task("dsp-onnx", 1e-5), train, test)
+    assert sparse.row["verified"] is True and "sparse" in sparse.models
+    assert sparse.probabilities.shape == (len(test.y), 2)
+    assert sparse.row["params_dense"] == 421_730  # the published net as ONNX, 2 classes
+    rule = run_task(_inception_task("dsp-onnx-rule", 1e-5), train, test, sparse)
+    assert rule.row["train_seconds"] == 0.0
+    assert rule.row["params"] < sparse.row["params"]

@@ -1,0 +1,148 @@
+"""Sweep building blocks without Ray or training: protocols, the results folder, stats."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from dsp_deploy.errors import InputError
+from dsp_deploy.sweep import stats
+from dsp_deploy.sweep.protocols import CPU_SMALL, PAPER, Protocol, get_protocol
+from dsp_deploy.sweep.results import COLUMNS, ResultsStore
+
+
+def test_paper_trains_1500_epochs_whatever_the_size() -> None:
+    assert {PAPER.epochs_for(n) for n in (20, 64, 65, 8926)} == {1500}
+    assert PAPER.admits("inception", 8926, 2709)
+
+
+@pytest.mark.parametrize(
+    ("n_train", "epochs"),
+    [(20, 1500), (64, 1500), (65, 750), (1000, 100), (8926, 100)],
+)
+def test_cpu_small_budgets_steps_with_floor_and_cap(n_train: int, epochs: int) -> None:
+    # 1500 steps: one step per epoch up to 64 series; 2 steps at 65; the floor at 1000.
+    assert CPU_SMALL.epochs_for(n_train) == epochs
+
+
+def test_cpu_small_admits_by_step_cost_per_family() -> None:
+    assert CPU_SMALL.admits("lite", 50, 150) and CPU_SMALL.admits("inception", 50, 150)
+    assert CPU_SMALL.admits("lite", 1000, 512) and not CPU_SMALL.admits("lite", 1000, 513)
+    assert not CPU_SMALL.admits("inception", 64, 151)
+    assert CPU_SMALL.admits("inception", 20, 480)  # 20 · 480 = 9600: a small batch
+
+
+def test_overrides_and_json_round_trip() -> None:
+    p = CPU_SMALL.with_overrides(epochs=3, seeds=(1, 2), exact_sparsity=5e-5)
+    assert (p.epochs_for(10), p.epochs_for(10_000), p.seeds) == (3, 3, (1, 2))
+    assert p.exact_lambda("lite") == p.exact_lambda("inception") == 5e-5
+    assert Protocol.from_dict(p.to_dict()) == p
+    with pytest.raises(InputError, match="unknown protocol 'fast'"):
+        get_protocol("fast")
+
+
+def _row(dataset: str, variant: str, seed: int, accuracy: float, params: int = 100) -> dict:
+    return {
+        "dataset": dataset,
+        "arch": "lite",
+        "variant": variant,
+        "seed": seed,
+        "protocol": "cpu-small",
+        "epochs": 1,
+        "accuracy": accuracy,
+        "params": params,
+        "macs": 10 * params,
+        "params_dense": 100,
+        "macs_dense": 1000,
+        "latency_ms": params / 100,
+        "verified": True,
+        "dead_channels": "0/96;1/32;2/32",
+    }
+
+
+def _commit(store: ResultsStore, row: dict, probs: np.ndarray | None = None) -> bool:
+    labels = np.array([0, 1, 1], np.int64)
+    if probs is None:
+        probs = np.eye(2, dtype=np.float32)[[0, 1, 0]]
+    return store.commit(row, probabilities=probs, labels=labels)
+
+
+def test_commit_is_idempotent_per_key(tmp_path) -> None:
+    store = ResultsStore(tmp_path)
+    assert _commit(store, _row("A", "dense", 1, 0.5))
+    assert not _commit(store, _row("A", "dense", 1, 0.9))  # a retried task: no second row
+    assert _commit(store, _row("A", "dense", 2, 0.7))
+    rows = store.rows()
+    assert [(r["seed"], r["accuracy"]) for r in rows] == [("1", "0.5"), ("2", "0.7")]
+    assert rows[0]["verified"] == "true" and rows[0]["dead_channels"] == "0/96;1/32;2/32"
+    with store.csv.open() as f:
+        assert tuple(next(csv.reader(f))) == COLUMNS
+    probs, labels = store.load_probs(("A", "lite", "dense", "1"))
+    assert probs.dtype == np.float32 and labels.tolist() == [0, 1, 1]
+
+
+def test_a_torn_last_line_is_ignored_then_cut(tmp_path) -> None:
+    store = ResultsStore(tmp_path)
+    _commit(store, _row("A", "dense", 1, 0.5))
+    with store.csv.open("a") as f:
+        f.write("A,lite,dsp-onnx,1,cpu-sm")  # a driver killed mid-write
+    assert [r["variant"] for r in store.rows()] == ["dense"]
+    assert _commit(store, _row("A", "dsp-onnx", 1, 0.6))
+    assert [r["variant"] for r in store.rows()] == ["dense", "dsp-onnx"]
+    assert store.csv.read_text().count("\n") == 3  # header + two whole rows
+
+
+def test_a_torn_header_is_rewritten(tmp_path) -> None:
+    store = ResultsStore(tmp_path)
+    store.csv.write_text("dataset,arch,vari")
+    assert _commit(store, _row("A", "dense", 1, 0.5))
+    assert [r["dataset"] for r in store.rows()] == ["A"]
+
+
+def test_unknown_columns_are_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="bogus"):
+        _commit(ResultsStore(tmp_path), {**_row("A", "dense", 1, 0.5), "bogus": 1})
+
+
+def test_rerun_under_another_protocol_is_refused(tmp_path) -> None:
+    store = ResultsStore(tmp_path)
+    store.bind(CPU_SMALL)
+    store.bind(CPU_SMALL)  # the same: fine
+    assert store.protocol() == CPU_SMALL
+    with pytest.raises(InputError, match="max_step_cells, min_epochs, name, target_steps"):
+        store.bind(PAPER.with_overrides(seeds=CPU_SMALL.seeds))
+
+
+def test_wilcoxon_edge_cases() -> None:
+    assert stats.wilcoxon_p([0.5], [0.4]) is None
+    assert stats.wilcoxon_p([0.5, 0.6], [0.5, 0.6]) == 1.0
+    a = np.linspace(0.5, 0.9, 12)
+    p = stats.wilcoxon_p(a + 0.05, a)
+    assert p is not None and p < 0.01
+
+
+def test_cells_ensembles_and_comparisons(tmp_path) -> None:
+    store = ResultsStore(tmp_path)
+    right, wrong = np.eye(2, dtype=np.float32)[[0, 1, 1]], np.eye(2, dtype=np.float32)[[1, 0, 0]]
+    # Dataset A: dense seeds agree (1.0); the DSP seeds disagree: one all right (0.9 soft),
+    # one all wrong but less confident, so their mean softmax is right everywhere.
+    _commit(store, _row("A", "dense", 1, 1.0), right)
+    _commit(store, _row("A", "dense", 2, 1.0), right)
+    _commit(store, _row("A", "dsp-onnx", 1, 1.0, 40), 0.9 * right + 0.1 * wrong)
+    _commit(store, _row("A", "dsp-onnx", 2, 0.0, 60), 0.4 * right + 0.6 * wrong)
+    _commit(store, _row("B", "dense", 1, 0.5))
+    _commit(store, _row("B", "dsp-onnx", 1, 0.75, 50))
+    table = stats.cells(store.rows(), store.load_probs)
+    a = next(c for c in table if (c.dataset, c.variant) == ("A", "dsp-onnx"))
+    assert (a.accuracy, a.ensemble_accuracy, a.params, a.compression) == (0.5, 1.0, 50, 0.5)
+    (single,) = stats.compare(table, "dsp-onnx", "dense", "single")
+    assert (single.n, single.wins, single.ties, single.losses) == (2, 1, 0, 1)
+    assert math.isclose(single.mean_delta, ((0.5 - 1.0) + (0.75 - 0.5)) / 2)
+    assert math.isclose(single.mean_compression, 0.5)
+    (ens,) = stats.compare(table, "dsp-onnx", "dense", "ensemble")
+    assert (ens.n, ens.ties, ens.p_value) == (1, 1, None)  # B has one seed: no ensemble
+    (row,) = stats.ensemble_rows([a], store.rows())
+    assert (row["seed"], row["params"], row["params_dense"]) == ("ensemble", 100, 200)
