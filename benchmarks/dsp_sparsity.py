@@ -37,12 +37,20 @@ RESULTS = Path(__file__).parent / "results" / "dsp_sparsity.jsonl"
 
 def machine() -> dict[str, object]:
     cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-         if ln.startswith("model name")),
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
         platform.processor(),
     )
-    return {"machine": platform.machine(), "cpu": cpu, "cores": os.cpu_count(),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    return {
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def snapshot(net, arch, train, test) -> dict[str, object]:
@@ -60,14 +68,14 @@ def snapshot(net, arch, train, test) -> dict[str, object]:
     return out
 
 
-def run(dataset: str, arch_name: str, lam: float, epochs: int, checkpoints: list[int],
-        seed: int) -> dict[str, object]:
+def run(
+    dataset: str, arch_name: str, lam: float, epochs: int, checkpoints: list[int], seed: int
+) -> dict[str, object]:
     train, test = load_train_test(dataset)
     arch = get_arch(arch_name)
     seed_torch(seed)
     net = arch.build(len(train.classes))
-    config = TrainConfig(epochs=epochs, sparsity=lam, layer_weights=arch.layer_weights,
-                         seed=seed)
+    config = TrainConfig(epochs=epochs, sparsity=lam, layer_weights=arch.layer_weights, seed=seed)
     snaps: dict[str, object] = {}
 
     def progress(record) -> None:
@@ -78,10 +86,17 @@ def run(dataset: str, arch_name: str, lam: float, epochs: int, checkpoints: list
     result = fit(net, train.X, train.y, config, progress=progress)
     snaps[str(epochs)] = snapshot(net, arch, train, test)
     return {
-        "dataset": train.name, "arch": arch_name, "sparsity": lam, "epochs": epochs,
-        "seed": seed, "n_train": len(train.y), "length": int(train.X.shape[-1]),
-        "best_epoch": result.best_epoch, "seconds": round(time.perf_counter() - start, 1),
-        "checkpoints": snaps, "platform": machine(),
+        "dataset": train.name,
+        "arch": arch_name,
+        "sparsity": lam,
+        "epochs": epochs,
+        "seed": seed,
+        "n_train": len(train.y),
+        "length": int(train.X.shape[-1]),
+        "best_epoch": result.best_epoch,
+        "seconds": round(time.perf_counter() - start, 1),
+        "checkpoints": snaps,
+        "platform": machine(),
     }
 
 
@@ -103,14 +118,19 @@ def append(path: Path, row: dict[str, object]) -> None:
 
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    lines = ["| dataset | arch | λ | epoch | test acc | dead / channels per tap | "
-             "paper rule keeps | s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | arch | λ | epoch | test acc | dead / channels per tap | "
+        "paper rule keeps | s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         for epoch, s in sorted(r["checkpoints"].items(), key=lambda kv: int(kv[0])):
             dead = ", ".join(f"{d}/{c}" for d, c in zip(s["dead"], s["channels"], strict=True))
             keeps = ", ".join(map(str, s["rule_keeps"]))
-            lines.append(f"| {r['dataset']} | {r['arch']} | {r['sparsity']:g} | {epoch} | "
-                         f"{s['test_accuracy']:.3f} | {dead} | {keeps} | {r['seconds']} |")
+            lines.append(
+                f"| {r['dataset']} | {r['arch']} | {r['sparsity']:g} | {epoch} | "
+                f"{s['test_accuracy']:.3f} | {dead} | {keeps} | {r['seconds']} |"
+            )
     return "\n".join(lines)
 
 
@@ -118,8 +138,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=["GunPoint", "ItalyPowerDemand", "ArrowHead"])
     p.add_argument("--archs", nargs="+", default=["lite", "inception"])
-    p.add_argument("--sparsities", nargs="+", type=float, default=None,
-                   help="λ values; default: 0 (dense) and the paper's λ of each arch")
+    p.add_argument(
+        "--sparsities",
+        nargs="+",
+        type=float,
+        default=None,
+        help="λ values; default: 0 (dense) and the paper's λ of each arch",
+    )
     p.add_argument("--epochs", type=int, default=1500)
     p.add_argument("--checkpoints", nargs="+", type=int, default=[300, 1500])
     p.add_argument("--seed", type=int, default=9409)
@@ -141,8 +166,10 @@ def main() -> None:
                     continue
                 row = run(dataset, arch, lam, args.epochs, args.checkpoints, args.seed)
                 append(args.out, row)
-                print(json.dumps({k: row[k] for k in ("dataset", "arch", "sparsity",
-                                                      "seconds")}), flush=True)
+                print(
+                    json.dumps({k: row[k] for k in ("dataset", "arch", "sparsity", "seconds")}),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

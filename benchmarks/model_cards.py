@@ -60,7 +60,8 @@ def card(path: Path) -> str:
         f"(classes {', '.join(json.loads(meta.get('dsp.classes', '[]')))})",
         f"- command: `{command_for(path)}`",
         f"- test accuracy: {accuracy:.4f}" if accuracy is not None else "- test accuracy: ?",
-        f"- parameters (float initializers in the file): {cost.params:,}; MACs per series: {cost.macs:,}",
+        f"- parameters (float initializers in the file): {cost.params:,}; "
+        f"MACs per series: {cost.macs:,}",
         f"- size: {path.stat().st_size:,} bytes; "
         f"sha256: `{hashlib.sha256(path.read_bytes()).hexdigest()}`",
     ]
