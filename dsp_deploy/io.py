@@ -25,10 +25,11 @@ import logging
 import os
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -82,17 +83,50 @@ def save_model(
     if not target.parent.is_dir():
         raise InputError(f"output folder {p.parent} does not exist")
     data = model.SerializeToString()
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=target.parent)
+    write_atomic(target, lambda f: f.write(data))
+    logger.info("wrote %s (%d bytes)", p, len(data))
+
+
+def write_atomic(target: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``target`` through ``write(file)`` so that it appears whole or not at all.
+
+    The bytes go to a temp file in the destination folder, are flushed to disk and then
+    ``os.replace``d onto ``target``; the file gets the usual permissions (umask), not the
+    0600 of ``mkstemp``.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    logger.info("wrote %s (%d bytes)", p, len(data))
+
+
+def _umask() -> int:
+    try:  # Linux reports it without changing it (os.umask would, for a moment, process-wide)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_calibration(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Write a calibration ``.npz`` (no pickles) atomically, e.g. ``x=..., y=...``."""
+    target = Path(path).resolve()
+    if target.is_dir():
+        raise InputError(f"output path {path} is a directory; expected an .npz file path")
+    if not target.parent.is_dir():
+        raise InputError(f"output folder {Path(path).parent} does not exist")
+    write_atomic(target, lambda f: np.savez(f, **arrays))
 
 
 @dataclass(frozen=True)

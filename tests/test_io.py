@@ -151,3 +151,17 @@ def test_cli_bad_inputs_exit_2_and_write_nothing(tmp_path: Path, model_file: Pat
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before
     assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))
+
+
+def test_written_files_get_umask_permissions_not_mkstemp_0600(tmp_path) -> None:
+    from dsp_deploy.io import save_calibration
+
+    old = os.umask(0o022)
+    try:
+        io.save_model(G.chain(), tmp_path / "m.onnx")
+        save_calibration(tmp_path / "c.npz", x=np.zeros((2, 1, 8), np.float32))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.onnx").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "c.npz").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz", "m.onnx"]  # no temp left

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -60,7 +58,7 @@ def train_command(
 
     require("torch", "train")
     from dsp_deploy.data import load_train_test
-    from dsp_deploy.io import save_model
+    from dsp_deploy.io import save_calibration, save_model
     from dsp_deploy.nets.registry import get_arch
     from dsp_deploy.train import pipeline
     from dsp_deploy.train.export import model_metadata, to_onnx
@@ -93,7 +91,9 @@ def train_command(
     save_model(to_onnx(outcome.model, length=length, channels=channels, meta=meta), output)
     if calib_out is not None:
         # `classes` lets `dsp-deploy eval MODEL --dataset CALIB.npz` map labels by name.
-        _save_npz(calib_out, x=train_set.X, y=train_set.y, classes=np.array(train_set.classes))
+        save_calibration(
+            calib_out, x=train_set.X, y=train_set.y, classes=np.array(train_set.classes)
+        )
     summary = _summary(request, outcome, output, calib_out, train_set.name)
     if as_json:
         typer.echo(json.dumps(summary))
@@ -107,18 +107,6 @@ def _check_output(path: Path, suffix: str) -> None:
         raise InputError(f"output path {path} is a directory; expected a {suffix} file path")
     if not path.resolve().parent.is_dir():
         raise InputError(f"output folder {path.parent} does not exist")
-
-
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """``np.savez`` atomically (temp file in the same folder, then rename); no pickles."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.resolve().parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _training_settings(request: TrainRequest, outcome: TrainOutcome) -> dict[str, Any]:
