@@ -61,7 +61,7 @@ def test_killed_sweep_resumes_with_every_row_once(tmp_path, local_ray, run_cli) 
             stderr=subprocess.STDOUT,
         )
         try:
-            _wait_for_rows(out / "results.csv", proc, 1, timeout=240)
+            _wait_for_rows(out / "results.csv", proc, 1, timeout=900)
         finally:
             proc.kill()  # SIGKILL: no clean-up in the driver
             proc.wait()
@@ -152,7 +152,7 @@ def test_sweep_through_address_on_a_two_node_cluster(tmp_path) -> None:
         args = (*BASE, "--variants", "dense,dsp-onnx", "--out", str(out), "--json")
         done = subprocess.run(
             _cli("sweep", *args, "--address", f"127.0.0.1:{port}"),
-            env=env, capture_output=True, text=True, timeout=300,
+            env=env, capture_output=True, text=True, timeout=900,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
         assert len(ResultsStore(out).rows()) == 2 * 2 * 2
