@@ -183,3 +183,20 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
         node.attribute.extend(kept)
         set_ints(node, "pads", pads)
     return out
+
+
+def drop_unused_nodes(graph: onnx.GraphProto) -> set[str]:
+    """Remove nodes none of whose outputs reach a graph output; returns every name still
+    read (node inputs, also inside subgraphs, and the graph outputs)."""
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+            for a in node.attribute:  # names read inside subgraphs
+                for g in (*([a.g] if a.HasField("g") else []), *a.graphs):
+                    needed.update(n for sub in g.node for n in sub.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    return needed

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from dsp_deploy.compress.graph import GraphIndex, attr, normalise, set_ints
+from dsp_deploy.compress.graph import GraphIndex, attr, drop_unused_nodes, normalise, set_ints
 from dsp_deploy.compress.plan import Compensation, PruningPlan
 from dsp_deploy.compress.rules import DEPTHWISE, Consumer
 
@@ -188,17 +188,7 @@ def _cut_empty(graph: onnx.GraphProto, plan: PruningPlan, removed: frozenset[int
 
 
 def _drop_unused(graph: onnx.GraphProto) -> None:
-    needed = {o.name for o in graph.output}
-    kept = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(node.input)
-            for a in node.attribute:  # names read inside subgraphs
-                for g in (*([a.g] if a.HasField("g") else []), *a.graphs):
-                    needed.update(n for sub in g.node for n in sub.input)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
+    needed = drop_unused_nodes(graph)
     initializers = {t.name for t in graph.initializer}
     used = [t for t in graph.initializer if t.name in needed]
     del graph.initializer[:]

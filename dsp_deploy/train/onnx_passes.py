@@ -22,6 +22,8 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from dsp_deploy.compress.graph import drop_unused_nodes
+
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with every all-constant node evaluated into initializers."""
@@ -116,7 +118,7 @@ def _add_conv_pads(conv: onnx.NodeProto, spatial: list[int]) -> None:
 
 def _reset_initializers(graph: onnx.GraphProto, consts: dict[str, np.ndarray]) -> None:
     """Initializers = the constants still read; value_info only for produced tensors."""
-    _drop_dead_nodes(graph)
+    drop_unused_nodes(graph)
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     old = {t.name: t for t in graph.initializer}
     fresh = [
@@ -130,14 +132,3 @@ def _reset_initializers(graph: onnx.GraphProto, consts: dict[str, np.ndarray]) -
     keep_info = [v for v in graph.value_info if v.name in produced]
     del graph.value_info[:]
     graph.value_info.extend(keep_info)
-
-
-def _drop_dead_nodes(graph: onnx.GraphProto) -> None:
-    needed = {o.name for o in graph.output}
-    alive = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            alive.append(node)
-            needed.update(i for i in node.input if i)
-    del graph.node[:]
-    graph.node.extend(reversed(alive))
