@@ -55,6 +55,9 @@ COLUMNS: tuple[str, ...] = (
     "steps",
     "sparsity",
     "accuracy",
+    "accuracy_none",  # dsp-onnx-rule under each compensation (COMPENSATIONS)
+    "accuracy_mean",
+    "accuracy_lstsq",
     "train_accuracy",
     "params",
     "macs",

@@ -5,7 +5,8 @@ Variants (``λ_p`` is the arch's paper λ, ``λ_x`` the protocol's dsp-exact λ)
     dense          train (λ = 0) → ONNX
     dsp-onnx       train (λ_p) → ONNX → compress --criterion dead        (lossless)
     dsp-onnx-rule  dsp-onnx's sparse ONNX → compress --criterion dsp      (paper's rule,
-                   mean compensation; the row exists whether the gates pass or not)
+                   mean compensation; the row exists whether the gates pass or not;
+                   accuracy_none|mean|lstsq score each compensation on the test set)
     dsp-retrain    train (λ_p) → analysis → smaller net → retrain (λ = 0) → ONNX
     dsp-exact      train (λ_x) → ONNX → compress --criterion dead        (ours)
     narrow         uniform width nearest dsp-retrain's params (same dataset and seed),
@@ -110,6 +111,8 @@ class _Built:
     model: onnx.ModelProto
     fields: Mapping[str, Any]
     models: Mapping[str, bytes] = field(default_factory=dict)
+    # other final models of the same task, each scored as ``accuracy_<name>`` on the test set
+    alternatives: Mapping[str, onnx.ModelProto] = field(default_factory=dict)
 
 
 def run_task(
@@ -122,6 +125,10 @@ def run_task(
     start = time.perf_counter()
     built = _BUILDERS[task.variant](task, train, upstream)
     probs = _predict(built.model, test.X, task.threads)
+    alternative_accuracy = {
+        f"accuracy_{name}": _accuracy(_predict(model, test.X, task.threads), test.y)
+        for name, model in built.alternatives.items()
+    }
     length = int(train.X.shape[-1])
     dense_params, dense_macs = dense_cost(task.arch, len(train.classes), length)
     from dsp_deploy.cost import model_cost
@@ -136,7 +143,8 @@ def run_task(
         "epochs": task.epochs,
         "steps": task.epochs * math.ceil(len(train.y) / task.batch_size),
         "sparsity": task.sparsity,
-        "accuracy": float(np.mean(probs.argmax(axis=1) == test.y)),
+        "accuracy": _accuracy(probs, test.y),
+        **alternative_accuracy,
         "params": cost.params,
         "macs": cost.macs,
         "params_dense": dense_params,
@@ -176,6 +184,8 @@ def _dead_pruned(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Bu
 def _rule(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
     import onnx
 
+    from dsp_deploy.compress.plan import COMPENSATIONS
+
     if upstream is not None and "sparse" in upstream.models:
         sparse = onnx.load_from_string(upstream.models["sparse"])
         copied = ("train_accuracy", "dead_channels", "params_torch")
@@ -185,7 +195,12 @@ def _rule(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
         outcome = _fit(task, train)
         sparse, fields = _export(outcome.model, task, train), _trained(outcome)
     result = _compress(sparse, train, "dsp", task.threads)
-    return _Built(result.model, {**fields, **_compressed(result)})
+    # The same removal under each compensation, so a sweep can choose the default one.
+    alternatives = {
+        mode: _compress(sparse, train, "dsp", task.threads, compensation=mode).model
+        for mode in COMPENSATIONS
+    }
+    return _Built(result.model, {**fields, **_compressed(result)}, alternatives=alternatives)
 
 
 def _retrain(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
@@ -291,14 +306,26 @@ def _export(model: Any, task: Task, train: Dataset) -> onnx.ModelProto:
 
 
 def _compress(
-    model: onnx.ModelProto, train: Dataset, criterion: str, threads: int
+    model: onnx.ModelProto,
+    train: Dataset,
+    criterion: str,
+    threads: int,
+    *,
+    compensation: str = "mean",
 ) -> CompressResult:
     from dsp_deploy.compress import compress
     from dsp_deploy.io import Calibration
     from dsp_deploy.train.export import INPUT_NAME
 
     calibration = Calibration(MappingProxyType({INPUT_NAME: train.X}), train.y)
-    return compress(model, calibration, criterion=criterion, holdout=0.0, threads=threads)
+    return compress(
+        model,
+        calibration,
+        criterion=criterion,
+        compensation=compensation,
+        holdout=0.0,
+        threads=threads,
+    )
 
 
 def _session(model: onnx.ModelProto, threads: int) -> Any:
@@ -319,6 +346,10 @@ def _predict(model: onnx.ModelProto, X: np.ndarray, threads: int) -> np.ndarray:
     session = _session(model, threads)
     chunks = [session.run(None, {INPUT_NAME: X[i : i + 256]})[0] for i in range(0, len(X), 256)]
     return np.concatenate(chunks).astype(np.float32)
+
+
+def _accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(probs.argmax(axis=1) == y))
 
 
 def latency_ms(model: onnx.ModelProto, length: int, runs: int, *, warmup: int = 10) -> float:
