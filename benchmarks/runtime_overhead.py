@@ -12,7 +12,11 @@ machine's state (other processes, frequency) hit all three alike:
 * ``bare+znorm``: what an app without the runtime would write: numpy z-normalisation
   ``(x - mean) / std`` then ``session.run``;
 * ``classifier``: ``Classifier.predict_proba(raw)`` — validation, the exact
-  z-normalisation of the training data, run, and output checks.
+  z-normalisation of the training data, run, and output checks;
+* ``bare+1reduce``: a control — one ``np.add.reduce`` over the raw series (≈2 µs on its
+  own), then ``session.run`` on the ready input. It measures what *any* numpy call between
+  two runs costs the next run (cache and branch-predictor state that onnxruntime's kernels
+  lose), which the tight ``bare`` loop never pays.
 
 The overhead is the median over rounds of ``classifier / bare - 1`` (a ratio per round,
 so a slow round does not bias it), on two clocks: the calling thread's CPU time (with one
@@ -107,6 +111,7 @@ def measure(model: Path, batch: int, threads: int, rounds: int, calls: int) -> d
         "bare": lambda: session.run(outputs, {name: ready}),
         "bare+znorm": lambda: session.run(outputs, {name: numpy_znorm()}),
         "classifier": lambda: clf.predict_proba(raw),
+        "bare+1reduce": lambda: (np.add.reduce(raw, axis=-1), session.run(outputs, {name: ready})),
     }
     assert np.allclose(clf.predict_proba(raw), session.run(outputs, {name: ready})[0], atol=1e-6)
     calls = max(2, calls // batch)
@@ -128,9 +133,11 @@ def measure(model: Path, batch: int, threads: int, rounds: int, calls: int) -> d
     for clock, times in (("thread_cpu", cpu), ("wall", wall)):
         ratio = [c / b for c, b in zip(times["classifier"], times["bare"], strict=True)]
         fair = [c / b for c, b in zip(times["classifier"], times["bare+znorm"], strict=True)]
+        control = [c / b for c, b in zip(times["bare+1reduce"], times["bare"], strict=True)]
         own_us = statistics.median(o[0 if clock == "thread_cpu" else 1] for o in own)
         results[clock] = summary(times, ratio) | {
             "overhead_fraction_vs_bare_znorm": round(statistics.median(fair) - 1, 4),
+            "one_numpy_call_fraction": round(statistics.median(control) - 1, 4),
             "own_work_us": round(own_us, 2),
             "own_work_fraction_of_bare": round(own_us / statistics.median(times["bare"]), 4),
         }

@@ -27,10 +27,15 @@ def build(body: str, weights: Mapping[str, np.ndarray], *, classes: int = 2) -> 
     """
     model = onnx.parser.parse_model(text)
     model.graph.initializer.extend(
-        numpy_helper.from_array(np.asarray(v, dtype=np.float32), k) for k, v in weights.items()
+        numpy_helper.from_array(np.asarray(v, dtype=_dtype(v)), k) for k, v in weights.items()
     )
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _dtype(value: np.ndarray) -> type:
+    """Integer tensors (axes, shapes) stay int64; everything else is float32."""
+    return np.int64 if np.asarray(value).dtype.kind in "iu" else np.float32
 
 
 class Weights:
@@ -144,19 +149,77 @@ def depthwise(dead: Iterable[int] = (1, 3), seed: int = 0):
     return build(body + HEAD, w.values)
 
 
-def grouped(seed: int = 0):
-    """Conv(4) → Relu → grouped Conv (group 2, 4 → 4) → Relu → head: all pinned."""
+def grouped(
+    dead1: Iterable[int] = (0,),
+    dead2: Iterable[int] = (),
+    *,
+    width: int = 4,
+    groups: int = 2,
+    out: int = 4,
+    seed: int = 0,
+):
+    """Conv(width) → Relu → grouped Conv (``groups``, width → out, k3) → Relu → head.
+    ``dead1`` / ``dead2``: planted dead channels of the first / the grouped Conv."""
     w = Weights(seed)
-    w.conv("c1", 4, 1, 3, (0,))
-    w.conv("gc", 4, 2, 3)
-    w.dense("fc", 4, 2)
-    body = """
+    w.conv("c1", width, 1, 3, dead1)
+    w.conv("gc", out, width // groups, 3, dead2)
+    w.dense("fc", out, 2)
+    body = f"""
     a = Conv <pads = [1, 1]> (x, c1_w, c1_b)
     r = Relu (a)
-    b = Conv <group = 2, pads = [1, 1]> (r, gc_w, gc_b)
+    b = Conv <group = {groups}, pads = [1, 1]> (r, gc_w, gc_b)
     h = Relu (b)
     """
     return build(body + HEAD, w.values)
+
+
+def grouped_on_input(dead: Iterable[int] = (0, 2), seed: int = 0):
+    """x · [1, 2] per channel (2 untracked channels) → grouped Conv (group 2, 2 → 4) → Relu
+    → head: the grouped Conv's input blocks are nobody's channels."""
+    w = Weights(seed)
+    w.tensor("two", np.array([1.0, 2.0]).reshape(1, 2, 1))
+    w.conv("gc", 4, 1, 3, dead)
+    w.dense("fc", 4, 2)
+    body = """
+    x2 = Mul (x, two)
+    b = Conv <group = 2, pads = [1, 1]> (x2, gc_w, gc_b)
+    h = Relu (b)
+    """
+    return build(body + HEAD, w.values)
+
+
+def matmul_head(
+    bias: bool = True,
+    dead: Iterable[int] = (),
+    constant: Iterable[int] = (),
+    faint: Iterable[int] = (),
+    seed: int = 0,
+):
+    """Conv(4) → Relu → GAP → Flatten → MatMul [→ Add(bias)] → Softmax, as exporters
+    write ``nn.Linear`` (with bias: MatMul + Add; without: a bare MatMul). Channels in
+    ``constant`` are 0.7 everywhere (zero weights, bias 0.7); ``faint`` ones have their
+    weights scaled by 1e-4 (near-dead, for ``--threshold``)."""
+    w = Weights(seed)
+    w.conv("c1", 4, 1, 3, dead)
+    for c in constant:
+        w.values["c1_w"][c], w.values["c1_b"][c] = 0.0, 0.7
+    for c in faint:
+        w.values["c1_w"][c] *= 1e-4
+        w.values["c1_b"][c] = 1e-4
+    w.dense("fc", 4, 2, trans_b=False)
+    if not bias:
+        del w.values["fc_b"]
+    tail = "z = Add (m, fc_b)" if bias else "z = Identity (m)"
+    body = f"""
+    a = Conv <pads = [1, 1]> (x, c1_w, c1_b)
+    r = Relu (a)
+    g = GlobalAveragePool (r)
+    f = Flatten (g)
+    m = MatMul (f, fc_w)
+    {tail}
+    probabilities = Softmax <axis = 1> (z)
+    """
+    return build(body, w.values)
 
 
 def gemm_head(trans_b: bool, dead: Iterable[int] = (0, 2), seed: int = 0):
@@ -186,6 +249,27 @@ def flatten_matmul(dead: Iterable[int] = (1,), seed: int = 0):
     f = Flatten (g)
     m = MatMul (f, fc_w)
     z = Add (m, fc_b)
+    probabilities = Softmax <axis = 1> (z)
+    """
+    return build(body, w.values)
+
+
+def dynamo_pool_head(dead: Iterable[int] = (1,), seed: int = 0):
+    """Conv(4) → Relu → Unsqueeze(-2) → ReduceMean(-1, -2) → Squeeze(-2) → Reshape([-1, 4])
+    → Gemm: how torch's dynamo exporter writes adaptive_avg_pool1d(·, 1) + flatten."""
+    w = Weights(seed)
+    w.conv("c1", 4, 1, 3, dead)
+    w.dense("fc", 4, 2)
+    w.tensor("axis", np.array([-2]))
+    w.tensor("shape", np.array([-1, 4]))
+    body = """
+    a = Conv <pads = [1, 1]> (x, c1_w, c1_b)
+    r = Relu (a)
+    u = Unsqueeze (r, axis)
+    m = ReduceMean <axes = [-1, -2]> (u)
+    s = Squeeze (m, axis)
+    f = Reshape (s, shape)
+    z = Gemm <transB = 1> (f, fc_w, fc_b)
     probabilities = Softmax <axis = 1> (z)
     """
     return build(body, w.values)

@@ -86,14 +86,14 @@ def test_depthwise_shrinks_with_its_input() -> None:
     assert onnx.helper.get_attribute_value(next(a for a in dw.attribute if a.name == "group")) == 2
 
 
-def test_grouped_conv_pins() -> None:
-    reason = "Conv_2 (Conv): grouped Conv (group=2) keeps equal channel blocks"
+def test_grouped_conv_is_a_source_and_a_consumer() -> None:
+    # Formerly pinned; tests/test_compress_grouped.py has what each case removes.
     assert find_groups(G.grouped()).groups == (
-        ChannelGroup(0, ("Conv_0",), 4, (), 4, reason),
-        ChannelGroup(1, ("Conv_2",), 4, ("Gemm_6",), 4, reason),
+        ChannelGroup(0, ("Conv_0",), 4, ("Conv_2",), 0, None),
+        ChannelGroup(1, ("Conv_2",), 4, ("Gemm_6",), 0, None),
     )
-    _, removed = dead_prune(G.grouped())
-    assert removed == {"Conv_0": (), "Conv_2": ()}
+    _, removed = dead_prune(G.grouped(dead1=(0, 2)))
+    assert removed == {"Conv_0": (0, 2), "Conv_2": ()}
 
 
 @pytest.mark.parametrize("trans_b", [False, True])
@@ -114,6 +114,17 @@ def test_flatten_matmul_head() -> None:
     )
     _, removed = dead_prune(G.flatten_matmul(dead=(1,)))
     assert removed == {"Conv_0": (1,)}
+
+
+def test_dynamo_pool_head_keeps_the_channel_axis_and_rewrites_the_reshape() -> None:
+    assert find_groups(G.dynamo_pool_head()).groups == (
+        ChannelGroup(0, ("Conv_0",), 4, ("Gemm_6",), 0, None),
+    )
+    pruned, removed = dead_prune(G.dynamo_pool_head(dead=(1, 2)))
+    assert removed == {"Conv_0": (1, 2)}
+    reshape = next(n for n in pruned.graph.node if n.op_type == "Reshape")
+    shape = {t.name: t for t in pruned.graph.initializer}[reshape.input[1]]
+    assert onnx.numpy_helper.to_array(shape).tolist() == [-1, 2]
 
 
 def test_ensemble_members_are_independent() -> None:

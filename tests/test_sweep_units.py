@@ -146,3 +146,26 @@ def test_cells_ensembles_and_comparisons(tmp_path) -> None:
     assert (ens.n, ens.ties, ens.p_value) == (1, 1, None)  # B has one seed: no ensemble
     (row,) = stats.ensemble_rows([a], store.rows())
     assert (row["seed"], row["params"], row["params_dense"]) == ("ensemble", 100, 200)
+
+
+def test_compensations_pair_each_rule_row_with_its_unpruned_model() -> None:
+    def row(dataset: str, seed: str, variant: str, acc: str, **modes: str) -> dict[str, str]:
+        extra = {f"accuracy_{m}": v for m, v in modes.items()}
+        base = {"arch": "lite", "dataset": dataset, "seed": seed, "variant": variant}
+        return {**base, "accuracy": acc, **extra}
+
+    rows = [
+        row("A", "1", "dsp-onnx", "0.90"),
+        row("A", "1", "dsp-onnx-rule", "0.85", none="0.80", mean="0.85", lstsq="0.95"),
+        row("B", "1", "dsp-onnx", "0.70"),
+        row("B", "1", "dsp-onnx-rule", "0.70", none="0.60", mean="0.70", lstsq="0.70"),
+        row("C", "1", "dsp-onnx-rule", "0.50", none="0.5", mean="0.5", lstsq="0.5"),  # unpaired
+    ]
+    by_mode = {c.compensation: c for c in stats.compensations(rows)}
+    assert set(by_mode) == {"none", "mean", "lstsq"}
+    none, mean, lstsq = by_mode["none"], by_mode["mean"], by_mode["lstsq"]
+    assert none.n == mean.n == lstsq.n == 2
+    assert none.delta == pytest.approx(-0.10) and (none.wins, none.losses) == (0, 2)
+    assert mean.delta == pytest.approx(-0.025) and (mean.ties, mean.losses) == (1, 1)
+    assert lstsq.delta == pytest.approx(0.025) and (lstsq.wins, lstsq.ties) == (1, 1)
+    assert lstsq.mean_accuracy == pytest.approx(0.825)

@@ -1,9 +1,9 @@
 """Channel groups: which channels of which nodes must shrink together, and where they end.
 
-Every output channel of a group-1 Conv is an *atom*. ``rules`` says how atoms travel
-through each node; a residual Add/Sum ties atom a of one operand to atom b of the other
-(union-find), so they become one *unit*: the thing that is kept or removed. Units whose
-sources are linked form a ``ChannelGroup``.
+Every output channel of a Conv that is not depthwise is an *atom*. ``rules`` says how
+atoms travel through each node; a residual Add/Sum ties atom a of one operand to atom b
+of the other (union-find), so they become one *unit*: the thing that is kept or removed.
+Units whose sources are linked form a ``ChannelGroup``.
 
 Removing unit u deletes every occurrence of its atoms: the producer rows (W, B of the
 source Convs), the per-channel parameters along the way (BN, depthwise Conv, per-channel
@@ -23,6 +23,11 @@ can absorb W_k[:, p] * v into its bias exactly (``plan``). The input of a consum
 its units (``ChannelAnalysis.stages``). A unit is *pinned* (never
 removed) when any of its atoms reaches an op outside the table, a graph output, a
 subgraph, or comes from an untracked tensor; ``blocked_by`` says which and why.
+
+A grouped Conv (1 < g, not depthwise) adds a constraint that is not a tie: its output
+block j reads only its input block j, so the groups that stay must lose equally many
+inputs and equally many outputs (``ChannelAnalysis.blocks``; ``rules`` has the algebra,
+``plan`` enforces it). Its channels are otherwise ordinary units: nothing is pinned.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import onnx
 
 from dsp_deploy.compress import rules
 from dsp_deploy.compress.graph import GraphIndex, Shape, node_label, normalise
-from dsp_deploy.compress.rules import Consumer, Layout, Pin, Slice
+from dsp_deploy.compress.rules import Blocks, Consumer, Layout, Pin, Slice
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +91,7 @@ class ChannelAnalysis:
     taps: Mapping[str, Layout]
     layouts: Mapping[str, Layout]
     node_names: tuple[str, ...]
+    blocks: tuple[Blocks, ...] = ()
 
     def stages(self) -> tuple[frozenset[int], ...]:
         """The units each channel-mixing consumer reads: what must never be emptied."""
@@ -104,6 +110,7 @@ class _Builder:
         self.slices: list[Slice] = []
         self.consumers: list[Consumer] = []
         self.taps: dict[str, Layout] = {}
+        self.blocks: list[Blocks] = []
 
     def layout(self, name: str) -> Layout | None:
         return self.layouts.get(name)
@@ -113,6 +120,13 @@ class _Builder:
 
     def shape(self, name: str) -> Shape | None:
         return self.index.shapes.get(name)
+
+    def readers(self, name: str) -> tuple[int, ...]:
+        own = self.index.consumers.get(name, ())
+        return own + ((-1,) if name in self.index.outputs else ())
+
+    def node(self, position: int) -> onnx.NodeProto:
+        return self.index.nodes[position]
 
     def new_atoms(self, node: int, count: int) -> Layout:
         atoms = tuple(range(len(self.parent), len(self.parent) + count))
@@ -158,6 +172,7 @@ def _step(b: _Builder, i: int, node: onnx.NodeProto) -> None:
         b.pin(layout, f"{node_label(node, i)} ({node.op_type}): {reason}")
     b.slices.extend(flow.slices)
     b.consumers.extend(flow.consumers)
+    b.blocks.extend(flow.blocks)
     if node.op_type in rules.ACTIVATIONS and flow.outputs[0] is not None:
         b.taps[node.output[0]] = flow.outputs[0]
 
@@ -262,6 +277,7 @@ def find_groups(model: onnx.ModelProto) -> ChannelAnalysis:
         taps=MappingProxyType(dict(b.taps)),
         layouts=MappingProxyType(dict(b.layouts)),
         node_names=tuple(node_label(n, i) for i, n in enumerate(index.nodes)),
+        blocks=tuple(b.blocks),
     )
     logger.info(
         "%d channel groups, %d units (%d pinned)",

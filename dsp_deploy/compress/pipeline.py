@@ -165,8 +165,16 @@ def compress(
     batch_size: int = 64,
     threads: int | None = None,
     seed: int = 0,
+    align: int = 1,
+    conv2d: bool = False,
 ) -> CompressResult:
-    """Prune ``model`` with ``calibration``; ``model`` itself is not modified."""
+    """Prune ``model`` with ``calibration``; ``model`` itself is not modified.
+
+    ``align``: kept channel counts rounded up to multiples of it (``compress.align``);
+    ``conv2d``: qualifying 1-D convs written in 2-D form (``compress.layout``). Both are
+    checked by the same verification as the pruning.
+    """
+    from dsp_deploy.compress.layout import conv1d_as_conv2d
     from dsp_deploy.cost import model_cost
 
     start = time.perf_counter()
@@ -186,8 +194,12 @@ def compress(
         threshold=threshold,
         min_count=count,
         compensation=mode,
+        align=align,
     )
     pruned = prune(model, plan) if plan.remove or plan.compensations else copy_model(model)
+    wrapped = 0
+    if conv2d:
+        pruned, wrapped = conv1d_as_conv2d(pruned)
     candidate = session(pruned, threads)
     tol = {"atol": atol, "rtol": rtol, "batch_size": batch_size}
     decision = verify(stats.outputs, candidate, part.inputs, labels=part.labels, **tol)
@@ -207,6 +219,8 @@ def compress(
             "threshold": threshold,
             "compensation": mode if criterion == "dsp" or threshold > 0 else "exact",
             "units_removed": len(plan.remove),
+            "align": align,
+            "conv2d": wrapped,
             "params": [before.params, after.params],
             "macs": [before.macs, after.macs],
             "max_abs_diff": decision.max_abs_diff,

@@ -25,7 +25,21 @@ output the paper scores). Removed channels are compensated (``compensation``):
 
 Never empty a layer: the input of every channel-mixing consumer (a *stage*) keeps at
 least its strongest unit; a source whose every channel goes is deleted whole.
-Pinned units are always kept.
+Pinned units are always kept. With ``align`` = N > 1, removed units are also kept back
+until every source keeps 0 or a multiple of N channels where it can (``align``): onnx-
+runtime's blocked x86 kernels need channel counts in multiples of 8 (``layout``).
+
+Grouped Convs (``rules`` has the algebra): with r_j the removed inputs of block j and
+s_j its removed outputs, group j is *dropped* when r_j = b_in and s_j = b_out; unless
+every output goes (the Conv goes whole), the groups J that stay must have
+
+    r_j = min_{i ∈ J} r_i  (capped at b_in − 1)      s_j = min_{i ∈ J} s_i      for j ∈ J
+
+``_balance_one`` keeps back the strongest removed units of a block until it holds (the
+per-group minimum of removable channels goes). Keeping a unit back can unbalance
+another Conv or refill a stage, so stage and balance rules repeat until nothing
+changes; they only ever keep units, so this ends. ``PruningPlan.held`` says which
+units the criterion chose but a rule kept, and why.
 """
 
 from __future__ import annotations
@@ -35,9 +49,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dsp_deploy.compress.align import align_removal
 from dsp_deploy.compress.calibrate import ActivationStats
 from dsp_deploy.compress.groups import ChannelAnalysis
-from dsp_deploy.compress.rules import Consumer
+from dsp_deploy.compress.rules import Blocks, Consumer
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +82,7 @@ class PruningPlan:
     remove: tuple[int, ...]
     compensations: tuple[Compensation, ...]
     score: tuple[float, ...]
+    held: tuple[tuple[int, str], ...] = ()
 
     @property
     def removed_atoms(self) -> frozenset[int]:
@@ -95,7 +111,7 @@ def _removable_dead(occ: list[tuple[Consumer, int]], stats: ActivationStats, t: 
         if s.minimum[p] == s.maximum[p] and c.foldable:
             continue
         rms, whole = np.sqrt(s.energy[p]), np.sqrt(s.energy.mean())
-        if t > 0 and c.kind != "matmul" and rms <= t * whole:
+        if t > 0 and rms <= t * whole:
             continue
         return False
     return True
@@ -117,7 +133,9 @@ def _energy(occ: list[tuple[Consumer, int]], stats: ActivationStats) -> float:
     return max((float(stats.tensors[c.tensor].energy[p]) for c, p in occ), default=0.0)
 
 
-def _keep_one_per_stage(analysis: ChannelAnalysis, remove: set[int], score: list[float]) -> None:
+def _keep_one_per_stage(
+    analysis: ChannelAnalysis, remove: set[int], score: list[float], held: dict[int, str]
+) -> None:
     # A whole source or branch may go (its Concat input goes with it); a consumer may not
     # be left reading nothing.
     for consumer, units in zip(analysis.consumers, analysis.stages(), strict=True):
@@ -125,7 +143,69 @@ def _keep_one_per_stage(analysis: ChannelAnalysis, remove: set[int], score: list
             best = max(units, key=lambda u: score[u])
             remove.discard(best)
             name = analysis.node_names[consumer.node]
+            held.setdefault(best, f"keeps the input of {name} from emptying")
             logger.debug("unit %d kept so the input of %s is not emptied", best, name)
+
+
+def _removed(analysis: ChannelAnalysis, block: tuple[int, ...], remove: set[int]) -> list[int]:
+    return [a for a in block if analysis.unit_of[a] in remove]
+
+
+def _trim(
+    analysis: ChannelAnalysis,
+    block: tuple[int, ...],
+    target: int,
+    remove: set[int],
+    score: list[float],
+) -> list[int]:
+    """Keep back the strongest removed units of ``block`` until ``target`` remain removed."""
+    kept = []
+    while len(gone := _removed(analysis, block, remove)) > target:
+        unit = max((analysis.unit_of[a] for a in gone), key=lambda u: score[u])
+        remove.discard(unit)
+        kept.append(unit)
+    return kept
+
+
+def _balance_one(
+    analysis: ChannelAnalysis, b: Blocks, remove: set[int], score: list[float]
+) -> list[int]:
+    """Units kept back so the groups of ``b`` that stay lose equally (module docstring)."""
+    if len(_removed(analysis, b.outputs, remove)) == len(b.outputs):
+        return []  # every output goes: the Conv goes whole
+    ins = [b.input_block(j) for j in range(b.groups)]
+    outs = [b.output_block(j) for j in range(b.groups)]
+    r = [len(_removed(analysis, block, remove)) for block in ins]
+    s = [len(_removed(analysis, block, remove)) for block in outs]
+    size = len(ins[0])  # b_in; 0 when the input is untracked (no block can go)
+    stay = [j for j in range(b.groups) if not (size and r[j] == size and s[j] == len(outs[j]))]
+    target_r = min(min(r[j] for j in stay), max(size - 1, 0))
+    target_s = min(s[j] for j in stay)
+    kept = []
+    for j in stay:
+        kept += _trim(analysis, ins[j], target_r, remove, score)
+        kept += _trim(analysis, outs[j], target_s, remove, score)
+    return kept
+
+
+def _settle(
+    analysis: ChannelAnalysis, remove: set[int], score: list[float], align: int = 1
+) -> dict[int, str]:
+    """Apply the stage, grouped-Conv and alignment rules until none keeps a unit back."""
+    held: dict[int, str] = {}
+    while True:
+        before = len(remove)
+        _keep_one_per_stage(analysis, remove, score, held)
+        for unit in remove - align_removal(analysis, remove, score, align):
+            remove.discard(unit)
+            held.setdefault(unit, f"keeps its conv's channels a multiple of {align}")
+        for b in analysis.blocks:
+            name = analysis.node_names[b.node]
+            for unit in _balance_one(analysis, b, remove, score):
+                held.setdefault(unit, f"keeps the groups of {name} equal")
+                logger.debug("unit %d kept so the groups of %s stay equal", unit, name)
+        if len(remove) == before:
+            return held
 
 
 def _compensations(
@@ -146,7 +226,7 @@ def _compensations(
         exact = [p for p in gone if s.minimum[p] == s.maximum[p]]
         chosen = gone if mode in ("mean", "lstsq") else exact
         values = tuple((p, float(s.mean[p])) for p in chosen if s.mean[p] != 0)
-        if values and c.kind != "matmul":
+        if values:
             out.append(Compensation(c.node, values))
     return tuple(out)
 
@@ -159,8 +239,13 @@ def make_plan(
     threshold: float = 0.0,
     min_count: int = 0,
     compensation: str = "mean",
+    align: int = 1,
 ) -> PruningPlan:
-    """Decide the units to remove under ``criterion`` (see the module docstring)."""
+    """Decide the units to remove under ``criterion`` (see the module docstring).
+
+    ``align`` > 1 keeps back removable units so that every source keeps 0 or a multiple
+    of ``align`` channels where it can (:mod:`dsp_deploy.compress.align`).
+    """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion {criterion!r}; expected one of {CRITERIA}")
     if compensation not in COMPENSATIONS:
@@ -179,13 +264,14 @@ def make_plan(
         candidates = {u for u, t in enumerate(taps) if t is not None and t <= min_count}
         mode = compensation
     remove = {u for u in candidates if analysis.units[u].blocked_by is None}
-    _keep_one_per_stage(analysis, remove, score)
+    held = _settle(analysis, remove, score, align)
     plan = PruningPlan(
         analysis=analysis,
         criterion=criterion,
         remove=tuple(sorted(remove)),
         compensations=_compensations(analysis, stats, remove, mode),
         score=tuple(score),
+        held=tuple(sorted(held.items())),
     )
     logger.info("%s: remove %d of %d units", criterion, len(remove), len(analysis.units))
     return plan

@@ -3,12 +3,18 @@
 The input model is never mutated: the pass works on ``normalise(model)``, a copy. Steps:
 
 1. compensation on the consumers, in original input positions:
-   fold   Conv: b[o] += Σ_p v_p · Σ_taps W[o, p, ·];  Gemm: C[o] += α/β · Σ_p v_p · B'[p, o]
-          (B' = B for transB 0, Bᵀ for transB 1; a missing bias input is added)
+   fold   Conv: b[o] += Σ_{p in block(o)} v_p · Σ_taps W[o, p − j·b_in, ·] (one block, j = 0,
+          unless grouped); Gemm / MatMul: C[o] += α/β · Σ_p v_p · B'[p, o] (B' = B for
+          transB 0 and MatMul, Bᵀ for transB 1). The bias is the consumer's input 2 (added
+          when missing: a MatMul that gains one becomes ``Gemm(A, B, C)``, equal for a 2-D
+          A) or the constant of the ``Add`` that follows a MatMul;
    refit  W̃' = W̃ G[:, K] (G[K, K] + εI)⁻¹ with W̃ = [W | b] and K = kept positions + bias
           (ε = 1e-9 · mean diag G, a guard against exactly collinear channels);
-2. every ``Slice`` keeps the positions whose atom survives (``np.take`` on its axis);
-   a depthwise Conv gets ``group`` = its remaining channels;
+2. every ``Slice`` keeps the positions whose atom survives (``np.take`` on its axis; a
+   Reshape's literal channel count becomes the number kept);
+   a depthwise Conv gets ``group`` = its remaining channels; a grouped Conv's W becomes
+   the stack of W[R_j, K_j] over its staying groups j (``rules`` has the algebra), its
+   ``group`` their number;
 3. a tensor left with no channel loses its Concat edge, so the nodes computing it (the
    source Conv and its per-channel chain) become unused;
 4. changed parameters become new initializers (fresh names, so a tensor shared by two
@@ -27,7 +33,7 @@ from onnx import numpy_helper
 
 from dsp_deploy.compress.graph import GraphIndex, attr, drop_unused_nodes, normalise, set_ints
 from dsp_deploy.compress.plan import Compensation, PruningPlan
-from dsp_deploy.compress.rules import DEPTHWISE, Consumer
+from dsp_deploy.compress.rules import COUNT, DEPTHWISE, PRODUCER, Blocks, Consumer
 
 logger = logging.getLogger(__name__)
 
@@ -53,36 +59,38 @@ class _Params:
 
 def _fold(params: _Params, c: Consumer, comp: Compensation) -> None:
     node = params.index.nodes[c.node]
-    dtype = params.get(c.node, 1).dtype  # a new bias must match the weight's element type
-    w = params.get(c.node, 1).astype(np.float64)
+    weight = params.get(c.node, 1)
+    w = weight.astype(np.float64)
     v = np.zeros(len(c.layout))
     for p, value in comp.values:
         v[p] = value
     if c.kind == "conv":
-        delta = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) @ v
-        bias = params.get(c.node, 2)
-        base = np.zeros(w.shape[0]) if bias is None else bias.astype(np.float64)
-        params.set(c.node, 2, (base + delta).astype(dtype if bias is None else bias.dtype))
-        return
-    alpha, beta = attr(node, "alpha", 1.0), attr(node, "beta", 1.0)
-    b = w.T if attr(node, "transB", 0) else w
-    delta = alpha / beta * (v @ b)
-    bias = params.get(c.node, 2)
-    base = np.zeros(b.shape[1]) if bias is None else np.broadcast_to(bias, delta.shape)
-    params.set(c.node, 2, (base + delta).astype(dtype if bias is None else bias.dtype))
+        taps = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2)  # (C_out, b_in)
+        by_group = taps.reshape(c.groups, -1, taps.shape[1])
+        delta = np.einsum("jok,jk->jo", by_group, v.reshape(c.groups, -1)).reshape(-1)
+    else:
+        alpha, beta = attr(node, "alpha", 1.0), attr(node, "beta", 1.0)
+        b = w.T if attr(node, "transB", 0) else w
+        delta = alpha / beta * (v @ b)
+    bias = params.get(*c.bias_at)
+    # A new bias must match the weight's element type; an old one keeps its own shape
+    # (a (1, n) or scalar bias broadcasts the same way after the sum).
+    new = delta if bias is None else bias.astype(np.float64) + delta
+    params.set(*c.bias_at, new.astype(weight.dtype if bias is None else bias.dtype))
 
 
 def _affine(params: _Params, c: Consumer) -> tuple[np.ndarray, np.ndarray]:
     """The consumer as y = W x + b per position: W (out, positions), b (out,)."""
     node = params.index.nodes[c.node]
     w = params.get(c.node, 1).astype(np.float64)
-    bias = params.get(c.node, 2)
+    bias = params.get(*c.bias_at)
     if c.kind == "conv":
         mat = w.reshape(w.shape[0], w.shape[1])
         return mat, np.zeros(len(mat)) if bias is None else bias.astype(np.float64)
     alpha, beta = attr(node, "alpha", 1.0), attr(node, "beta", 1.0)
     mat = alpha * (w if attr(node, "transB", 0) else w.T)
-    b = np.zeros(len(mat)) if bias is None else beta * np.broadcast_to(bias, (len(mat),))
+    n = len(mat)
+    b = np.zeros(n) if bias is None else beta * np.broadcast_to(bias, (1, n)).reshape(n)
     return mat, np.asarray(b, dtype=np.float64)
 
 
@@ -101,12 +109,14 @@ def _refit(params: _Params, c: Consumer, comp: Compensation, removed: frozenset[
     original = params.get(c.node, 1)
     if c.kind == "conv":
         params.set(c.node, 1, w_new.reshape(original.shape).astype(original.dtype))
-        params.set(c.node, 2, b_new.astype(original.dtype))
+        params.set(*c.bias_at, b_new.astype(original.dtype))
         return
     alpha, beta = attr(node, "alpha", 1.0), attr(node, "beta", 1.0)
     w_new = w_new / alpha
-    params.set(c.node, 1, (w_new if attr(node, "transB", 0) else w_new.T).astype(np.float32))
-    params.set(c.node, 2, (b_new / beta).astype(np.float32))
+    params.set(c.node, 1, (w_new if attr(node, "transB", 0) else w_new.T).astype(original.dtype))
+    bias = params.get(*c.bias_at)
+    shape = bias.shape if bias is not None and bias.size == len(b_new) else b_new.shape
+    params.set(*c.bias_at, (b_new / beta).reshape(shape).astype(original.dtype))
 
 
 def _compensate(params: _Params, plan: PruningPlan, removed: frozenset[int]) -> None:
@@ -126,13 +136,50 @@ def _slice(params: _Params, plan: PruningPlan, removed: frozenset[int]) -> dict[
         if len(keep) == len(s.layout) or not keep:  # not keep: the node goes (_cut_empty)
             continue
         value = params.get(s.node, s.input)
+        if s.role == COUNT:
+            params.set(s.node, s.input, _with_entry(value, s.axis, len(keep)))
+            continue
         params.set(s.node, s.input, np.take(value, keep, axis=s.axis))
         if s.role == DEPTHWISE:
             groups[s.node] = len(keep)
-        if _added_conv_bias(params, s.node) and s.input == 1 and s.axis == 0:
+        if s.role == PRODUCER and s.input == 1 and _added_conv_bias(params, s.node):
             # A bias that compensation gave a bias-free Conv follows its output channels.
             params.set(s.node, 2, np.take(params.get(s.node, 2), keep, axis=0))
     return groups
+
+
+def _regroup(params: _Params, b: Blocks, removed: frozenset[int]) -> int | None:
+    """Rewrite a grouped Conv's W (and B) from its staying groups; returns its new
+    ``group`` (None: nothing removed, or every output goes and the Conv with them)."""
+    w = params.get(b.node, 1)
+    b_out, b_in = len(b.outputs) // b.groups, w.shape[1]
+    rows = [
+        [j * b_out + p for p, a in enumerate(b.output_block(j)) if a not in removed]
+        for j in range(b.groups)
+    ]
+    cols = [
+        [c for c in range(b_in) if b.inputs is None or b.inputs[j * b_in + c] not in removed]
+        for j in range(b.groups)
+    ]
+    touched = any(a in removed for a in (*b.outputs, *(b.inputs or ())))
+    if not touched or not any(rows):
+        return None
+    stay = [j for j in range(b.groups) if rows[j] or cols[j]]
+    sizes = {(len(rows[j]), len(cols[j])) for j in stay}
+    if len(sizes) != 1 or 0 in next(iter(sizes)):
+        name = params.index.nodes[b.node].name
+        raise ValueError(f"plan leaves the groups of grouped Conv {name} unequal or empty")
+    params.set(b.node, 1, np.concatenate([w[rows[j]][:, cols[j]] for j in stay]))
+    bias = params.get(b.node, 2)
+    if bias is not None:
+        params.set(b.node, 2, bias[[r for j in stay for r in rows[j]]])
+    return len(stay)
+
+
+def _with_entry(value: np.ndarray, index: int, entry: int) -> np.ndarray:
+    out = value.copy()
+    out[index] = entry
+    return out
 
 
 def _added_conv_bias(params: _Params, node: int) -> bool:
@@ -163,6 +210,9 @@ def _write(model: onnx.ModelProto, params: _Params, groups: dict[int, int]) -> N
         node.input[k] = name
     for i, group in groups.items():
         set_ints(graph.node[i], "group", group)
+    for node in graph.node:
+        if node.op_type == "MatMul" and len(node.input) > 2:  # it took a bias: Gemm(A, B, C)
+            node.op_type = "Gemm"
 
 
 def _cut_empty(graph: onnx.GraphProto, plan: PruningPlan, removed: frozenset[int]) -> None:
@@ -207,6 +257,9 @@ def prune(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
     params = _Params(index)
     _compensate(params, plan, removed)
     groups = _slice(params, plan, removed)
+    for b in plan.analysis.blocks:
+        if (group := _regroup(params, b, removed)) is not None:
+            groups[b.node] = group
     _cut_empty(out.graph, plan, removed)
     _write(out, params, groups)
     _drop_unused(out.graph)

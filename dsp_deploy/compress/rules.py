@@ -10,7 +10,9 @@ op                          rule
 Conv, group 1               new atoms (producer: W rows, B); reads x as a *consumer*
                             (W columns) — a channel-mixing end of a group
 Conv, depthwise (g = C)     same layout; W rows, B and ``group`` shrink with the channels
-Conv, grouped (1 < g < C)   pins input and output channels (blocks must stay equal)
+Conv, grouped (g > 1)       new atoms in g blocks; ``Blocks`` ties block j of the output
+                            to block j of the input (see below); W and B are rewritten
+                            by ``prune`` from the surviving blocks
 BatchNormalization,         same layout; per-channel parameters sliced
 InstanceNormalization
 elementwise unary ops       same layout (stats are taken where channels are mixed, so
@@ -23,12 +25,40 @@ MaxPool/AveragePool/Pad/    same layout (they act on the other axes only; Pad an
 Slice/Global*Pool/Reduce*   are checked not to touch axes 0 and 1)
 Concat (axis 1)             layouts concatenated (offsets); untracked parts pinned
 Flatten/Squeeze/Reshape     same layout when only size-1 axes after axis 1 go away
+Squeeze/Unsqueeze           same layout when the axes are all after axis 1
 Gemm (transA 0), MatMul     consumer: B columns (transB 1) or rows (transB 0 / MatMul)
 anything else               ``Pin``: every channel it reads is kept, with the reason
 ==========================  ============================================================
 
-A rule returns a ``Flow`` (output layouts, parameters to slice, ties, consumers) or a
-``Pin`` naming why the node cannot be followed.
+Grouped Conv. With g groups, C_in = g·b_in inputs and C_out = g·b_out outputs,
+W has shape (C_out, b_in, k…) and
+
+    y[o] = B[o] + Σ_{c < b_in} W[o, c] ⋆ x[j·b_in + c],     j = ⌊o / b_out⌋,
+
+so output block j reads input block j only. After pruning, with K_j ⊆ block j the kept
+inputs and R_j the kept outputs, the Conv is again a grouped Conv exactly when every
+group that stays has the same |K_j| ≥ 1 and the same |R_j| ≥ 1: its new W stacks
+W[R_j, K_j − j·b_in] over the staying groups j, and ``group`` is their number. A group
+whose inputs and outputs all go is dropped whole (it reads nothing that stays and
+nothing reads it), so g shrinks while the block sizes stay. A group with every input
+gone but an output kept (or the reverse) cannot be written as a Conv, nor can unequal
+counts; the plan keeps channels until neither happens (``plan._balance_one``). This is
+exact: removed outputs are those the plan proved dead (or folded into their consumers),
+removed inputs are dead at this Conv too (or folded into its bias, B[o] += Σ_taps
+W[o, c]·v for o in block j). Rewriting the Conv into g Convs + Concat would allow
+unequal blocks, but changes the graph's structure: not done.
+
+MatMul has no bias, so a constant input channel needs somewhere to go. When the only
+reader of its output is an ``Add`` of a constant that broadcasts over the output
+features (the exporters' ``MatMul → Add(bias)``), that constant is the bias. Otherwise
+a MatMul that must absorb a constant becomes the Gemm it equals (A is a 2-D matrix and B
+a constant matrix, so ``MatMul(A, B) + C = Gemm(A, B, C)``): one node stays one node,
+and onnxruntime fuses a 2-D MatMul + Add into a Gemm anyway, so a Gemm is no slower
+than the inserted Add the alternative needs. Keeping the constant channels instead
+(the old behaviour) would leave ``--threshold`` and the compensations without a bias.
+
+A rule returns a ``Flow`` (output layouts, parameters to slice, ties, consumers, grouped
+blocks) or a ``Pin`` naming why the node cannot be followed.
 """
 
 from __future__ import annotations
@@ -46,6 +76,7 @@ Layout = tuple[int, ...]
 
 # Roles of a sliced parameter: which end of a group it belongs to.
 PRODUCER, PER_CHANNEL, CONSUMER, DEPTHWISE = "producer", "per-channel", "consumer", "depthwise"
+COUNT = "count"  # entry ``axis`` of a Reshape's shape constant: set to the channels kept
 
 ACTIVATIONS = frozenset(
     {
@@ -114,7 +145,10 @@ class Consumer:
 
     ``foldable``: a constant input channel can go into its bias exactly (every output
     position sees every tap: no padding). ``pointwise``: output = W x + b per position
-    (1×1 Conv without padding, Gemm), so a least-squares refit on x's Gram matrix applies.
+    (1×1 Conv without padding, Gemm, MatMul), so a least-squares refit on x's Gram
+    matrix applies. ``bias``: the (node, input) holding the bias — input 2 of the node
+    itself (added when missing) or the constant of the ``Add`` after a MatMul.
+    ``groups``: a grouped Conv's g (input block j feeds output block j only).
     """
 
     node: int
@@ -123,6 +157,33 @@ class Consumer:
     kind: str
     foldable: bool
     pointwise: bool
+    bias: tuple[int, int] | None = None
+    groups: int = 1
+
+    @property
+    def bias_at(self) -> tuple[int, int]:
+        return self.bias if self.bias is not None else (self.node, 2)
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """A grouped Conv (position ``node``, ``groups`` = g): output block j (``outputs``
+    split in g equal parts) reads input block j only; ``inputs`` None when untracked."""
+
+    node: int
+    groups: int
+    inputs: Layout | None
+    outputs: Layout
+
+    def input_block(self, j: int) -> Layout:
+        if self.inputs is None:
+            return ()
+        size = len(self.inputs) // self.groups
+        return self.inputs[j * size : (j + 1) * size]
+
+    def output_block(self, j: int) -> Layout:
+        size = len(self.outputs) // self.groups
+        return self.outputs[j * size : (j + 1) * size]
 
 
 @dataclass(frozen=True)
@@ -132,6 +193,7 @@ class Flow:
     ties: tuple[tuple[Layout, Layout], ...] = ()
     consumers: tuple[Consumer, ...] = ()
     pinned: tuple[tuple[Layout, str], ...] = field(default=())
+    blocks: tuple[Blocks, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +206,8 @@ class Context(Protocol):
     def const(self, name: str) -> np.ndarray | None: ...
     def shape(self, name: str) -> Shape | None: ...
     def new_atoms(self, node: int, count: int) -> Layout: ...
+    def readers(self, name: str) -> tuple[int, ...]: ...  # node positions; -1: graph output
+    def node(self, position: int) -> onnx.NodeProto: ...
 
 
 Rule = Callable[[int, onnx.NodeProto, Context], Flow | Pin]
@@ -189,10 +253,25 @@ def conv(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
         return Flow((out,), (*slices, Slice(i, 1, 1, x, CONSUMER)), consumers=(read,))
     if x is not None and w.shape[1] == 1 and w.shape[0] == group == len(x):
         return Flow((x,), tuple(Slice(i, k, 0, x, DEPTHWISE) for k in (1, *bias)))
+    return _grouped(i, node, ctx, w, x)
+
+
+def _grouped(
+    i: int, node: onnx.NodeProto, ctx: Context, w: np.ndarray, x: Layout | None
+) -> Flow | Pin:
+    """A grouped Conv: a source in g output blocks, a consumer of g input blocks; W and
+    B are rewritten whole by ``prune`` (no ``Slice``), from the ``Blocks`` record."""
+    group = attr(node, "group", 1)
+    if w.shape[0] % group or (x is not None and len(x) != group * w.shape[1]):
+        width = "unknown" if x is None else len(x)
+        return Pin(f"grouped Conv (group={group}) with W {w.shape} and {width} input channels")
     out = ctx.new_atoms(i, w.shape[0])
-    reason = f"grouped Conv (group={group}) keeps equal channel blocks"
-    pinned = ((out, reason),) + (((x, reason),) if x is not None else ())
-    return Flow((out,), pinned=pinned)
+    blocks = (Blocks(i, group, x, out),)
+    if x is None:
+        return Flow((out,), blocks=blocks)
+    unpadded = not any(attr(node, "pads", []))
+    read = Consumer(i, node.input[0], x, "conv", unpadded, False, groups=group)
+    return Flow((out,), consumers=(read,), blocks=blocks)
 
 
 def per_channel_params(inputs: tuple[int, ...]) -> Rule:
@@ -345,7 +424,25 @@ def reshape_like(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
         return Pin("Flatten with axis != 1 merges the batch and channel axes")
     if not _only_unit_axes_after_1(ctx, node.input[0], node.output[0]):
         return Pin("changes the channel axis (only size-1 axes after it may go)")
-    return _same(node, ctx)
+    if node.op_type != "Reshape":
+        return _same(node, ctx)
+    # A literal channel count in a constant shape (the dynamo exporter writes [-1, C])
+    # follows the pruning; 0 (copy), -1 (inferred) and computed shapes need nothing.
+    target = ctx.const(node.input[1])
+    literal = target is not None and target.ndim == 1 and len(target) > 1 and target[1] > 0
+    count = (Slice(i, 1, 1, ctx.layout(node.input[0]), COUNT),) if literal else ()
+    return _same(node, ctx, count)
+
+
+def squeeze_like(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
+    """Squeeze / Unsqueeze of axes after the channel axis keep it (the dynamo exporter
+    writes adaptive_avg_pool1d as Unsqueeze → ReduceMean → Squeeze); else as Reshape."""
+    # Unsqueeze's axes index its output, Squeeze's its input.
+    ranked = node.output[0] if node.op_type == "Unsqueeze" else node.input[0]
+    axes, rank = _axes(node, ctx, 1), _rank(ctx, ranked)
+    if axes and rank is not None and not _norm(axes, rank) & {0, 1}:
+        return _same(node, ctx)
+    return reshape_like(i, node, ctx)
 
 
 def softmax(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
@@ -376,8 +473,26 @@ def matmul(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
     if w is None or w.ndim != 2:
         return Pin("B is not a constant matrix")
     x = ctx.layout(node.input[0])
-    read = Consumer(i, node.input[0], x, "matmul", False, False)
+    read = Consumer(i, node.input[0], x, "matmul", True, True, _bias_add(node, ctx, w.shape[1]))
     return Flow((None,), (Slice(i, 1, 0, x, CONSUMER),), consumers=(read,))
+
+
+def _bias_add(node: onnx.NodeProto, ctx: Context, features: int) -> tuple[int, int] | None:
+    """(Add node, input) of the constant bias added to a MatMul's output, when that Add is
+    its only reader; None: the MatMul becomes a Gemm if it must take a bias."""
+    readers = ctx.readers(node.output[0])
+    if len(readers) != 1 or readers[0] < 0:
+        return None
+    add = ctx.node(readers[0])
+    if add.op_type != "Add" or len(add.input) != 2 or add.domain not in ("", "ai.onnx"):
+        return None
+    k = 1 if add.input[0] == node.output[0] else 0
+    value = ctx.const(add.input[k])
+    if value is None or add.input[k] == node.output[0] or value.ndim > 2:
+        return None
+    if value.size not in (1, features) or (value.ndim == 2 and value.shape[0] != 1):
+        return None
+    return readers[0], k
 
 
 RULES: dict[str, Rule] = {
@@ -393,8 +508,8 @@ RULES: dict[str, Rule] = {
     "Slice": slice_,
     "Concat": concat,
     "Flatten": reshape_like,
-    "Squeeze": reshape_like,
-    "Unsqueeze": reshape_like,
+    "Squeeze": squeeze_like,
+    "Unsqueeze": squeeze_like,
     "Reshape": reshape_like,
     "Softmax": softmax,
     "LogSoftmax": softmax,

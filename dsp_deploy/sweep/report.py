@@ -267,6 +267,17 @@ def markdown(report: SweepReport, figures: Sequence[tuple[str, str]] = ()) -> st
                 for r in _cell_rows(report.cells)
             ],
         ),  # fmt: skip
+        "## Compensation of the paper's rule without retraining (dsp-onnx-rule)\n",
+        "Test accuracy of the rule's pruned model under each compensation, against the "
+        "unpruned sparse model (dsp-onnx) of the same dataset and seed.\n",
+        _md_table(
+            ("arch", "compensation", "n", "accuracy", "Δ vs unpruned", "p", "W/T/L"),
+            [
+                (c.arch, c.compensation, c.n, c.mean_accuracy, c.delta, c.p_value,
+                 f"{c.wins}/{c.ties}/{c.losses}")
+                for c in stats.compensations(report.rows)
+            ],
+        ),  # fmt: skip
         "## Dense against the published ensembles\n",
         _md_table(
             _PUB_COLUMNS, [tuple(r[k] for k in _PUB_COLUMNS) for r in _published_rows(report)]

@@ -203,3 +203,63 @@ def summary(table: Sequence[Cell]) -> tuple[Comparison, ...]:
         for variant in DSP_VARIANTS:
             out += compare(table, variant, "narrow", level)
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class CompensationRow:
+    """One compensation of the paper's rule on ONNX, over the (dataset, seed) rows of an arch.
+
+    ``delta``: mean test-accuracy change against the unpruned sparse model (its lossless
+    ``dsp-onnx`` row, same dataset and seed); W/T/L against that model.
+    """
+
+    arch: str
+    compensation: str
+    n: int
+    mean_accuracy: float
+    delta: float
+    wins: int
+    ties: int
+    losses: int
+    p_value: float | None
+
+
+def compensations(rows: Iterable[Mapping[str, str]]) -> tuple[CompensationRow, ...]:
+    """How each compensation (``accuracy_<mode>`` of dsp-onnx-rule rows) keeps accuracy."""
+    from dsp_deploy.compress.plan import COMPENSATIONS
+
+    rows = list(rows)
+    lossless = {
+        (r["arch"], r["dataset"], r["seed"]): float(r["accuracy"])
+        for r in rows
+        if r["variant"] == "dsp-onnx"
+    }
+    out = []
+    for arch in sorted({r["arch"] for r in rows}):
+        for mode in COMPENSATIONS:
+            pairs = [
+                (float(r[f"accuracy_{mode}"]), lossless[(arch, r["dataset"], r["seed"])])
+                for r in rows
+                if r["arch"] == arch
+                and r["variant"] == "dsp-onnx-rule"
+                and r.get(f"accuracy_{mode}")
+                and (arch, r["dataset"], r["seed"]) in lossless
+            ]
+            if not pairs:
+                continue
+            acc = np.array(pairs, dtype=float)
+            diff = acc[:, 0] - acc[:, 1]
+            out.append(
+                CompensationRow(
+                    arch=arch,
+                    compensation=mode,
+                    n=len(pairs),
+                    mean_accuracy=float(acc[:, 0].mean()),
+                    delta=float(diff.mean()),
+                    wins=int((diff > 0).sum()),
+                    ties=int((diff == 0).sum()),
+                    losses=int((diff < 0).sum()),
+                    p_value=wilcoxon_p(acc[:, 0], acc[:, 1]),
+                )
+            )
+    return tuple(out)
