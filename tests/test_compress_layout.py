@@ -160,3 +160,21 @@ def test_align_8_on_the_shipped_inception_gives_blocked_channel_counts() -> None
     assert sum(after.values()) < sum(before.values())  # still pruned
     wrapped = sum(n.op_type == "Squeeze" for n in result.model.graph.node)
     assert wrapped == len(after)  # every conv now takes the blocked kernels
+
+
+def test_align_8_on_the_shipped_lite_gives_its_depthwise_convs_blocked_widths() -> None:
+    """LITE's concat (17 one-channel filters + 3 branches) cannot have every source and the
+    depthwise width aligned at once: the depthwise width wins, and the loop ends."""
+    from dsp_deploy.compress.pipeline import compress
+    from dsp_deploy.io import load_calibration, load_model
+
+    model = load_model(MODELS / "lite_gunpoint.onnx")
+    calibration = load_calibration(ROOT / "calibration" / "lite_gunpoint.npz", model)
+    result = compress(model, calibration, align=8, conv2d=True)
+    assert result.verified
+    after = _conv_channels(result.model)
+    depthwise = [n for n in result.model.graph.node if n.op_type == "Conv" and "dw" in n.name]
+    assert len(depthwise) == 2
+    assert all(after[n.name] % 8 == 0 for n in depthwise)
+    assert all(n.input[0].endswith("_4d_in") for n in depthwise)  # blocked form
+    assert sum(after.values()) < sum(_conv_channels(model).values())
