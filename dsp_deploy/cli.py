@@ -9,12 +9,15 @@ and only here; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 # Before torch can load: spinning OpenMP threads lose their cores on shared or small CPUs
 # (measured here: 2 spinning threads made a LITE step 3.5x slower than 1 thread).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import typer
 
@@ -69,32 +72,73 @@ def error_line(message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns (and exits with) the exit code."""
+    """Entry point of the console script; returns (and exits with) the exit code.
+
+    SIGINT (Ctrl-C), SIGTERM and SIGHUP all unwind the command as ``KeyboardInterrupt``,
+    so its clean-up runs (temporary files removed, worker processes killed, Ray shut
+    down), then end in one stderr line and exit ``128 + signal``: 130, 143, 129.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    try:
-        # Not standalone: typer returns the code of typer.Exit instead of exiting.
-        result = app(args=args, prog_name="dsp-deploy", standalone_mode=False)
-        code = result if isinstance(result, int) else 0
-    except DspDeployError as e:
-        if debug:
-            raise
-        error_line(str(e))
-        code = e.exit_code
-    except typer.Abort:  # Ctrl-C (typer turns KeyboardInterrupt into Abort)
-        error_line("interrupted")
-        code = 130
-    except KeyboardInterrupt:
-        error_line("interrupted")
-        code = 130
-    except typer.TyperException as e:  # usage errors: bad option, missing argument
-        e.show()
-        code = e.exit_code
-    except typer.Exit as e:
-        code = e.exit_code
+    caught: list[int] = []
+    with _signals_as_interrupts(caught):
+        try:
+            # Not standalone: typer returns the code of typer.Exit instead of exiting
+            # (and 130 for a KeyboardInterrupt, without a word: hence `caught`).
+            result = app(args=args, prog_name="dsp-deploy", standalone_mode=False)
+            code = result if isinstance(result, int) else 0
+        except DspDeployError as e:
+            if debug:
+                raise
+            error_line(str(e))
+            code = e.exit_code
+        except (typer.Abort, KeyboardInterrupt):  # raised with no signal of ours: Ctrl-C
+            if not caught:
+                caught.append(signal.SIGINT)
+            code = 130
+        except typer.TyperException as e:  # usage errors: bad option, missing argument
+            command = e.ctx.command_path if getattr(e, "ctx", None) else "dsp-deploy"
+            message = e.format_message() if hasattr(e, "format_message") else str(e)
+            error_line(f"{message} (see '{command} --help')")
+            code = e.exit_code
+        except typer.Exit as e:
+            code = e.exit_code
+    if caught:
+        error_line(_SIGNAL_WORDS.get(caught[0], "interrupted"))
+        code = 128 + caught[0]
     if argv is None:
         sys.exit(code)
     return code
+
+
+_SIGNAL_WORDS = {
+    signal.SIGINT: "interrupted",
+    signal.SIGTERM: "terminated",
+    signal.SIGHUP: "hung up",
+}
+
+
+@contextmanager
+def _signals_as_interrupts(caught: list[int]) -> Iterator[None]:
+    """Turn SIGINT, SIGTERM and SIGHUP into ``KeyboardInterrupt``, recording each in
+    ``caught``; the previous handlers come back on exit. A signal that is ignored
+    (``nohup``, a background job's SIGINT) stays ignored; off the main thread, nothing
+    can be installed and nothing is."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        caught.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in _SIGNAL_WORDS:
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

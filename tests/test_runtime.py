@@ -283,7 +283,7 @@ def test_missing_folder_and_garbage_files_are_model_errors(tmp_path: Path) -> No
         Classifier(tmp_path)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
-    with pytest.raises(ModelError, match=r"junk\.onnx cannot be loaded by onnxruntime"):
+    with pytest.raises(ModelError, match=r"junk\.onnx is not a readable ONNX model"):
         Classifier(junk)
 
 

@@ -52,6 +52,7 @@ def bench(
     from dsp_deploy.bench import report
     from dsp_deploy.bench.results import to_json
     from dsp_deploy.bench.runner import BenchSettings, benchmark
+    from dsp_deploy.commands import at_least, check_output
     from dsp_deploy.errors import require
     from dsp_deploy.render import console
 
@@ -66,7 +67,9 @@ def bench(
         target=target,
         opt_level=opt_level,
     )
+    at_least("--length", length, 1)
     if plot is not None:  # fail before measuring, not after
+        check_output(plot, "--plot", inputs=models)
         require("matplotlib", "sweep")
     result = benchmark(models, settings)
     if as_json:

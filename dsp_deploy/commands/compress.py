@@ -12,6 +12,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dsp_deploy.commands import (
+    at_least,
+    check_output,
+    choice,
+    finite_at_least,
+    fraction,
+    naming,
+    positive,
+)
+
 if TYPE_CHECKING:
     from dsp_deploy.compress.pipeline import CompressResult
 
@@ -26,18 +36,46 @@ def default_output(model: str) -> Path:
     return p.with_name(f"{p.stem}.pruned.onnx")
 
 
-def _check_options(holdout: float, batch_size: int, threshold: float) -> None:
-    if not 0 <= holdout < 1:
-        raise typer.BadParameter(f"--holdout {holdout}: expected a fraction in [0, 1)")
-    if batch_size < 1:
-        raise typer.BadParameter(f"--batch-size {batch_size}: expected >= 1")
-    if threshold < 0:
-        raise typer.BadParameter(f"--threshold {threshold}: expected >= 0")
+def _check_options(
+    *,
+    holdout: float,
+    batch_size: int,
+    threads: int | None,
+    threshold: float,
+    atol: float,
+    rtol: float,
+    min_agreement: float,
+    max_accuracy_drop: float,
+    min_count: int | None,
+    criterion: str,
+    compensation: str,
+    align: int = 1,
+) -> None:
+    """Every option value usable, or ``InputError`` naming the first that is not."""
+    choice("--criterion", criterion, ("dead", "dsp"))
+    choice("--compensation", compensation, ("none", "mean", "lstsq"))
+    fraction("--holdout", holdout, closed=False)
+    fraction("--min-agreement", min_agreement)
+    fraction("--max-accuracy-drop", max_accuracy_drop)
+    positive("--batch-size", batch_size)
+    positive("--threads", threads)
+    at_least("--min-count", min_count, 0)
+    positive("--align", align)
+    for option, value in (("--threshold", threshold), ("--atol", atol), ("--rtol", rtol)):
+        finite_at_least(option, value)
 
 
 def compress_command(
     model: Annotated[str, typer.Argument(help="ONNX model (.onnx).", show_default=False)],
-    calib: Annotated[str, typer.Option("--calib", help="Calibration .npz (inputs, optional y).")],
+    calib: Annotated[
+        str,
+        typer.Option(
+            "--calib",
+            help="Calibration .npz: one array per model input, batch first, optional labels y. "
+            "Floats are cast to float32; integers too when exact (|v| <= 2**24); NaN/inf, "
+            "bool, string and object arrays are refused.",
+        ),
+    ],
     output: Annotated[
         str | None, typer.Option("-o", "--output", help="Output path [<stem>.pruned.onnx].")
     ] = None,
@@ -69,40 +107,59 @@ def compress_command(
     threads: Annotated[
         int | None, typer.Option("--threads", help="onnxruntime intra-op threads.")
     ] = None,
+    align: Annotated[
+        int,
+        typer.Option("--align", help="Round kept channels per conv up to a multiple (8: x86)."),
+    ] = 1,
+    conv2d: Annotated[
+        bool,
+        typer.Option("--conv2d", help="Write 1-D convs that x86 blocked kernels take as 2-D."),
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Write even if a gate fails.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Remove dead (or, with --criterion dsp, weak) channels and prove the outputs."""
     from dsp_deploy import io
     from dsp_deploy.compress.pipeline import compress
-    from dsp_deploy.errors import InputError, VerificationError
+    from dsp_deploy.errors import VerificationError
 
-    _check_options(holdout, batch_size, threshold)
-    if criterion not in ("dead", "dsp"):
-        raise typer.BadParameter(f"--criterion {criterion!r}: expected dead or dsp")
-    if compensation not in ("none", "mean", "lstsq"):
-        raise typer.BadParameter(f"--compensation {compensation!r}: expected none|mean|lstsq")
-    out = Path(output) if output else default_output(model)
-    if Path(model).exists() and out.exists() and out.resolve() == Path(model).resolve():
-        raise InputError(f"output path {out} is the input model; choose another -o")
-    loaded = io.load_model(model)
-    calibration = io.load_calibration(calib, loaded)
-    result = compress(
-        loaded,
-        calibration,
-        criterion=criterion,
-        threshold=threshold,
-        min_count=min_count,
-        compensation=compensation,
-        reconstruct=reconstruct,
+    _check_options(
         holdout=holdout,
+        batch_size=batch_size,
+        threads=threads,
+        threshold=threshold,
         atol=atol,
         rtol=rtol,
         min_agreement=min_agreement,
         max_accuracy_drop=max_accuracy_drop,
-        batch_size=batch_size,
-        threads=threads,
+        min_count=min_count,
+        criterion=criterion,
+        compensation=compensation,
+        align=align,
     )
+    loaded = io.load_model(model)
+    # Before the calibration pass, not after it: a bad -o must not cost a whole run.
+    out = check_output(output or default_output(model), "--output", inputs=[model, calib])
+    calibration = io.load_calibration(calib, loaded)
+    with naming(model):
+        result = compress(
+            loaded,
+            calibration,
+            criterion=criterion,
+            threshold=threshold,
+            min_count=min_count,
+            compensation=compensation,
+            reconstruct=reconstruct,
+            holdout=holdout,
+            atol=atol,
+            rtol=rtol,
+            min_agreement=min_agreement,
+            max_accuracy_drop=max_accuracy_drop,
+            batch_size=batch_size,
+            threads=threads,
+            align=align,
+            conv2d=conv2d,
+        )
     write = result.verified or force
     if write:
         io.save_model(result.model, out, inputs=[model, calib])

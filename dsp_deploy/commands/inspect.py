@@ -23,18 +23,22 @@ def register(app: typer.Typer) -> None:
 def inspect_command(
     model: Annotated[str, typer.Argument(help="ONNX model (.onnx).", show_default=False)],
     calib: Annotated[
-        str | None, typer.Option("--calib", help="Calibration .npz for statistics.")
+        str | None,
+        typer.Option("--calib", help="Calibration .npz for statistics (as for compress)."),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per run.")] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Per-layer channels, params, MACs; channel groups and what pins them."""
     from dsp_deploy import io
+    from dsp_deploy.commands import naming, positive
     from dsp_deploy.compress.pipeline import inspect_model
 
+    positive("--batch-size", batch_size)
     loaded = io.load_model(model)
     calibration = None if calib is None else io.load_calibration(calib, loaded)
-    result = inspect_model(loaded, calibration, batch_size=batch_size)
+    with naming(model):
+        result = inspect_model(loaded, calibration, batch_size=batch_size)
     if as_json:
         typer.echo(json.dumps(_as_dict(result, model)))
     else:

@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from dsp_deploy.commands import at_least, finite_at_least, positive
+from dsp_deploy.errors import InputError
+
 if TYPE_CHECKING:
     from dsp_deploy.sweep.runner import Event, Plan, SweepSummary
 
@@ -31,7 +34,7 @@ def _seeds(text: str | None) -> tuple[int, ...] | None:
     try:
         return tuple(int(s) for s in _split(text))
     except ValueError:
-        raise typer.BadParameter(f"--seeds {text!r}: expected integers, e.g. 9409,3804") from None
+        raise InputError(f"--seeds {text!r}: expected integers, e.g. 9409,3804") from None
 
 
 def sweep_command(
@@ -80,10 +83,11 @@ def sweep_command(
     from dsp_deploy.sweep.runner import SweepRequest, execute, load_datasets, plan_sweep
     from dsp_deploy.sweep.tasks import VARIANTS
 
-    if epochs is not None and epochs < 1:
-        raise typer.BadParameter(f"--epochs {epochs}: expected >= 1")
-    if retries < 0 or (num_cpus is not None and num_cpus < 1):
-        raise typer.BadParameter("--retries must be >= 0 and --num-cpus >= 1")
+    positive("--epochs", epochs)
+    positive("--num-cpus", num_cpus)
+    positive("--cpus-per-task", cpus_per_task)
+    at_least("--retries", retries, 0)
+    finite_at_least("--exact-sparsity", exact_sparsity)
     chosen = get_protocol(protocol).with_overrides(
         epochs=epochs, seeds=_seeds(seeds), exact_sparsity=exact_sparsity
     )
@@ -96,8 +100,8 @@ def sweep_command(
         keep_models=keep_models,
     )
     store = ResultsStore(out)
+    data = load_datasets(request.datasets)  # before bind() creates the folder
     store.bind(chosen)
-    data = load_datasets(request.datasets)
     plan = plan_sweep(request, data, store)
     with _Progress(plan, quiet or as_json) as progress:
         summary = execute(
@@ -132,8 +136,11 @@ def report_command(
     require("matplotlib", "sweep")
     from dsp_deploy.sweep.report import build_report, markdown, write_report
 
+    target = output or folder / "report"
+    if target.exists() and not target.is_dir():
+        raise InputError(f"--output {target} exists and is not a folder; expected a folder")
     result = build_report(folder)
-    files = write_report(result, output or folder / "report")
+    files = write_report(result, target)
     if as_json:
         summary = [asdict(c) for c in result.summary]
         typer.echo(json.dumps({"files": [str(f) for f in files], "summary": summary}))

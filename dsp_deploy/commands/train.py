@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 
-from dsp_deploy.errors import InputError
+from dsp_deploy.commands import check_output, finite_at_least, positive
 
 if TYPE_CHECKING:
     from dsp_deploy.train.pipeline import TrainOutcome, TrainRequest
@@ -56,27 +56,27 @@ def train_command(
     """Train LITE/InceptionTime (optionally with DSP) and export it to ONNX."""
     from dsp_deploy.errors import require
 
+    positive("--batch-size", batch_size)
+    positive("--threads", threads)
+    finite_at_least("--sparsity", sparsity)
+    _check_outputs(output, calib_out, dataset)
     require("torch", "train")
-    from dsp_deploy.data import load_train_test
+    from dsp_deploy.data import load_train_test, require_trainable
     from dsp_deploy.io import save_calibration, save_model
     from dsp_deploy.nets.registry import get_arch
     from dsp_deploy.train import pipeline
     from dsp_deploy.train.export import model_metadata, to_onnx
 
-    _check_output(output, ".onnx")
-    if calib_out is not None:
-        _check_output(calib_out, ".npz")
-    if threads is not None:
-        if threads <= 0:
-            raise InputError(f"--threads must be > 0, got {threads}")
-        import torch
-
-        torch.set_num_threads(threads)
     request = pipeline.TrainRequest(
         get_arch(arch), epochs, sparsity, seed, batch_size, protocol, retrain_epochs
     )
     train_set, _ = load_train_test(dataset)
+    require_trainable(train_set, dataset)
     n_classes = len(train_set.classes)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     with _progress(request, quiet) as progress:
         outcome = pipeline.train(request, train_set.X, train_set.y, n_classes, progress=progress)
     _, channels, length = train_set.X.shape
@@ -88,12 +88,14 @@ def train_command(
         dataset=str(dataset),
         training=_training_settings(request, outcome),
     )
-    save_model(to_onnx(outcome.model, length=length, channels=channels, meta=meta), output)
+    exported = to_onnx(outcome.model, length=length, channels=channels, meta=meta)
     if calib_out is not None:
+        # Before the model: once the model exists, its calibration set is complete too.
         # `classes` lets `dsp-deploy eval MODEL --dataset CALIB.npz` map labels by name.
         save_calibration(
             calib_out, x=train_set.X, y=train_set.y, classes=np.array(train_set.classes)
         )
+    save_model(exported, output)
     summary = _summary(request, outcome, output, calib_out, train_set.name)
     if as_json:
         typer.echo(json.dumps(summary))
@@ -101,12 +103,12 @@ def train_command(
         _render(summary)
 
 
-def _check_output(path: Path, suffix: str) -> None:
-    """Fail before training, not after: a directory or a missing folder is refused."""
-    if path.is_dir():
-        raise InputError(f"output path {path} is a directory; expected a {suffix} file path")
-    if not path.resolve().parent.is_dir():
-        raise InputError(f"output folder {path.parent} does not exist")
+def _check_outputs(output: Path, calib_out: Path | None, dataset: str) -> None:
+    """Fail before training, not after: each output is writable and is no input."""
+    inputs = [dataset] if Path(dataset).is_file() else []
+    check_output(output, "--output", inputs=inputs)
+    if calib_out is not None:
+        check_output(calib_out, "--calib-out", inputs=[*inputs, output])
 
 
 def _training_settings(request: TrainRequest, outcome: TrainOutcome) -> dict[str, Any]:

@@ -35,6 +35,7 @@ import onnx
 import onnxruntime as ort
 
 from dsp_deploy.compress.graph import copy_model
+from dsp_deploy.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +73,18 @@ class _Running:
         self.gram: np.ndarray | None = None
         self.rows = 0
 
-    def update(self, x: np.ndarray) -> None:
+    def update(self, x: np.ndarray, name: str = "") -> None:
         x = x.reshape(x.shape[0], x.shape[1], -1)  # (N, C, positions); a view
         lo, hi = x.min(axis=(0, 2)), x.max(axis=(0, 2))
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+            raise ModelError(
+                f"the model computes NaN or infinite values in {name or 'a tensor'} on the "
+                "calibration data; its activations cannot be measured"
+            )
         square = np.einsum("nct,nct->nc", x, x).astype(np.float64)  # ‖x[i, c, :]‖²
+        if not np.isfinite(square).all():  # float32 squares overflow past ~1.8e19
+            wide = x.astype(np.float64)
+            square = np.einsum("nct,nct->nc", wide, wide)
         batch = {
             "minimum": lo.astype(np.float64),
             "maximum": hi.astype(np.float64),
@@ -175,8 +184,19 @@ def run_model(
 
 
 def _run(sess, fetch, inputs, batch_size: int) -> tuple[np.ndarray, ...]:
-    parts = [sess.run(fetch, feed) for feed in batches(inputs, batch_size)]
+    parts = [run_batch(sess, fetch, feed) for feed in batches(inputs, batch_size)]
     return tuple(np.concatenate(cols) for cols in zip(*parts, strict=True))
+
+
+def run_batch(sess: ort.InferenceSession, fetch, feed) -> list[np.ndarray]:
+    """``sess.run`` with onnxruntime's failures as a one-line ``ModelError``."""
+    try:
+        return sess.run(fetch, feed)
+    except Exception as e:  # onnxruntime's Fail, InvalidArgument, ... (pybind11 types)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"onnxruntime cannot run the model on the calibration data: {first}"
+        ) from e
 
 
 class Probe:
@@ -209,12 +229,12 @@ class Probe:
         own = len(self.outputs)
         outputs: list[list[np.ndarray]] = [[] for _ in range(own)]
         for feed in batches(inputs, batch_size):
-            values = self.session.run(fetch, feed)
+            values = run_batch(self.session, fetch, feed)
             for k in range(own):
                 outputs[k].append(values[k])
             for name, value in zip(names, values[own:], strict=True):
                 if name in want_stats:
-                    running[name].update(value)
+                    running[name].update(value, name)
                 if name in want_gram:
                     running[name].update_gram(value)
         samples = len(next(iter(inputs.values())))

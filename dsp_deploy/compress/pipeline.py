@@ -37,7 +37,8 @@ from dsp_deploy.compress.groups import ChannelAnalysis, find_groups
 from dsp_deploy.compress.plan import PruningPlan, make_plan
 from dsp_deploy.compress.prune import prune
 from dsp_deploy.compress.verify import ParityReport, compare, verify
-from dsp_deploy.io import Calibration
+from dsp_deploy.errors import ModelError
+from dsp_deploy.io import Calibration, model_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def _random_report(
         k: rng.standard_normal((min(RANDOM_SAMPLES, len(v)), *v.shape[1:])).astype(np.float32)
         for k, v in calibration.inputs.items()
     }
-    return verify(probe.run(feeds), candidate, feeds, **tol)
+    return verify(probe.run(feeds, tol["batch_size"]), candidate, feeds, **tol)
 
 
 def _gates(criterion, threshold, decision, holdout, min_agreement, max_drop) -> tuple[str, ...]:
@@ -146,6 +147,28 @@ def _gates(criterion, threshold, decision, holdout, min_agreement, max_drop) -> 
 def _stamp(model: onnx.ModelProto, source: onnx.ModelProto, info: dict) -> None:
     digest = hashlib.sha256(source.SerializeToString()).hexdigest()
     metadata.write_metadata(model, {metadata.COMPRESS: {"source_sha256": digest, **info}})
+
+
+def run_batch_size(model: onnx.ModelProto, batch_size: int) -> int:
+    """``batch_size``, or 1 for a model whose batch dimension is fixed at 1.
+
+    Calibration runs in batches of any size; a model exported with a fixed batch of 1
+    runs one sample at a time, and a larger fixed batch is refused (the last batch could
+    not be filled without changing the statistics).
+    """
+    fixed = set()
+    for value in model_inputs(model):
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            fixed.add(int(dims[0].dim_value))
+    if not fixed:
+        return batch_size
+    if fixed == {1}:
+        return 1
+    raise ModelError(
+        f"the model's batch dimension is fixed at {max(fixed)}; compress needs a dynamic "
+        "batch dimension or batch 1 (export the model with a dynamic batch axis)"
+    )
 
 
 def compress(
@@ -178,6 +201,7 @@ def compress(
     from dsp_deploy.cost import model_cost
 
     start = time.perf_counter()
+    batch_size = run_batch_size(model, batch_size)
     analysis = find_groups(model)
     decide, held = split(len(calibration), holdout, seed)
     part, rest = calibration.take(decide), calibration.take(held)
@@ -313,6 +337,7 @@ def inspect_model(
     from dsp_deploy.cost import model_cost
 
     analysis = find_groups(model)
+    batch_size = run_batch_size(model, batch_size)
     length = None if calibration is None else next(iter(calibration.inputs.values())).shape[-1]
     cost = model_cost(model, length=length)
     units: tuple[UnitStats, ...] = ()

@@ -136,7 +136,9 @@ class ResultsStore:
         text = text[: text.rfind("\n") + 1]
         seen: dict[Key, dict[str, str]] = {}
         for row in csv.DictReader(io.StringIO(text)):
-            if None in row or any(row.get(c) in (None, "") for c in KEY_COLUMNS):
+            # None as a key: more cells than the header; as a value: fewer (a row cut short)
+            ragged = None in row or None in row.values()
+            if ragged or any(row.get(c) in (None, "") for c in KEY_COLUMNS):
                 log.warning("%s: skipping a malformed row %s", self.csv, row)
                 continue
             seen.setdefault(row_key(row), row)
@@ -214,6 +216,11 @@ class ResultsStore:
 
 
 def _cell(value: Any) -> str:
+    """The text of one cell, on one line: a row is one physical line (see ``_cut_torn_tail``)."""
+    return " ".join(_text(value).splitlines())
+
+
+def _text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):

@@ -17,6 +17,7 @@ are reported (:class:`~dsp_deploy.train.protocol.ActivationAnalysis`): those are
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -65,6 +66,10 @@ class TrainRequest:
             raise InputError(
                 f"epochs must be > 0, got {self.epochs} (retrain {self.retrain_epochs})"
             )
+        if self.batch_size <= 0:
+            raise InputError(f"batch size must be > 0, got {self.batch_size}")
+        if self.sparsity is not None and not (math.isfinite(self.sparsity) and self.sparsity >= 0):
+            raise InputError(f"sparsity must be a finite number >= 0, got {self.sparsity}")
 
     @property
     def lam(self) -> float:
@@ -112,6 +117,7 @@ def train(
     progress: Progress | None = None,
 ) -> TrainOutcome:
     """Train the members of ``request.spec`` on ``(X, y)``; see the module docstring."""
+    _check_data(X, y, n_classes)
     start = time.perf_counter()
     nets, outcomes = [], []
     for i, seed in enumerate(request.spec.member_seeds(request.seed)):
@@ -121,6 +127,25 @@ def train(
     model = probability_model(nets)
     accuracy = float(np.mean(predict_proba(model, X).argmax(axis=1) == y))
     return TrainOutcome(model, tuple(outcomes), accuracy, time.perf_counter() - start)
+
+
+def _check_data(X: np.ndarray, y: np.ndarray, n_classes: int) -> None:
+    """``InputError`` unless X is finite (n, C, L) and y holds n labels in [0, n_classes)."""
+    if X.ndim != 3 or len(X) == 0 or X.dtype.kind != "f":
+        raise InputError(
+            f"training inputs have dtype {X.dtype} shape {X.shape}; expected floats (n, C, L)"
+        )
+    if y.shape != (len(X),) or y.dtype.kind not in "iu":
+        raise InputError(
+            f"training labels have dtype {y.dtype} shape {y.shape}; expected {len(X)} integers"
+        )
+    if n_classes < 2 or y.min() < 0 or y.max() >= n_classes:
+        raise InputError(
+            f"training labels span [{y.min()}, {y.max()}]; expected indices into "
+            f"{n_classes} classes (at least 2)"
+        )
+    if not np.isfinite(X).all():
+        raise InputError("training inputs hold NaN/inf values; expected finite numbers")
 
 
 def _member(
