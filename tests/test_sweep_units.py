@@ -169,3 +169,16 @@ def test_compensations_pair_each_rule_row_with_its_unpruned_model() -> None:
     assert mean.delta == pytest.approx(-0.025) and (mean.ties, mean.losses) == (1, 1)
     assert lstsq.delta == pytest.approx(0.025) and (lstsq.wins, lstsq.ties) == (1, 1)
     assert lstsq.mean_accuracy == pytest.approx(0.825)
+
+
+def test_upstreams_are_submitted_before_the_tasks_that_read_them() -> None:
+    from dsp_deploy.sweep.runner import upstreams_first
+    from dsp_deploy.sweep.tasks import Task
+
+    def task(variant: str, dataset: str = "A") -> Task:
+        return Task(dataset, "lite", variant, 1, "cpu-small", 10, 64, 0.0)
+
+    given = [task("narrow"), task("dense"), task("dsp-retrain"), task("dsp-onnx-rule", "B")]
+    order = [(t.dataset, t.variant) for t in upstreams_first(given)]
+    # narrow's upstream moves before it; a rule task without its upstream stays as is
+    assert order == [("A", "dsp-retrain"), ("A", "narrow"), ("A", "dense"), ("B", "dsp-onnx-rule")]

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -101,10 +103,17 @@ class SweepSummary:
 
 
 def load_datasets(sources: Sequence[str]) -> dict[str, tuple[Dataset, Dataset]]:
-    """Both splits of each source, keyed by the source as given."""
-    from dsp_deploy.data import load_train_test
+    """Both splits of each source, keyed by the source as given; each must be trainable.
 
-    return {s: load_train_test(s) for s in dict.fromkeys(sources)}
+    Every source is read and checked here, on the driver, before any folder is written
+    or any worker starts, so a bad dataset costs nothing (``DatasetError``).
+    """
+    from dsp_deploy.data import load_train_test, require_trainable
+
+    pairs = {s: load_train_test(s) for s in dict.fromkeys(sources)}
+    for source, (train, _) in pairs.items():
+        require_trainable(train, source)
+    return pairs
 
 
 def plan_sweep(request: SweepRequest, data: DataPairs, store: ResultsStore) -> Plan:
@@ -172,13 +181,26 @@ def _from_disk(store: ResultsStore, rows: Mapping[Key, Mapping[str, str]], key: 
 
 
 def _init_ray(ray: Any, address: str | None, num_cpus: int | None) -> bool:
-    """Connect or start Ray; True when this call started it (so it must shut it down)."""
+    """Connect or start Ray; True when this call started it (so it must shut it down).
+
+    ``ray.init`` replaces the SIGTERM handler (its own exits with status 15 and dumps a
+    stack); a Python handler the caller installed (the CLI's: SIGTERM unwinds like
+    Ctrl-C, so ``execute`` shuts Ray down) is put back.
+    """
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    caller = signal.getsignal(signal.SIGTERM)
+    try:
+        # Ray's own INFO/WARNING lines (instance started, token auth) would break the
+        # CLI's stderr contract: progress and one-line errors only.
+        quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+    finally:
+        if callable(caller) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, caller)
     return True
 
 
@@ -201,11 +223,25 @@ def execute(
     ray = require("ray", "sweep")
     started = _init_ray(ray, address, num_cpus)
     try:
-        waiting = _submit(ray, plan, data, store, retries)
-        total = len(waiting)
+        # A window of tasks in flight, in plan order (upstreams first): Ray runs ready
+        # tasks first, so with everything submitted at once a task that waits for its
+        # upstream's result would run only after every independent task of the sweep.
+        window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        submissions = _submissions(ray, plan, data, store, retries)
+        waiting: dict[Any, Task] = {}
+        total = len(plan.pending)
+
+        def fill() -> None:
+            for ref, task in submissions:
+                waiting[ref] = task
+                if len(waiting) >= window:
+                    return
+
+        fill()
         while waiting:
             (ref,), _ = ray.wait(list(waiting), num_returns=1)
             task = waiting.pop(ref)
+            fill()
             try:
                 output: TaskOutput = ray.get(ref)
             except ray.exceptions.RayError as e:
@@ -232,16 +268,29 @@ def execute(
     return SweepSummary(len(plan.tasks), already, completed, tuple(failed), plan.skipped, seconds)
 
 
-def _submit(
+def upstreams_first(tasks: Sequence[Task]) -> list[Task]:
+    """``tasks`` in order, except that a task's upstream (when in ``tasks``) comes first."""
+    index = {t.key: t for t in tasks}
+    placed: set[Key] = set()
+    order = []
+    for task in tasks:
+        for t in (index.get(task.upstream_key), task):
+            if t is not None and t.key not in placed:
+                placed.add(t.key)
+                order.append(t)
+    return order
+
+
+def _submissions(
     ray: Any, plan: Plan, data: DataPairs, store: ResultsStore, retries: int
-) -> dict[Any, Task]:
+) -> Iterator[tuple[Any, Task]]:
+    """Submit ``plan.pending`` one task at a time (upstreams first), yielding each ref."""
     remote = ray.remote(run_task)
     rows = {row_key(r): r for r in store.rows()}
     by_name = {pair[0].name: pair for pair in data.values()}
     refs: dict[str, tuple[Any, Any]] = {}
     submitted: dict[Key, Any] = {}
-    waiting: dict[Any, Task] = {}
-    for task in plan.pending:
+    for task in upstreams_first(plan.pending):
         if task.dataset not in refs:
             train, test = by_name[task.dataset]
             refs[task.dataset] = (ray.put(train), ray.put(test))
@@ -257,8 +306,7 @@ def _submit(
             name=f"sweep:{'/'.join(task.key)}",
         ).remote(task, *refs[task.dataset], upstream)
         submitted[task.key] = ref
-        waiting[ref] = task
-    return waiting
+        yield ref, task
 
 
 def _first_line(error: BaseException) -> str:
