@@ -273,8 +273,15 @@ def markdown(report: SweepReport, figures: Sequence[tuple[str, str]] = ()) -> st
         _md_table(
             ("arch", "compensation", "n", "accuracy", "Δ vs unpruned", "p", "W/T/L"),
             [
-                (c.arch, c.compensation, c.n, c.mean_accuracy, c.delta, c.p_value,
-                 f"{c.wins}/{c.ties}/{c.losses}")
+                (
+                    c.arch,
+                    c.compensation,
+                    c.n,
+                    c.mean_accuracy,
+                    c.delta,
+                    c.p_value,
+                    f"{c.wins}/{c.ties}/{c.losses}",
+                )
                 for c in stats.compensations(report.rows)
             ],
         ),  # fmt: skip
