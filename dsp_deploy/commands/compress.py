@@ -90,7 +90,7 @@ def compress_command(
     ] = None,
     compensation: Annotated[
         str, typer.Option("--compensation", help="dsp: none | mean | lstsq.")
-    ] = "mean",
+    ] = "lstsq",
     reconstruct: Annotated[
         bool, typer.Option("--reconstruct", help="Least-squares refit (= --compensation lstsq).")
     ] = False,

@@ -178,7 +178,7 @@ def compress(
     criterion: str = "dead",
     threshold: float = 0.0,
     min_count: int | None = None,
-    compensation: str = "mean",
+    compensation: str = "lstsq",
     reconstruct: bool = False,
     holdout: float = 0.2,
     atol: float = 1e-5,
