@@ -204,3 +204,18 @@ def test_dsp_compensation_reaches_matmul_heads(bias: bool) -> None:
         assert len(result.plan.remove) == 2
         diffs[mode] = result.holdout.max_abs_diff
     assert diffs["mean"] < diffs["none"] / 2 and diffs["lstsq"] < diffs["none"] / 2
+
+
+def test_inspect_says_why_a_dead_unit_is_kept(run_cli, tmp_path) -> None:
+    import json
+
+
+    model, calib = tmp_path / "grouped.onnx", tmp_path / "calib.npz"
+    onnx.save(G.grouped(), model)
+    np.savez(calib, x=G.inputs(32))
+    result = run_cli("inspect", model, "--calib", calib, "--json")
+    assert result.code == 0, result.stderr
+    kept = {(u["unit"], u["kept_by"]) for u in json.loads(result.stdout)["units"] if u["kept_by"]}
+    assert kept == {(0, "keeps the groups of Conv_2 equal")}
+    shown = run_cli("inspect", model, "--calib", calib)
+    assert "unit 0 is dead but kept: keeps the groups of Conv_2 equal" in shown.stdout

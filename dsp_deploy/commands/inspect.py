@@ -78,6 +78,7 @@ def _as_dict(result: Inspection, model: str) -> dict:
                 "energy": u.energy,
                 "active": u.active,
                 "dead": u.dead,
+                "kept_by": u.kept_by,
             }
             for u in result.units
         ],
@@ -110,3 +111,6 @@ def _render(result: Inspection, model: str) -> None:
             f"{g.pinned}: {g.blocked_by}" if g.blocked_by else "",
         )
     console.print(groups)
+    kept = sorted({(u.unit, u.kept_by) for u in result.units if u.kept_by})
+    for unit, reason in kept:  # dead, but a rule keeps them (never empty a layer, ...)
+        console.print(f"unit {unit} is dead but kept: {reason}")

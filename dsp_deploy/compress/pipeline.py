@@ -282,6 +282,7 @@ class UnitStats:
     energy: float
     active: int | None
     dead: bool
+    kept_by: str | None = None  # why a unit the criterion chose stays (``PruningPlan.held``)
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,7 @@ def _unit_stats(analysis: ChannelAnalysis, stats: ActivationStats, plan: Pruning
     taps = {
         analysis.unit_of[a]: (t, p) for t, lay in analysis.taps.items() for p, a in enumerate(lay)
     }
-    removed = set(plan.remove)
+    removed, held = set(plan.remove), dict(plan.held)
     rows = []
     for c in analysis.consumers:
         s = stats.tensors[c.tensor]
@@ -320,6 +321,7 @@ def _unit_stats(analysis: ChannelAnalysis, stats: ActivationStats, plan: Pruning
                     energy=float(s.energy[p]),
                     active=None if tap is None else int(stats.tensors[tap[0]].active[tap[1]]),
                     dead=u in removed,
+                    kept_by=held.get(u),
                 )
             )
     return tuple(rows)
