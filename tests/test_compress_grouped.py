@@ -209,7 +209,6 @@ def test_dsp_compensation_reaches_matmul_heads(bias: bool) -> None:
 def test_inspect_says_why_a_dead_unit_is_kept(run_cli, tmp_path) -> None:
     import json
 
-
     model, calib = tmp_path / "grouped.onnx", tmp_path / "calib.npz"
     onnx.save(G.grouped(), model)
     np.savez(calib, x=G.inputs(32))
