@@ -45,6 +45,10 @@ PUBLISHED: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# Only the results files are read (the package is never imported), so no dependencies.
+INSTALL_HINTS = {"tsml_eval": "pip install --no-deps tsml-eval==0.6.0"}
+
+
 @dataclass(frozen=True)
 class SweepReport:
     rows: tuple[Mapping[str, str], ...]
@@ -81,7 +85,8 @@ def published_accuracies() -> tuple[dict[str, dict[str, float]], tuple[str, ...]
     for package, inner, arch in PUBLISHED:
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            missing.append(f"{arch}: {package} is not installed (its file {inner})")
+            hint = INSTALL_HINTS.get(package, f"pip install {package}")
+            missing.append(f"{arch}: {package} is not installed ({hint}; file {inner})")
             continue
         path = Path(next(iter(spec.submodule_search_locations))) / inner
         if not path.is_file():
