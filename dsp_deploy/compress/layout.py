@@ -72,6 +72,7 @@ def conv1d_as_conv2d(
     for node in graph.node:
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
+    axes_input = _opset(out) >= 13  # Unsqueeze/Squeeze axes became an input in opset 13
     nodes: list[onnx.NodeProto] = []
     count = 0
     for node in graph.node:
@@ -85,12 +86,12 @@ def conv1d_as_conv2d(
             nodes.append(node)
             continue
         weight = _weight_2d(graph, w, readers[w.name] > 1)
-        nodes.extend(_wrapped(node, weight, axes_input=_opset(out) >= 13))
+        nodes.extend(_wrapped(node, weight, axes_input=axes_input))
         count += 1
     if count:
         del graph.node[:]
         graph.node.extend(nodes)
-        if _opset(out) >= 13:  # axes became an input in opset 13
+        if axes_input:
             graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), _AXIS))
         # A shape recorded for a reshaped weight no longer holds.
         kept = [v for v in graph.value_info if v.name not in weights]
