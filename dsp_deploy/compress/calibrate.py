@@ -8,10 +8,12 @@ values x[i, c, t] seen:
 
     max_abs_c = max |x|      minimum_c, maximum_c      mean_c = Σ x / n
     energy_c  = Σ x² / n     (mean square)
-    active_c  = #{i : e_ic > μ_i},  e_ic = ‖x[i, c, :]‖₂,  μ_i = Σ_c e_ic / (#{c : e_ic > 0} + 1)
+    active_c  = #{i : e_ic > μ_i},  e_ic = ‖x[i, c, :]‖₂,  μ_i = Σ_c' e_ic' / (#{c': e_ic' > 0} + 1)
 
 ``active`` is the paper's per-instance count n_c (DSP §3: channel c is above instance i's
-mean energy over its non-zero channels). ``gram`` is G = Σ x̃ x̃ᵀ / n with x̃ = [x_c…, 1]
+mean energy over its non-zero channels). The sums over c' run over the channels of c's
+*segment* (``segments``: a label per channel; the caller passes channel groups), or over
+the whole tensor when the tensor has no labels. ``gram`` is G = Σ x̃ x̃ᵀ / n with x̃ = [x_c…, 1]
 over every (sample, position) row — what a least-squares refit of a consumer needs.
 The model's own outputs on the samples come back too, so verification needs no second
 pass of the original model over them; a ``Probe`` keeps its one session, so the held-out
@@ -73,7 +75,7 @@ class _Running:
         self.gram: np.ndarray | None = None
         self.rows = 0
 
-    def update(self, x: np.ndarray, name: str = "") -> None:
+    def update(self, x: np.ndarray, name: str = "", segments: np.ndarray | None = None) -> None:
         x = x.reshape(x.shape[0], x.shape[1], -1)  # (N, C, positions); a view
         lo, hi = x.min(axis=(0, 2)), x.max(axis=(0, 2))
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
@@ -90,7 +92,7 @@ class _Running:
             "maximum": hi.astype(np.float64),
             "sum": x.sum(axis=(0, 2), dtype=np.float64),
             "sq": square.sum(axis=0),
-            "active": _active(square),
+            "active": _active(square, segments),
         }
         if not self.sums:
             self.sums = batch
@@ -124,12 +126,18 @@ class _Running:
         )
 
 
-def _active(square: np.ndarray) -> np.ndarray:
-    """Per channel: instances whose L2 energy exceeds the instance's mean energy (DSP);
-    ``square[i, c] = ‖x[i, c, :]‖²``."""
+def _active(square: np.ndarray, segments: np.ndarray | None = None) -> np.ndarray:
+    """Per channel: instances whose L2 energy exceeds the instance's mean energy (DSP)
+    over the channels of its segment; ``square[i, c] = ‖x[i, c, :]‖²``."""
     e = np.sqrt(square)
-    mu = e.sum(axis=1) / (np.count_nonzero(e, axis=1) + 1)
-    return (e > mu[:, None]).sum(axis=0)
+    if segments is None:
+        segments = np.zeros(e.shape[1], dtype=np.int64)
+    mu = np.empty_like(e)
+    for label in np.unique(segments):
+        mine = segments == label
+        part = e[:, mine]
+        mu[:, mine] = (part.sum(axis=1) / (np.count_nonzero(part, axis=1) + 1))[:, None]
+    return (e > mu).sum(axis=0)
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -219,9 +227,12 @@ class Probe:
         tensors: Sequence[str],
         *,
         gram: Sequence[str] = (),
+        segments: Mapping[str, np.ndarray] | None = None,
         batch_size: int = 64,
     ) -> ActivationStats:
-        """Statistics of ``tensors`` (Gram matrices of ``gram``) over all of ``inputs``."""
+        """Statistics of ``tensors`` (Gram matrices of ``gram``) over all of ``inputs``;
+        ``segments[t]`` labels the channels of t whose mean energy ``active`` compares to."""
+        segments = segments or {}
         names = list(dict.fromkeys([*tensors, *gram]))
         fetch = [*self.outputs, *names]
         running = {name: _Running() for name in names}
@@ -234,7 +245,7 @@ class Probe:
                 outputs[k].append(values[k])
             for name, value in zip(names, values[own:], strict=True):
                 if name in want_stats:
-                    running[name].update(value, name)
+                    running[name].update(value, name, segments.get(name))
                 if name in want_gram:
                     running[name].update_gram(value)
         samples = len(next(iter(inputs.values())))
@@ -253,9 +264,10 @@ def collect_stats(
     tensors: Sequence[str],
     *,
     gram: Sequence[str] = (),
+    segments: Mapping[str, np.ndarray] | None = None,
     batch_size: int = 64,
     threads: int | None = None,
 ) -> ActivationStats:
     """Statistics of ``tensors`` (and Gram matrices of ``gram``) over all of ``inputs``."""
     probe = Probe(model, [*tensors, *gram], threads)
-    return probe.statistics(inputs, tensors, gram=gram, batch_size=batch_size)
+    return probe.statistics(inputs, tensors, gram=gram, segments=segments, batch_size=batch_size)

@@ -5,7 +5,7 @@ Variants (``λ_p`` is the arch's paper λ, ``λ_x`` the protocol's dsp-exact λ)
     dense          train (λ = 0) → ONNX
     dsp-onnx       train (λ_p) → ONNX → compress --criterion dead        (lossless)
     dsp-onnx-rule  dsp-onnx's sparse ONNX → compress --criterion dsp      (paper's rule,
-                   mean compensation; the row exists whether the gates pass or not;
+                   default (lstsq) compensation; the row exists whether the gates pass or not;
                    accuracy_none|mean|lstsq score each compensation on the test set)
     dsp-retrain    train (λ_p) → analysis → smaller net → retrain (λ = 0) → ONNX
     dsp-exact      train (λ_x) → ONNX → compress --criterion dead        (ours)
@@ -184,7 +184,7 @@ def _dead_pruned(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Bu
 def _rule(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
     import onnx
 
-    from dsp_deploy.compress.plan import COMPENSATIONS
+    from dsp_deploy.compress.plan import COMPENSATIONS, DEFAULT_COMPENSATION
 
     if upstream is not None and "sparse" in upstream.models:
         sparse = onnx.load_from_string(upstream.models["sparse"])
@@ -194,12 +194,13 @@ def _rule(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
     else:
         outcome = _fit(task, train)
         sparse, fields = _export(outcome.model, task, train), _trained(outcome)
-    result = _compress(sparse, train, "dsp", task.threads)
-    # The same removal under each compensation, so a sweep can choose the default one.
-    alternatives = {
-        mode: _compress(sparse, train, "dsp", task.threads, compensation=mode).model
+    # The same removal under each compensation, so a sweep can check the default one.
+    results = {
+        mode: _compress(sparse, train, "dsp", task.threads, compensation=mode)
         for mode in COMPENSATIONS
     }
+    result = results[DEFAULT_COMPENSATION]
+    alternatives = {mode: r.model for mode, r in results.items()}
     return _Built(result.model, {**fields, **_compressed(result)}, alternatives=alternatives)
 
 
@@ -311,9 +312,10 @@ def _compress(
     criterion: str,
     threads: int,
     *,
-    compensation: str = "mean",
+    compensation: str | None = None,
 ) -> CompressResult:
     from dsp_deploy.compress import compress
+    from dsp_deploy.compress.plan import DEFAULT_COMPENSATION
     from dsp_deploy.io import Calibration
     from dsp_deploy.train.export import INPUT_NAME
 
@@ -322,7 +324,7 @@ def _compress(
         model,
         calibration,
         criterion=criterion,
-        compensation=compensation,
+        compensation=compensation or DEFAULT_COMPENSATION,
         holdout=0.0,
         threads=threads,
     )
