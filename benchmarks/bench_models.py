@@ -90,10 +90,29 @@ def markdown(table: Sequence[dict[str, object]]) -> str:
             "macs_ratio", "latency_over_macs")  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table:
-        target = f"{row['machine']} (emulated)" if row["emulated"] else str(row["machine"])
+        emulated = str(row["emulated"]) == "True"  # a bool, or its text read back (--merge)
+        target = f"{row['machine']} (emulated)" if emulated else str(row["machine"])
         cells = [target if k == "target" else str(row[k]) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def stored(out: Path, replaced: set[tuple[str, str]]) -> tuple[list[dict], list[dict[str, object]]]:
+    """The stored reports and table rows of the (group, target) pairs not measured again
+    (``--merge``)."""
+    try:
+        stored_json = json.loads((out / "bench_models.json").read_text())
+        with open(out / "bench_models.csv", newline="") as f:
+            stored_rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        return [], []
+    # results written before reports carried their own host share the file's one
+    reports = [
+        {"host": stored_json.get("host"), **r}
+        for r in stored_json["reports"]
+        if (r["group"], r["platform"]["target"]) not in replaced
+    ]
+    return reports, [r for r in stored_rows if (r["group"], r["target"]) not in replaced]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="x86 processes per config")
     parser.add_argument("--emulated-runs", type=int, default=5, help="per emulated config")
     parser.add_argument("--no-emulated", action="store_true", help="skip the Cortex-A72 runs")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the stored results of the groups not measured in this run",
+    )
     args = parser.parse_args(argv)
     paths = args.models or sorted((ROOT / "models").glob("*.onnx"))
     if not paths:
@@ -125,6 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 plot_report(report, args.out / f"{name}.{target}.png")
     host = {"node": platform.node(), "uname": " ".join(platform.uname()),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}  # fmt: skip
+    for report in reports:
+        report["host"] = host
+    if args.merge:
+        measured = {(r["group"], r["platform"]["target"]) for r in reports}
+        old_reports, old_table = stored(args.out, measured)
+        reports = sorted(old_reports + reports, key=lambda r: (r["group"], r["platform"]["target"]))
+        table = sorted(old_table + table, key=lambda r: (str(r["group"]), str(r["target"])))
     (args.out / "bench_models.json").write_text(
         json.dumps({"host": host, "reports": reports}, indent=2) + "\n"
     )
