@@ -2,6 +2,7 @@
 
     python benchmarks/bench_models.py                    # every models/*.onnx
     python benchmarks/bench_models.py a.onnx a.pruned.onnx --no-emulated
+    python benchmarks/bench_models.py a.onnx a.pruned.onnx --merge   # add to stored results
 
 Each dense ``X.onnx`` is measured in one interleaved run together with ``X.pruned.onnx``
 (when it exists), so their ratios share the machine's state: x86 at 1 and 2 threads and
