@@ -180,6 +180,38 @@ def test_pipeline_protocol_retrain_shrinks() -> None:
     assert 0.0 <= outcome.train_accuracy <= 1.0
 
 
+class _OneClass(torch.nn.Module):
+    """Logits that always favour class 0, in any mode (a collapsed member)."""
+
+    def forward(self, x):
+        return torch.tensor([[5.0, 0.0]]).expand(len(x), 2)
+
+
+def test_member_accuracy_warns_when_no_better_than_the_majority(caplog) -> None:
+    from dsp_deploy.train.loop import TrainResult
+    from dsp_deploy.train.pipeline import _member_accuracy
+
+    X = np.zeros((10, 1, 8), np.float32)
+    result = TrainResult((), best_epoch=3, best_loss=0.1, seconds=0.0)
+    with caplog.at_level("WARNING", logger="dsp_deploy.train.pipeline"):
+        balanced = _member_accuracy(_OneClass(), X, np.array([0, 1] * 5), 7, result)
+    assert balanced == 0.5
+    assert "seed 7 scores 0.500" in caplog.text and "majority class (0.500)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dsp_deploy.train.pipeline"):
+        mostly_zero = np.array([0] * 9 + [1])
+        assert _member_accuracy(_OneClass(), X, mostly_zero, 7, result) == 0.9
+    assert "majority class (0.900)" in caplog.text  # 0.9 is still no better than always 0
+
+
+def test_member_accuracy_of_a_working_member_is_quiet(caplog) -> None:
+    X, y = _toy(n=16)
+    request = TrainRequest(get_arch("lite"), epochs=30, sparsity=0.0, seed=0, batch_size=8)
+    with caplog.at_level("WARNING", logger="dsp_deploy.train.pipeline"):
+        (member,) = train(request, X, y, 2).members
+    assert member.train_accuracy > 0.5 and "majority" not in caplog.text
+
+
 def test_pipeline_rejects_unknown_protocol() -> None:
     with pytest.raises(InputError, match="protocol"):
         TrainRequest(get_arch("lite"), protocol="magic")

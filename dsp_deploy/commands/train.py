@@ -157,6 +157,7 @@ def _summary(
                 "params": m.params,
                 "best_epoch": m.train.best_epoch,
                 "best_loss": m.train.best_loss,
+                "train_accuracy": m.train_accuracy,
                 "dead_channels": taps(m.analysis),
                 "sparse_dead_channels": None
                 if m.sparse_analysis is None
@@ -233,10 +234,18 @@ def _render(summary: dict[str, Any]) -> None:
     table.add_column("seed", justify="right")
     table.add_column("params", justify="right")
     table.add_column("best epoch", justify="right")
+    table.add_column("train acc.", justify="right")
     table.add_column("dead channels per tap (train set)")
     for i, m in enumerate(summary["members"]):
         dead = ", ".join(f"{k} {d}/{c}" for k, (d, c) in m["dead_channels"].items())
-        table.add_row(str(i), str(m["seed"]), str(m["params"]), str(m["best_epoch"]), dead)
+        table.add_row(
+            str(i),
+            str(m["seed"]),
+            str(m["params"]),
+            str(m["best_epoch"]),
+            f"{m['train_accuracy']:.4f}",
+            dead,
+        )
     out = console()
     out.print(table)
     out.print(
