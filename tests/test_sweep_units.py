@@ -182,3 +182,19 @@ def test_upstreams_are_submitted_before_the_tasks_that_read_them() -> None:
     order = [(t.dataset, t.variant) for t in upstreams_first(given)]
     # narrow's upstream moves before it; a rule task without its upstream stays as is
     assert order == [("A", "dsp-retrain"), ("A", "narrow"), ("A", "dense"), ("B", "dsp-onnx-rule")]
+
+
+def test_wall_time_rows_per_arch_and_variant() -> None:
+    from dsp_deploy.sweep.report import _wall_rows
+
+    rows = [
+        {"arch": "lite", "variant": "dense", "task_seconds": "10"},
+        {"arch": "lite", "variant": "dense", "task_seconds": "30"},
+        {"arch": "lite", "variant": "dense", "task_seconds": "3560"},
+        {"arch": "lite", "variant": "narrow", "task_seconds": "5"},
+        {"arch": "lite", "variant": "narrow", "task_seconds": ""},  # a row without it
+    ]
+    assert _wall_rows(rows) == [
+        ("lite", "dense", 3, 30.0, 1200.0, 1.0),
+        ("lite", "narrow", 1, 5.0, 5.0, 5 / 3600),
+    ]

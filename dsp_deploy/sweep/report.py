@@ -20,6 +20,7 @@ import csv
 import importlib.util
 import io
 import logging
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -215,6 +216,17 @@ def _md_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return out.getvalue()
 
 
+def _wall_rows(rows: Sequence[Mapping[str, str]]) -> list[tuple[object, ...]]:
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        if r.get("task_seconds"):
+            seconds.setdefault((r["arch"], r["variant"]), []).append(float(r["task_seconds"]))
+    return [
+        (arch, variant, len(s), statistics.median(s), statistics.fmean(s), sum(s) / 3600)
+        for (arch, variant), s in sorted(seconds.items())
+    ]
+
+
 def markdown(report: SweepReport, figures: Sequence[tuple[str, str]] = ()) -> str:
     """The human-readable report."""
     parts = [
@@ -290,6 +302,12 @@ def markdown(report: SweepReport, figures: Sequence[tuple[str, str]] = ()) -> st
                 for c in stats.compensations(report.rows)
             ],
         ),  # fmt: skip
+        "## Wall time per task\n",
+        "Seconds per task on its worker (training, export, compression, evaluation, "
+        "latency), over the rows of each kind.\n",
+        _md_table(
+            ("arch", "variant", "n", "median s", "mean s", "total h"), _wall_rows(report.rows)
+        ),
         "## Dense against the published ensembles\n",
         _md_table(
             _PUB_COLUMNS, [tuple(r[k] for k in _PUB_COLUMNS) for r in _published_rows(report)]
