@@ -65,3 +65,34 @@ def test_dsp_keeps_what_the_paper_rule_keeps_per_group(min_count: int) -> None:
     assert {s: kept[s] for s in SEGMENTS} == {
         s: int(expected[p].sum()) for s, p in SEGMENTS.items()
     }
+
+
+def test_gram_matches_the_row_formula() -> None:
+    from dsp_deploy.compress.calibrate import _Running
+
+    x = np.random.default_rng(0).standard_normal((5, 3, 7)).astype(np.float32)
+    running = _Running()
+    running.update_gram(x[:2])
+    running.update_gram(x[2:])
+    rows = np.moveaxis(x.astype(np.float64), 1, -1).reshape(-1, 3)
+    rows = np.concatenate([rows, np.ones((len(rows), 1))], axis=1)
+    np.testing.assert_allclose(running.gram, rows.T @ rows, rtol=1e-12)
+    assert running.rows == 35
+
+
+def test_only_the_rules_lstsq_pays_for_gram_matrices(monkeypatch) -> None:
+    # Regression: `dead` gathered them too once lstsq became the default compensation,
+    # which made compress 8x slower than inference on the shipped InceptionTime ensemble.
+    from dsp_deploy.compress import calibrate
+
+    calls: list[int] = []
+    real = calibrate._Running.update_gram
+    monkeypatch.setattr(
+        calibrate._Running, "update_gram", lambda self, x: calls.append(1) or real(self, x)
+    )
+    model, x = _loud_hybrid_model(), Calibration({"x": G.inputs(32, seed=3)}, None)
+    compress(model, x, criterion="dead")
+    compress(model, x, criterion="dsp", compensation="mean")
+    assert calls == []
+    compress(model, x, criterion="dsp", compensation="lstsq")
+    assert calls

@@ -220,7 +220,9 @@ def compress(
     decide, held = split(len(calibration), holdout, seed)
     part, rest = calibration.take(decide), calibration.take(held)
     mode = "lstsq" if reconstruct else compensation
-    gram = [c.tensor for c in analysis.consumers if c.pointwise] if mode == "lstsq" else []
+    # Gram matrices cost more than the whole inference pass; only the rule's lstsq reads them.
+    refit = criterion == "dsp" and mode == "lstsq"
+    gram = [c.tensor for c in analysis.consumers if c.pointwise] if refit else []
     tensors = probe_tensors(analysis)
     probe = Probe(model, [*tensors, *gram], threads)  # the one session of the original
     segments = probe_segments(analysis)
