@@ -198,3 +198,27 @@ def test_wall_time_rows_per_arch_and_variant() -> None:
         ("lite", "dense", 3, 30.0, 1200.0, 1.0),
         ("lite", "narrow", 1, 5.0, 5.0, 5 / 3600),
     ]
+
+
+def test_cd_diagram_needs_three_variants(tmp_path) -> None:
+    # Regression: aeon's Friedman test raised on the first Inception rows (2 variants).
+    pytest.importorskip("aeon")
+    pytest.importorskip("matplotlib")
+    from types import SimpleNamespace
+
+    from dsp_deploy.sweep.plots import _critical_difference
+
+    rng = np.random.default_rng(0)
+    datasets = [f"D{i}" for i in range(6)]
+
+    def cells(variants):
+        return {
+            v: {d: SimpleNamespace(accuracy=float(rng.uniform())) for d in datasets}
+            for v in variants
+        }
+
+    two = cells(["dsp-onnx", "dsp-onnx-rule"])
+    assert _critical_difference(two, "inception", tmp_path / "two.png") is None
+    three = cells(["dense", "dsp-onnx", "dsp-onnx-rule"])
+    assert _critical_difference(three, "inception", tmp_path / "three.png") is not None
+    assert (tmp_path / "three.png").stat().st_size > 0

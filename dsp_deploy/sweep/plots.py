@@ -120,7 +120,8 @@ def _latency(cells: dict[str, dict[str, Cell]], arch: str, path: Path) -> str | 
 def _critical_difference(cells: dict[str, dict[str, Cell]], arch: str, path: Path) -> str | None:
     variants = [v for v in VARIANTS if v in cells]
     common = sorted(set.intersection(*(set(cells[v]) for v in variants))) if variants else []
-    if len(variants) < 2 or len(common) < CD_MIN_DATASETS:
+    # aeon's Friedman test needs at least 3 variants
+    if len(variants) < 3 or len(common) < CD_MIN_DATASETS:
         log.info(
             "no CD diagram for %s: %d variants on %d datasets", arch, len(variants), len(common)
         )
