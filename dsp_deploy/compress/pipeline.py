@@ -91,8 +91,9 @@ def probe_tensors(analysis: ChannelAnalysis) -> tuple[str, ...]:
 
 
 def probe_segments(analysis: ChannelAnalysis) -> dict[str, np.ndarray]:
-    """Per probed tensor, each channel's group: the paper's rule compares a channel with
-    the mean energy of its own group, not of every channel a tensor concatenates.
+    """Per tap, each channel's group: the paper's rule compares a channel with the mean
+    energy of its own group, not of every channel a tensor concatenates. Only taps: the
+    plan reads ``active`` nowhere else, and each group costs a pass over the tensor.
 
     Pooling over a whole tensor lets the loudest layer decide for all: in LITE the 17
     fixed hand-crafted channels share a tensor with the 96 learned ones, and their energy
@@ -100,8 +101,7 @@ def probe_segments(analysis: ChannelAnalysis) -> dict[str, np.ndarray]:
     (0/96 kept, accuracy 0.98 → 0.51); the paper scores the learned channels only.
     """
     group = [analysis.units[u].group for u in analysis.unit_of]
-    tensors = {**analysis.layouts, **analysis.taps}
-    return {t: np.array([group[a] for a in layout]) for t, layout in tensors.items()}
+    return {t: np.array([group[a] for a in layout]) for t, layout in analysis.taps.items()}
 
 
 def default_min_count(model: onnx.ModelProto) -> int:

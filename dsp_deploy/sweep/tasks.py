@@ -330,24 +330,12 @@ def _compress(
     )
 
 
-def _session(model: onnx.ModelProto, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-
-
 def _predict(model: onnx.ModelProto, X: np.ndarray, threads: int) -> np.ndarray:
+    from dsp_deploy.compress.calibrate import run_model
     from dsp_deploy.train.export import INPUT_NAME
 
-    session = _session(model, threads)
-    chunks = [session.run(None, {INPUT_NAME: X[i : i + 256]})[0] for i in range(0, len(X), 256)]
-    return np.concatenate(chunks).astype(np.float32)
+    (probs,) = run_model(model, {INPUT_NAME: X}, batch_size=256, threads=threads)
+    return probs.astype(np.float32)
 
 
 def _accuracy(probs: np.ndarray, y: np.ndarray) -> float:
@@ -356,9 +344,10 @@ def _accuracy(probs: np.ndarray, y: np.ndarray) -> float:
 
 def latency_ms(model: onnx.ModelProto, length: int, runs: int, *, warmup: int = 10) -> float:
     """Median wall time of one batch-1 call on one onnxruntime thread, in ms."""
+    from dsp_deploy.compress.calibrate import session as ort_session
     from dsp_deploy.train.export import INPUT_NAME
 
-    session = _session(model, 1)
+    session = ort_session(model, 1)
     feed = {INPUT_NAME: np.random.default_rng(0).standard_normal((1, 1, length), np.float32)}
     for _ in range(warmup):
         session.run(None, feed)
