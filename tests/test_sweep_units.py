@@ -222,3 +222,22 @@ def test_cd_diagram_needs_three_variants(tmp_path) -> None:
     three = cells(["dense", "dsp-onnx", "dsp-onnx-rule"])
     assert _critical_difference(three, "inception", tmp_path / "three.png") is not None
     assert (tmp_path / "three.png").stat().st_size > 0
+
+
+def test_progress_off_a_terminal_prints_one_line_per_task(monkeypatch, capsys) -> None:
+    from dsp_deploy.commands.sweep import _Progress
+    from dsp_deploy.sweep.runner import Event, Plan
+    from dsp_deploy.sweep.tasks import Task
+
+    tasks = tuple(Task(d, "lite", "dense", 1, "cpu-small", 10, 64, 0.0) for d in "ABC")
+    clock = iter([100.0, 130.0, 190.0])  # enter, first task, second task
+    monkeypatch.setattr("dsp_deploy.commands.sweep.time.monotonic", lambda: next(clock))
+    with _Progress(Plan(tasks, tasks[1:], ()), quiet=False) as update:  # stderr is captured
+        update(Event(tasks[1], 1, 0, 2))
+        update(Event(tasks[2], 1, 1, 2, error="worker died"))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "1 of 3 tasks already done",
+        "[1/2] B/lite/dense/1 · elapsed 0:00:30 · ETA 0:00:30",
+        "[2/2] C/lite/dense/1 FAILED: worker died · elapsed 0:01:30 · ETA 0:00:00",
+    ]

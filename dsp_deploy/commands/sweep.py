@@ -7,6 +7,7 @@ them); 2: bad options, datasets or folder.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -16,6 +17,8 @@ from dsp_deploy.commands import at_least, finite_at_least, positive
 from dsp_deploy.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from dsp_deploy.sweep.runner import Event, Plan, SweepSummary
 
 
@@ -152,12 +155,14 @@ def report_command(
 
 
 class _Progress:
-    """done/total with ETA on stderr (rich), or nothing."""
+    """done/total with ETA on stderr: a live bar on a terminal, else one line per task
+    (a sweep run with ``nohup`` or in CI would otherwise show nothing for hours)."""
 
     def __init__(self, plan: Plan, quiet: bool) -> None:
         self.plan, self.quiet = plan, quiet
+        self.bar: Any = None
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Callable[[Event], None] | None:
         if self.quiet or not self.plan.pending:
             return None
         from rich.progress import (
@@ -171,6 +176,12 @@ class _Progress:
 
         from dsp_deploy.render import console
 
+        err = console(stderr=True)
+        done = len(self.plan.tasks) - len(self.plan.pending)
+        if done:
+            err.print(f"{done} of {len(self.plan.tasks)} tasks already done")
+        if not err.is_terminal:
+            return _LineProgress(err.print)
         self.bar = Progress(
             TextColumn("sweep"),
             BarColumn(),
@@ -180,24 +191,49 @@ class _Progress:
             TextColumn("ETA"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[last]}"),
-            console=console(stderr=True),
+            console=err,
         )
         self.bar.__enter__()
-        done = len(self.plan.tasks) - len(self.plan.pending)
-        if done:
-            self.bar.console.print(f"{done} of {len(self.plan.tasks)} tasks already done")
         self.task = self.bar.add_task("", total=len(self.plan.pending), failed=0, last="")
         return self.update
 
     def update(self, event: Event) -> None:
-        last = "/".join(event.task.key) + (f" FAILED: {event.error}" if event.error else "")
         self.bar.update(
-            self.task, completed=event.done + event.failed, failed=event.failed, last=last
+            self.task,
+            completed=event.done + event.failed,
+            failed=event.failed,
+            last=_event_text(event),
         )
 
     def __exit__(self, *exc: object) -> None:
-        if not self.quiet and self.plan.pending:
-            self.bar.__exit__(*exc)  # type: ignore[arg-type]
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+class _LineProgress:
+    """``[k/n] dataset/arch/variant/seed · elapsed · ETA`` printed as each task ends."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self.emit, self.start = emit, time.monotonic()
+
+    def __call__(self, event: Event) -> None:
+        finished = event.done + event.failed
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / finished * (event.total - finished)
+        self.emit(
+            f"[{finished}/{event.total}] {_event_text(event)} · elapsed {_clock(elapsed)}"
+            f" · ETA {_clock(eta)}"
+        )
+
+
+def _event_text(event: Event) -> str:
+    return "/".join(map(str, event.task.key)) + (f" FAILED: {event.error}" if event.error else "")
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def _render(summary: SweepSummary, out: Path, as_json: bool) -> None:
