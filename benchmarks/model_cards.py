@@ -53,12 +53,20 @@ def card(path: Path) -> str:
     cost = model_cost(model)
     dataset = meta.get("dsp.dataset", "?")
     accuracy = evaluate(path, dataset, "test").accuracy if dataset != "?" else None
+    command = command_for(path)
+    # `build/` is gitignored: say where a command's intermediate files come from
+    built = "build/" in command
     lines = [
         f"## `{path.name}`",
         "",
         f"- architecture: {meta.get('dsp.arch', '?')}, trained on {dataset} "
         f"(classes {', '.join(json.loads(meta.get('dsp.classes', '[]')))})",
-        f"- command: `{command_for(path)}`",
+        f"- command: `{command}`",
+        *(
+            ["- files under `build/` are not in the repository: `models/build.sh` makes them"]
+            if built
+            else []
+        ),
         f"- test accuracy: {accuracy:.4f}" if accuracy is not None else "- test accuracy: ?",
         f"- parameters (float initializers in the file): {cost.params:,}; "
         f"MACs per series: {cost.macs:,}",

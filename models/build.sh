@@ -7,7 +7,7 @@ dsp-deploy train --arch inception --dataset GunPoint --epochs 1500 --seed 9409 -
 dsp-deploy train --arch litetime --dataset GunPoint --epochs 1500 --seed 9409 --threads 1 -o models/litetime_gunpoint.onnx --calib-out calibration/litetime_gunpoint.npz --json --quiet > models/litetime_gunpoint.train.json
 # InceptionTime: five members trained one by one (each run ~15 min here; a crash loses one
 # member, not five), the first being inception_gunpoint.onnx, then averaged on the ONNX side
-# (equal to `train --arch inceptiontime --seed 9409`, see `dsp-deploy ensemble --help`).
+# (equal to `train --arch inceptiontime --seed 9409`; see the docstring of dsp_deploy/ensemble.py).
 mkdir -p build/inceptiontime
 for seed in 9410 9411 9412 9413; do
   dsp-deploy train --arch inception --dataset GunPoint --epochs 1500 --seed $seed --threads 1 -o build/inceptiontime/inception_$seed.onnx --json --quiet > build/inceptiontime/inception_$seed.train.json

@@ -2,9 +2,10 @@
 
 A copy of the model gets the tensors as extra graph outputs (the caller's model is not
 touched); samples run in batches and each batch updates float64 running sums, so memory
-is O(channels) (O(channels²) for the Gram matrices ``--reconstruct`` asks for), whatever
-the number of samples. For a tensor x of shape (N, C, ...), channel c, over the n = N·T
-values x[i, c, t] seen:
+is O(channels) (O(channels²) for the Gram matrices of the least-squares compensation:
+``--criterion dsp`` with ``--compensation lstsq``, its default, or ``--reconstruct``),
+whatever the number of samples. For a tensor x of shape (N, C, ...), channel c, over the
+n = N·T values x[i, c, t] seen:
 
     max_abs_c = max |x|      minimum_c, maximum_c      mean_c = Σ x / n
     energy_c  = Σ x² / n     (mean square)

@@ -2,11 +2,15 @@
 
 Layout of ``DIR``::
 
-    sweep.json          the protocol the sweep runs under (a rerun must match it)
-    results.csv         one row per finished task, keyed by (dataset, arch, variant, seed)
-    probs/KEY.npz       the task's test-set probabilities and labels (for ensembles)
-    models/KEY.onnx     models a later task needs (dsp-onnx's sparse model), or all with
-                        ``keep_models``
+    sweep.json            the protocol the sweep runs under (a rerun must match it)
+    results.csv           one row per finished task, keyed by (dataset, arch, variant, seed)
+    probs/KEY.npz         the task's test-set probabilities and labels (for ensembles)
+    models/KEY.KIND.onnx  ``KEY.sparse.onnx``: the DSP-trained model before compression
+                          (dsp-onnx, dsp-exact), which dsp-onnx-rule reads;
+                          ``KEY.final.onnx``: every task's final model, with ``keep_models``
+    failures.jsonl        one JSON line (key, error, time) per failed task, appended by the
+                          runner (``runner._log_failure``); a failed task gets no row, so a
+                          rerun runs it again
 
 Commit protocol. Only the driver writes, never a worker: workers return their result to
 the driver, so a cluster needs no shared filesystem and a retried worker cannot write
