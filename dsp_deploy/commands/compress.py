@@ -1,4 +1,4 @@
-"""``dsp-deploy compress MODEL --calib NPZ``: remove dead channels, verify, write atomically.
+"""``dsp-deploy compress MODEL --calib NPZ``: prune dead or weak channels, verify, write atomically.
 
 Exit 0: written (and verified, or ``--force``); 1: a gate failed, nothing written;
 2: bad input (model, calibration file, options, output path).
@@ -115,6 +115,13 @@ def compress_command(
         bool,
         typer.Option("--conv2d", help="Write 1-D convs that x86 blocked kernels take as 2-D."),
     ] = False,
+    fuse: Annotated[
+        bool,
+        typer.Option(
+            "--fuse/--no-fuse",
+            help="Fold BatchNormalization into, and move Relu before, a Concat of Convs.",
+        ),
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Write even if a gate fails.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -159,6 +166,7 @@ def compress_command(
             threads=threads,
             align=align,
             conv2d=conv2d,
+            fuse=fuse,
         )
     write = result.verified or force
     if write:

@@ -204,13 +204,17 @@ def compress(
     seed: int = 0,
     align: int = 1,
     conv2d: bool = False,
+    fuse: bool = False,
 ) -> CompressResult:
     """Prune ``model`` with ``calibration``; ``model`` itself is not modified.
 
     ``align``: kept channel counts rounded up to multiples of it (``compress.align``);
-    ``conv2d``: qualifying 1-D convs written in 2-D form (``compress.layout``). Both are
-    checked by the same verification as the pruning.
+    ``conv2d``: qualifying 1-D convs written in 2-D form (``compress.layout``); ``fuse``:
+    BatchNormalization folded into, and Relu moved before, a Concat of Convs
+    (``compress.fuse``; before ``conv2d``, which would hide the Convs). All are checked
+    by the same verification as the pruning.
     """
+    from dsp_deploy.compress.fuse import fuse_concat
     from dsp_deploy.compress.layout import conv1d_as_conv2d
     from dsp_deploy.cost import model_cost
 
@@ -240,6 +244,9 @@ def compress(
         align=align,
     )
     pruned = prune(model, plan) if plan.remove or plan.compensations else copy_model(model)
+    fused = fuse_concat(pruned) if fuse else None
+    if fused is not None:
+        pruned = fused.model
     wrapped = 0
     if conv2d:
         pruned, wrapped = conv1d_as_conv2d(pruned)
@@ -264,6 +271,10 @@ def compress(
             "units_removed": len(plan.remove),
             "align": align,
             "conv2d": wrapped,
+            "fuse": {
+                "batchnorm": len(fused.batchnorms) if fused else 0,
+                "relu": len(fused.relus) if fused else 0,
+            },
             "params": [before.params, after.params],
             "macs": [before.macs, after.macs],
             "max_abs_diff": decision.max_abs_diff,
