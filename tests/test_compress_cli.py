@@ -91,6 +91,9 @@ def test_inspect_json_lists_groups_pins_and_dead(files, run_cli, tmp_path) -> No
     report = json.loads(run_cli("inspect", model, "--calib", calib, "--json").stdout)
     assert sum(g["dead"] for g in report["groups"]) == 3
     assert report["params"] > 0 and len(report["layers"]) == 6
+    for key in ("params", "macs"):  # the layers and the rest add up to the model's total
+        assert sum(r[key] for r in report["layers"]) + report["other"][key] == report[key]
+        assert report["other"][key] >= 0
     pinned = tmp_path / "p.onnx"
     onnx.save(G.pinned(), pinned)
     groups = json.loads(run_cli("inspect", pinned, "--json").stdout)["groups"]

@@ -54,6 +54,7 @@ def _as_dict(result: Inspection, model: str) -> dict:
             {"name": r.name, "channels": r.channels[0], "params": r.params[0], "macs": r.macs[0]}
             for r in result.layers
         ],
+        "other": dict(zip(("params", "macs"), _other(result), strict=True)),
         "groups": [
             {
                 "index": g.index,
@@ -85,6 +86,15 @@ def _as_dict(result: Inspection, model: str) -> dict:
     }
 
 
+def _other(result: Inspection) -> tuple[int, int]:
+    """Params and MACs outside the channel-creating layers (depthwise convs, heads, BN), so
+    the table adds up to its title."""
+    return (
+        result.params - sum(r.params[0] for r in result.layers),
+        result.macs - sum(r.macs[0] for r in result.layers),
+    )
+
+
 def _render(result: Inspection, model: str) -> None:
     from rich.table import Table
 
@@ -96,6 +106,8 @@ def _render(result: Inspection, model: str) -> None:
         layers.add_column(column, justify="left" if column == "layer" else "right")
     for r in result.layers:
         layers.add_row(r.name, str(r.channels[0]), f"{r.params[0]:,}", f"{r.macs[0]:,}")
+    params, macs = _other(result)
+    layers.add_row("(every other node)", "", f"{params:,}", f"{macs:,}", style="dim")
     console.print(layers)
     groups = Table(title="channel groups")
     for column in ("#", "sources", "channels", "consumers", "dead", "pinned by"):
