@@ -87,6 +87,9 @@ def test_killed_sweep_resumes_with_every_row_once(tmp_path, local_ray, run_cli) 
     assert all(r["verified"] in ("true", "false") for r in by_variant["dsp-onnx-rule"])
     assert all(r["verified"] == "true" for r in by_variant["dsp-onnx"])
     assert all(r["kept_channels"].count(";") == 2 for r in by_variant["dsp-retrain"])
+    # dsp-onnx kept its trained weights for dsp-retrain (this run's or the killed run's)
+    store = ResultsStore(out)
+    assert all(store.model_path(row_key(r), "state").is_file() for r in by_variant["dsp-onnx"])
     assert all(1 <= int(r["width"]) <= 32 for r in by_variant["narrow"])
 
     report = out / "report"
@@ -187,3 +190,41 @@ def test_inception_sparse_task_and_its_rule_downstream() -> None:
     rule = run_task(_inception_task("dsp-onnx-rule", 1e-5), train, test, sparse)
     assert rule.row["train_seconds"] == 0.0
     assert rule.row["params"] < sparse.row["params"]
+
+
+def test_retrain_from_dsp_onnx_weights_gives_the_row_of_training_them() -> None:
+    # dsp-retrain starts from its dsp-onnx upstream's trained state instead of training the
+    # same model again; the row must be the one that training it here gives.
+    from dataclasses import replace
+
+    import numpy as np
+
+    from dsp_deploy.data import load_train_test
+    from dsp_deploy.errors import InputError
+    from dsp_deploy.nets.registry import get_arch
+    from dsp_deploy.sweep.tasks import Task, run_task
+
+    def task(variant: str, seed: int) -> Task:
+        return Task("UnitTest", "lite", variant, seed, "test", 3, 64, get_arch("lite").sparsity)
+
+    train, test = load_train_test("UnitTest")
+    upstream = run_task(task("dsp-onnx", 1), train, test)
+    assert "state" in upstream.models and "sparse" in upstream.models
+    scratch = run_task(task("dsp-retrain", 1), train, test)
+    reused = run_task(task("dsp-retrain", 1), train, test, upstream)
+
+    timed = {"train_seconds", "task_seconds", "latency_ms"}
+    assert {k: v for k, v in reused.row.items() if k not in timed} == {
+        k: v for k, v in scratch.row.items() if k not in timed
+    }
+    np.testing.assert_array_equal(reused.probabilities, scratch.probabilities)  # bit for bit
+
+    # Another seed's weights shrink the net otherwise: the state is what decides the row.
+    other = run_task(task("dsp-onnx", 2), train, test)
+    wrong = run_task(task("dsp-retrain", 1), train, test, other)
+    assert wrong.row["kept_channels"] != scratch.row["kept_channels"]
+    assert not np.allclose(wrong.probabilities, scratch.probabilities, atol=1e-6)
+    # A state trained for other epochs is refused, not used.
+    stale = replace(upstream, row={**upstream.row, "epochs": "5"})
+    with pytest.raises(InputError, match="trained with"):
+        run_task(task("dsp-retrain", 1), train, test, stale)

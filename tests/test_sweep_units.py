@@ -184,6 +184,64 @@ def test_upstreams_are_submitted_before_the_tasks_that_read_them() -> None:
     assert order == [("A", "dsp-retrain"), ("A", "narrow"), ("A", "dense"), ("B", "dsp-onnx-rule")]
 
 
+def test_a_chain_of_upstreams_is_submitted_from_its_root() -> None:
+    from dsp_deploy.sweep.runner import upstreams_first
+    from dsp_deploy.sweep.tasks import Task
+
+    def task(variant: str, dataset: str = "A") -> Task:
+        return Task(dataset, "lite", variant, 1, "cpu-small", 10, 64, 0.0)
+
+    given = [task("narrow"), task("dense"), task("dsp-retrain"), task("dsp-onnx")]
+    given.append(task("dsp-retrain", "B"))  # its dsp-onnx is not in the plan: runs alone
+    order = [(t.dataset, t.variant) for t in upstreams_first(given)]
+    # dsp-onnx → dsp-retrain → narrow: the whole chain moves before narrow, root first
+    assert order == [
+        ("A", "dsp-onnx"),
+        ("A", "dsp-retrain"),
+        ("A", "narrow"),
+        ("A", "dense"),
+        ("B", "dsp-retrain"),
+    ]
+
+
+def test_models_are_stored_by_kind_and_read_back_for_downstreams(tmp_path) -> None:
+    from dsp_deploy.sweep.runner import _from_disk
+
+    store = ResultsStore(tmp_path)
+    row = _row("A", "dsp-onnx", 1, 0.5)
+    models = {"sparse": b"onnx bytes", "state": b"torch.save bytes", "final": b"final"}
+    assert store.commit(
+        row, probabilities=np.eye(2, dtype=np.float32), labels=np.arange(2), models=models
+    )
+    key = ("A", "lite", "dsp-onnx", "1")
+    names = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert names == [
+        "A__lite__dsp-onnx__1.final.onnx",
+        "A__lite__dsp-onnx__1.sparse.onnx",
+        "A__lite__dsp-onnx__1.state.pt",
+    ]
+    rows = {key: store.rows()[0]}
+    # only what downstream tasks read: the rule's sparse model, the retrain's state
+    assert _from_disk(store, rows, key).models == {
+        "sparse": b"onnx bytes",
+        "state": b"torch.save bytes",
+    }
+    store.model_path(key, "state").unlink()  # a row from before states were kept
+    assert _from_disk(store, rows, key).models == {"sparse": b"onnx bytes"}
+
+
+def test_an_unknown_model_kind_is_refused_before_anything_is_written(tmp_path) -> None:
+    store = ResultsStore(tmp_path)
+    with pytest.raises(ValueError, match="unknown model kind 'weights'"):
+        store.commit(
+            _row("A", "dsp-onnx", 1, 0.5),
+            probabilities=np.eye(2, dtype=np.float32),
+            labels=np.arange(2),
+            models={"weights": b"x"},
+        )
+    assert not any(tmp_path.iterdir())
+
+
 def test_wall_time_rows_per_arch_and_variant() -> None:
     from dsp_deploy.sweep.report import _wall_rows
 

@@ -212,6 +212,39 @@ def test_member_accuracy_of_a_working_member_is_quiet(caplog) -> None:
     assert member.train_accuracy > 0.5 and "majority" not in caplog.text
 
 
+@pytest.mark.parametrize("protocol", ["dsp-retrain", "dsp-finetune"])
+def test_pipeline_from_given_dsp_weights_matches_training_them(protocol: str) -> None:
+    from dsp_deploy.train.loop import predict_proba
+
+    X, y = _toy(n=16)
+    spec = get_arch("lite")
+    sparse = train(TrainRequest(spec, epochs=2, sparsity=1e-3, seed=0, batch_size=8), X, y, 2)
+    state = sparse.model.net.state_dict()
+    request = TrainRequest(spec, epochs=2, sparsity=1e-3, seed=0, batch_size=8, protocol=protocol)
+    scratch = train(request, X, y, 2)
+    given = train(request, X, y, 2, sparse_states=[state])
+    (member,) = given.members
+    assert member.train is None and scratch.members[0].train is not None
+    assert member.kept == scratch.members[0].kept
+    assert member.sparse_analysis == scratch.members[0].sparse_analysis
+    np.testing.assert_array_equal(predict_proba(given.model, X), predict_proba(scratch.model, X))
+
+
+def test_pipeline_refuses_dsp_weights_it_cannot_use() -> None:
+    X, y = _toy(n=16)
+    spec = get_arch("lite")
+    state = spec.build(2).state_dict()
+    with pytest.raises(InputError, match="need protocol dsp-retrain or dsp-finetune, not 'none'"):
+        train(TrainRequest(spec, epochs=1), X, y, 2, sparse_states=[state])
+    retrain = TrainRequest(spec, epochs=1, protocol="dsp-retrain")
+    with pytest.raises(
+        InputError, match="2 trained DSP states given; expected one per member of lite: 1"
+    ):
+        train(retrain, X, y, 2, sparse_states=[state, state])
+    with pytest.raises(InputError, match="state of member 0 does not fit its net"):
+        train(retrain, X, y, 2, sparse_states=[spec.build(3).state_dict()])
+
+
 def test_pipeline_rejects_unknown_protocol() -> None:
     with pytest.raises(InputError, match="protocol"):
         TrainRequest(get_arch("lite"), protocol="magic")

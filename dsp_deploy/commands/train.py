@@ -155,8 +155,9 @@ def _summary(
             {
                 "seed": m.seed,
                 "params": m.params,
-                "best_epoch": m.train.best_epoch,
-                "best_loss": m.train.best_loss,
+                # None where the DSP training was loaded, not run (pipeline.train)
+                "best_epoch": None if m.train is None else m.train.best_epoch,
+                "best_loss": None if m.train is None else m.train.best_loss,
                 "train_accuracy": m.train_accuracy,
                 "dead_channels": taps(m.analysis),
                 "sparse_dead_channels": None

@@ -5,8 +5,10 @@ Layout of ``DIR``::
     sweep.json            the protocol the sweep runs under (a rerun must match it)
     results.csv           one row per finished task, keyed by (dataset, arch, variant, seed)
     probs/KEY.npz         the task's test-set probabilities and labels (for ensembles)
-    models/KEY.KIND.onnx  ``KEY.sparse.onnx``: the DSP-trained model before compression
+    models/KEY.KIND.EXT   ``KEY.sparse.onnx``: the DSP-trained model before compression
                           (dsp-onnx, dsp-exact), which dsp-onnx-rule reads;
+                          ``KEY.state.pt``: dsp-onnx's trained member as a torch
+                          ``state_dict`` (``torch.save``), which dsp-retrain starts from;
                           ``KEY.final.onnx``: every task's final model, with ``keep_models``
     failures.jsonl        one JSON line (key, error, time) per failed task, appended by the
                           runner (``runner._log_failure``); a failed task gets no row, so a
@@ -40,6 +42,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -87,6 +90,10 @@ COLUMNS: tuple[str, ...] = (
 )
 
 Key = tuple[str, str, str, str]
+# file extension of each model kind a task returns (tasks.TaskOutput.models)
+MODEL_KINDS: Mapping[str, str] = MappingProxyType(
+    {"sparse": "onnx", "state": "pt", "final": "onnx"}
+)
 
 
 def row_key(row: Mapping[str, Any]) -> Key:
@@ -162,12 +169,13 @@ class ResultsStore:
         """Write the artefacts, then append ``row``; False when its key was already there."""
         key = row_key(row)
         self._check_columns(row)
+        files = {self.model_path(key, kind): data for kind, data in models.items()}
         self.root.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.savez(buffer, probabilities=probabilities.astype(np.float32), labels=labels)
         _atomic_write(self.probs_path(key), buffer.getvalue())
-        for kind, data in models.items():
-            _atomic_write(self.model_path(key, kind), data)
+        for path, data in files.items():
+            _atomic_write(path, data)
         with self._locked():
             if key in self.done():
                 log.info("row %s already committed; not appended again", key)
@@ -179,7 +187,9 @@ class ResultsStore:
         return self.root / "probs" / f"{key_name(key)}.npz"
 
     def model_path(self, key: Key, kind: str) -> Path:
-        return self.root / "models" / f"{key_name(key)}.{kind}.onnx"
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {kind!r}; expected one of {tuple(MODEL_KINDS)}")
+        return self.root / "models" / f"{key_name(key)}.{kind}.{MODEL_KINDS[kind]}"
 
     def load_probs(self, key: Key) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, labels) of a committed task."""

@@ -7,11 +7,13 @@ already in ``results.csv`` are done and skipped. Order: seed-major (every datase
 first seed before any second seed), so a partial sweep already covers many datasets.
 
 Dependencies (``tasks.UPSTREAM``): a ``dsp-onnx-rule`` task reads its ``dsp-onnx`` task's
-sparse model, a ``narrow`` task its ``dsp-retrain`` task's parameter count. When the
-upstream runs in this sweep, its Ray ``ObjectRef`` is the downstream's argument, so Ray
+sparse model, a ``dsp-retrain`` task its trained weights (``state``), a ``narrow`` task its
+``dsp-retrain`` task's parameter count; so dsp-onnx → dsp-retrain → narrow is a chain. When
+the upstream runs in this sweep, its Ray ``ObjectRef`` is the downstream's argument, so Ray
 starts the downstream once the upstream has finished; when the upstream finished in an
-earlier run, its row and saved model are read back from the folder. ``narrow`` without
-either is refused at planning time.
+earlier run, its row and saved models are read back from the folder. ``narrow`` without
+either is refused at planning time; a rule or retrain task without either trains its own
+DSP model.
 
 Execution. Local Ray by default (``ray.init(num_cpus=...)``, no dashboard), or an
 existing cluster with ``address``; a Ray session that is already initialised in this
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DataPairs = Mapping[str, tuple["Dataset", "Dataset"]]
+# the model kinds downstream tasks read: rule tasks "sparse", retrain tasks "state"
+_UPSTREAM_MODELS: tuple[str, ...] = ("sparse", "state")
 
 
 @dataclass(frozen=True)
@@ -174,8 +178,9 @@ def _check_upstreams(tasks: Sequence[Task], done: frozenset[Key]) -> None:
 
 
 def _from_disk(store: ResultsStore, rows: Mapping[Key, Mapping[str, str]], key: Key) -> TaskOutput:
-    path = store.model_path(key, "sparse")
-    models = {"sparse": path.read_bytes()} if path.exists() else {}
+    """A finished upstream's row and the saved models its downstreams read, if present."""
+    paths = {kind: store.model_path(key, kind) for kind in _UPSTREAM_MODELS}
+    models = {kind: path.read_bytes() for kind, path in paths.items() if path.exists()}
     empty = np.zeros((0, 0), np.float32)
     return TaskOutput(dict(rows[key]), empty, np.zeros(0, np.int64), models)
 
@@ -269,15 +274,19 @@ def execute(
 
 
 def upstreams_first(tasks: Sequence[Task]) -> list[Task]:
-    """``tasks`` in order, except that a task's upstream (when in ``tasks``) comes first."""
+    """``tasks`` in order, except that a task's upstreams (those in ``tasks``, up the
+    whole chain: dsp-onnx → dsp-retrain → narrow) come first."""
     index = {t.key: t for t in tasks}
     placed: set[Key] = set()
-    order = []
+    order: list[Task] = []
     for task in tasks:
-        for t in (index.get(task.upstream_key), task):
-            if t is not None and t.key not in placed:
-                placed.add(t.key)
-                order.append(t)
+        chain: list[Task] = []  # task, its upstream, that one's upstream, ...
+        link: Task | None = task
+        while link is not None and link.key not in placed:
+            placed.add(link.key)
+            chain.append(link)
+            link = index.get(link.upstream_key)
+        order.extend(reversed(chain))
     return order
 
 

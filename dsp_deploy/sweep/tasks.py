@@ -7,14 +7,22 @@ Variants (``λ_p`` is the arch's paper λ, ``λ_x`` the protocol's dsp-exact λ)
     dsp-onnx-rule  dsp-onnx's sparse ONNX → compress --criterion dsp      (paper's rule,
                    default (lstsq) compensation; the row exists whether the gates pass or not;
                    accuracy_none|mean|lstsq score each compensation on the test set)
-    dsp-retrain    train (λ_p) → analysis → smaller net → retrain (λ = 0) → ONNX
+    dsp-retrain    dsp-onnx's trained weights (or train (λ_p)) → analysis → smaller net
+                   → retrain (λ = 0) → ONNX
     dsp-exact      train (λ_x) → ONNX → compress --criterion dead        (ours)
     narrow         uniform width nearest dsp-retrain's params (same dataset and seed),
                    train (λ = 0) → ONNX
 
-``dsp-onnx-rule`` and ``narrow`` take their upstream task's output (``UPSTREAM``): the
-sparse model bytes, or the retrained member's parameter count. A rule task with no
-upstream trains its own sparse model. Compression uses the whole training set as
+``dsp-onnx-rule``, ``dsp-retrain`` and ``narrow`` take their upstream task's output
+(``UPSTREAM``; a chain dsp-onnx → dsp-retrain → narrow): the sparse model bytes, the
+trained DSP member's ``state_dict`` (model kind ``state``: dsp-onnx trains the very model
+that dsp-retrain starts from, same λ, seed, epochs and data order, deterministically on
+CPU), or the retrained member's parameter count. A rule or retrain task with no upstream
+(or an upstream row without a state file, from before states were kept) trains its own
+sparse model. ``train_seconds`` counts the training the task itself did: 0 for a rule
+task that read its sparse model, only the analysis and retraining for a retrain task that
+read its weights; ``train_accuracy``, ``dead_channels``, ``kept_channels`` and
+``params_torch`` are the same either way. Compression uses the whole training set as
 calibration (holdout 0): the channels removed are those dead on all of it, which is
 what the training-side analysis calls dead; the test set is the held-out check.
 
@@ -27,11 +35,12 @@ indicative (tasks share the machine), not a ``dsp-deploy bench`` measurement.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
@@ -61,7 +70,7 @@ VARIANTS: tuple[str, ...] = (
 )
 DSP_VARIANTS: tuple[str, ...] = ("dsp-onnx", "dsp-onnx-rule", "dsp-retrain", "dsp-exact")
 UPSTREAM: Mapping[str, str] = MappingProxyType(
-    {"dsp-onnx-rule": "dsp-onnx", "narrow": "dsp-retrain"}
+    {"dsp-onnx-rule": "dsp-onnx", "dsp-retrain": "dsp-onnx", "narrow": "dsp-retrain"}
 )
 ARCHS: tuple[str, ...] = ("lite", "inception")  # single members: ensembles come from seeds
 
@@ -103,7 +112,7 @@ class TaskOutput:
     row: Mapping[str, Any]
     probabilities: np.ndarray  # (n_test, classes) float32; empty when read back for upstream
     labels: np.ndarray  # (n_test,) int64
-    models: Mapping[str, bytes] = field(default_factory=dict)  # "sparse", "final"
+    models: Mapping[str, bytes] = field(default_factory=dict)  # "sparse", "state", "final"
 
 
 @dataclass(frozen=True)
@@ -178,7 +187,10 @@ def _dead_pruned(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Bu
     sparse = _export(outcome.model, task, train)
     result = _compress(sparse, train, "dead", task.threads)
     fields = {**_trained(outcome), **_compressed(result)}
-    return _Built(result.model, fields, {"sparse": sparse.SerializeToString()})
+    models = {"sparse": sparse.SerializeToString()}
+    if task.variant == UPSTREAM["dsp-retrain"]:  # the weights dsp-retrain starts from
+        models["state"] = _state_bytes(outcome.model.net)  # one member: Probabilities(net)
+    return _Built(result.model, fields, models)
 
 
 def _rule(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
@@ -205,7 +217,8 @@ def _rule(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
 
 
 def _retrain(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
-    outcome = _fit(task, train, protocol="dsp-retrain")
+    states = _upstream_states(task, upstream)
+    outcome = _fit(task, train, protocol="dsp-retrain", states=states)
     member = outcome.members[0]
     fields = {
         **_trained(outcome),
@@ -214,6 +227,22 @@ def _retrain(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
         "dead_channels": _dead(member.sparse_analysis),
     }
     return _Built(_export(outcome.model, task, train), fields)
+
+
+def _upstream_states(task: Task, upstream: TaskOutput | None) -> list[Mapping[str, Any]] | None:
+    """The trained DSP weights in ``upstream`` (one member), or None: the task trains them."""
+    if upstream is None or "state" not in upstream.models:
+        return None
+    # From disk the row is text; a state trained otherwise must not pass for this one's.
+    trained = (float(upstream.row["sparsity"]), int(upstream.row["epochs"]))
+    if trained != (task.sparsity, task.epochs):
+        raise InputError(
+            f"task {task.key}: its upstream's state was trained with (λ, epochs) {trained}; "
+            f"expected {(task.sparsity, task.epochs)}"
+        )
+    import torch
+
+    return [torch.load(io.BytesIO(upstream.models["state"]), weights_only=True)]
 
 
 def _narrow(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
@@ -244,7 +273,12 @@ _BUILDERS: Mapping[str, Callable[[Task, Any, TaskOutput | None], _Built]] = Mapp
 
 # ---- library calls ----------------------------------------------------------------------
 def _fit(
-    task: Task, train: Dataset, *, spec: ArchSpec | None = None, protocol: str = "none"
+    task: Task,
+    train: Dataset,
+    *,
+    spec: ArchSpec | None = None,
+    protocol: str = "none",
+    states: Sequence[Mapping[str, Any]] | None = None,
 ) -> TrainOutcome:
     from dsp_deploy.nets.registry import get_arch
     from dsp_deploy.train.pipeline import TrainRequest
@@ -258,7 +292,16 @@ def _fit(
         batch_size=task.batch_size,
         protocol=protocol,
     )
-    return fit(request, train.X, train.y, len(train.classes))
+    return fit(request, train.X, train.y, len(train.classes), sparse_states=states)
+
+
+def _state_bytes(net: Any) -> bytes:
+    """``net``'s ``state_dict`` as ``torch.save`` writes it."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    return buffer.getvalue()
 
 
 def _trained(outcome: TrainOutcome) -> dict[str, Any]:

@@ -9,6 +9,12 @@ For each member seed ``s`` of the architecture (1, or 5 for the ensembles):
    smaller net with fresh weights (seed ``s``) and train it again *without* sparsity;
    ``dsp-finetune``: the same, but the smaller net starts from the kept weights.
 
+With those protocols, step 1 can be skipped: given the member's trained DSP weights
+(``sparse_states``, e.g. another run's step 1 with the same λ, seed, epochs and data),
+the published net is built and loaded with them instead of trained. Training is
+deterministic on CPU for a fixed thread count, so the outcome is the one that training
+here would give; the member's ``train`` result is then None.
+
 Every member's tapped channels that are exactly zero after their ReLU on the training set
 are reported (:class:`~dsp_deploy.train.protocol.ActivationAnalysis`): those are what
 ``compress`` can remove from the ONNX graph without changing the outputs on that data.
@@ -19,10 +25,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 from torch import nn
 
 from dsp_deploy.errors import InputError
@@ -45,6 +52,7 @@ PROTOCOLS: tuple[str, ...] = ("none", "dsp-retrain", "dsp-finetune")
 
 # (member index, phase "train" | "retrain", record)
 Progress = Callable[[int, str, EpochRecord], None]
+State = Mapping[str, torch.Tensor]  # one member's state_dict
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ class TrainRequest:
 @dataclass(frozen=True)
 class MemberOutcome:
     seed: int
-    train: TrainResult
+    train: TrainResult | None  # None: step 1 not run here (its weights were given)
     analysis: dsp.ActivationAnalysis  # of the final member
     params: int
     train_accuracy: float  # of the final member alone, eval mode, on the training set
@@ -116,13 +124,20 @@ def train(
     n_classes: int,
     *,
     progress: Progress | None = None,
+    sparse_states: Sequence[State] | None = None,
 ) -> TrainOutcome:
-    """Train the members of ``request.spec`` on ``(X, y)``; see the module docstring."""
+    """Train the members of ``request.spec`` on ``(X, y)``; see the module docstring.
+
+    ``sparse_states``: one trained DSP state per member, loaded instead of step 1
+    (protocols ``dsp-retrain`` and ``dsp-finetune`` only).
+    """
     _check_data(X, y, n_classes)
+    seeds = request.spec.member_seeds(request.seed)
+    states = _check_states(request, sparse_states, len(seeds))
     start = time.perf_counter()
     nets, outcomes = [], []
-    for i, seed in enumerate(request.spec.member_seeds(request.seed)):
-        net, outcome = _member(request, X, y, n_classes, seed, i, progress)
+    for i, (seed, state) in enumerate(zip(seeds, states, strict=True)):
+        net, outcome = _member(request, X, y, n_classes, seed, i, progress, state)
         nets.append(net)
         outcomes.append(outcome)
     model = probability_model(nets)
@@ -156,6 +171,25 @@ def _member_accuracy(
     return accuracy
 
 
+def _check_states(
+    request: TrainRequest, states: Sequence[State] | None, members: int
+) -> tuple[State | None, ...]:
+    """One state (or None: train it) per member; ``InputError`` where states cannot apply."""
+    if states is None:
+        return (None,) * members
+    if request.protocol == "none":
+        raise InputError(
+            "trained DSP states replace the training before a shrink; they need protocol "
+            f"dsp-retrain or dsp-finetune, not {request.protocol!r}"
+        )
+    if len(states) != members:
+        raise InputError(
+            f"{len(states)} trained DSP states given; expected one per member of "
+            f"{request.spec.name}: {members}"
+        )
+    return tuple(states)
+
+
 def _check_data(X: np.ndarray, y: np.ndarray, n_classes: int) -> None:
     """``InputError`` unless X is finite (n, C, L) and y holds n labels in [0, n_classes)."""
     if X.ndim != 3 or len(X) == 0 or X.dtype.kind != "f":
@@ -183,16 +217,22 @@ def _member(
     seed: int,
     index: int,
     progress: Progress | None,
+    state: State | None,
 ) -> tuple[nn.Module, MemberOutcome]:
     def report(phase: str) -> Callable[[EpochRecord], None] | None:
         return None if progress is None else (lambda r: progress(index, phase, r))
 
     seed_torch(seed)
     net = request.spec.build(n_classes)
-    result = fit(net, X, y, request.train_config(seed), progress=report("train"))
+    result: TrainResult | None = None
+    if state is None:
+        result = fit(net, X, y, request.train_config(seed), progress=report("train"))
+    else:
+        _load(net, state, index)
     analysis = dsp.analyse(net, X)
     log.info("member %d (seed %d): dead channels per tap %s", index, seed, analysis.dead_counts)
     if request.protocol == "none":
+        assert result is not None  # _check_states gives no state without a protocol
         accuracy = _member_accuracy(net, X, y, seed, result)
         return net, MemberOutcome(seed, result, analysis, count_params(net), accuracy)
     keep = dsp.keep_indices(analysis, request.spec.min_count, dsp.keep_groups(net))
@@ -213,3 +253,12 @@ def _member(
         retrain=retrain,
     )
     return small, outcome
+
+
+def _load(net: nn.Module, state: State, index: int) -> None:
+    """Load member ``index``'s trained DSP weights into ``net``, as ``fit`` leaves it."""
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise InputError(f"trained DSP state of member {index} does not fit its net: {e}") from e
+    net.eval()
