@@ -304,7 +304,9 @@ def markdown(report: SweepReport, figures: Sequence[tuple[str, str]] = ()) -> st
         ),  # fmt: skip
         "## Wall time per task\n",
         "Seconds per task on its worker (training, export, compression, evaluation, "
-        "latency), over the rows of each kind.\n",
+        "latency), over the rows of each kind. `dsp-onnx-rule` reads its sparse model from "
+        "`dsp-onnx`, and `dsp-retrain` its DSP weights where `dsp-onnx` saved them "
+        "(`models/KEY.state.pt`; rows from before that include their own DSP training).\n",
         _md_table(
             ("arch", "variant", "n", "median s", "mean s", "total h"), _wall_rows(report.rows)
         ),
