@@ -6,7 +6,12 @@ graph) only when the input is 4-D: 1-D convolutions always take the generic im2c
 path. Measured here (``benchmarks/latency_gap.py``, AVX2, one thread): a depthwise conv of
 112 channels, k = 20, L = 150 ran 2.3× faster at batch 1 (1.4× at batch 64) in the
 blocked layout, and the whole dense Inception model (``inception_gunpoint``) ~1.2× faster.
-On ARM the 2-D form is not measured (no stored result times it there).
+On aarch64 the 2-D form gains nothing: onnxruntime's aarch64 build has no blocked kernels
+(its optimised graphs of ``--conv2d`` models hold no ``com.microsoft.nchwc`` Conv; x86's
+hold 31 for the dense Inception), so the wrapper only adds reshapes. On the emulated
+Cortex-A72 (``benchmarks/fuse_concat.py --emulated``) the 2-D LITE and Inception models,
+dense and pruned, ran 0.97–1.03× as long as the 1-D ones, within that run's noise;
+emulated timings compare models within one run only.
 
 ``conv1d_as_conv2d(model)`` wraps each 1-D ``Conv`` that the blocked kernels accept as
 
