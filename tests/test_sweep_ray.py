@@ -86,6 +86,14 @@ def test_killed_sweep_resumes_with_every_row_once(tmp_path, local_ray, run_cli) 
     assert all(float(r["train_seconds"]) == 0 for r in by_variant["dsp-onnx-rule"])
     assert all(r["verified"] in ("true", "false") for r in by_variant["dsp-onnx-rule"])
     assert all(r["verified"] == "true" for r in by_variant["dsp-onnx"])
+    # the sparse model before compression is scored where there is one, and only there
+    sparse = ("dsp-onnx", "dsp-onnx-rule", "dsp-exact")
+    assert all(
+        (0 <= float(r["accuracy_unpruned"]) <= 1)
+        if r["variant"] in sparse
+        else r["accuracy_unpruned"] == ""
+        for r in rows
+    )
     assert all(r["kept_channels"].count(";") == 2 for r in by_variant["dsp-retrain"])
     # dsp-onnx kept its trained weights for dsp-retrain (this run's or the killed run's)
     store = ResultsStore(out)

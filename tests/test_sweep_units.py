@@ -102,6 +102,77 @@ def test_a_torn_header_is_rewritten(tmp_path) -> None:
     assert [r["dataset"] for r in store.rows()] == ["A"]
 
 
+OLD_COLUMNS = tuple(c for c in COLUMNS if c != "accuracy_unpruned")  # the header before it
+
+
+def _old_file(store: ResultsStore, header: tuple[str, ...], lines: list[dict], tail: str) -> None:
+    store.root.mkdir(parents=True, exist_ok=True)
+    with store.csv.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({c: r.get(c, "") for c in header} for r in lines)
+        f.write(tail)
+
+
+def test_an_older_header_is_rewritten_once_with_the_new_columns_empty(tmp_path, caplog) -> None:
+    store = ResultsStore(tmp_path)
+    old = [
+        {**_row("A", "dense", 1, 0.5), "failures": "a, b | c"},  # a quoted cell
+        {**_row("A", "dsp-onnx", 1, 0.6), "verified": "true"},
+    ]
+    _old_file(store, OLD_COLUMNS, old, tail="A,lite,narrow,1,cpu-sm")  # a torn last line
+    before = store.rows()
+    assert [r["variant"] for r in before] == ["dense", "dsp-onnx"]
+    assert before[0]["failures"] == "a, b | c" and before[1]["accuracy_unpruned"] == ""
+
+    caplog.set_level("INFO", logger="dsp_deploy.sweep.results")
+    assert _commit(store, {**_row("A", "dsp-exact", 1, 0.7), "accuracy_unpruned": 0.75})
+    assert _commit(store, _row("B", "dense", 1, 0.8))
+    rewrites = [r for r in caplog.records if "rewrote its header" in r.getMessage()]
+    assert len(rewrites) == 1 and "accuracy_unpruned" in rewrites[0].getMessage()
+
+    with store.csv.open() as f:
+        assert tuple(next(csv.reader(f))) == COLUMNS
+    rows = store.rows()
+    assert rows[:2] == before  # every old value kept
+    assert [(r["variant"], r["accuracy_unpruned"]) for r in rows[2:]] == [
+        ("dsp-exact", "0.75"),
+        ("dense", ""),
+    ]
+    assert store.csv.read_text().count("\n") == 5  # header + four rows: the torn line cut
+    assert "narrow" not in store.csv.read_text()
+
+
+def test_bind_brings_an_older_header_up_to_date(tmp_path) -> None:
+    store = ResultsStore(tmp_path)
+    _old_file(store, OLD_COLUMNS, [_row("A", "dense", 1, 0.5)], tail="")
+    before = store.rows()
+    store.bind(CPU_SMALL)
+    with store.csv.open() as f:
+        assert tuple(next(csv.reader(f))) == COLUMNS
+    assert store.rows() == before
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        (*OLD_COLUMNS, "bogus"),  # a column this code does not know
+        (*OLD_COLUMNS[:5], OLD_COLUMNS[6], OLD_COLUMNS[5], *OLD_COLUMNS[7:]),  # reordered
+        COLUMNS[4:],  # no key columns
+    ],
+    ids=["unknown", "reordered", "keyless"],
+)
+def test_a_foreign_header_is_refused_and_left_alone(tmp_path, header) -> None:
+    store = ResultsStore(tmp_path)
+    _old_file(store, header, [_row("A", "dense", 1, 0.5)], tail="")
+    text = store.csv.read_text()
+    with pytest.raises(InputError, match="has the columns .* or an older version"):
+        store.bind(CPU_SMALL)
+    with pytest.raises(InputError, match="has the columns .* or an older version"):
+        _commit(store, _row("B", "dense", 1, 0.5))
+    assert store.csv.read_text() == text
+
+
 def test_unknown_columns_are_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="bogus"):
         _commit(ResultsStore(tmp_path), {**_row("A", "dense", 1, 0.5), "bogus": 1})
@@ -169,6 +240,45 @@ def test_compensations_pair_each_rule_row_with_its_unpruned_model() -> None:
     assert mean.delta == pytest.approx(-0.025) and (mean.ties, mean.losses) == (1, 1)
     assert lstsq.delta == pytest.approx(0.025) and (lstsq.wins, lstsq.ties) == (1, 1)
     assert lstsq.mean_accuracy == pytest.approx(0.825)
+    assert none.stand_ins == 2  # rows without accuracy_unpruned: dsp-onnx's accuracy
+
+
+def test_compensations_prefer_the_rule_rows_own_unpruned_accuracy() -> None:
+    def row(dataset: str, variant: str, acc: str, unpruned: str = "", lstsq: str = "") -> dict:
+        base = {"arch": "lite", "dataset": dataset, "seed": "1", "variant": variant}
+        return {**base, "accuracy": acc, "accuracy_unpruned": unpruned, "accuracy_lstsq": lstsq}
+
+    rows = [
+        row("A", "dsp-onnx", "0.90", unpruned="0.80"),  # a channel woke on the test set
+        row("A", "dsp-onnx-rule", "0.85", unpruned="0.80", lstsq="0.85"),
+        row("B", "dsp-onnx", "0.70"),
+        row("B", "dsp-onnx-rule", "0.60", lstsq="0.60"),  # an old row: dsp-onnx stands in
+        row("C", "dsp-onnx-rule", "0.50", unpruned="0.40", lstsq="0.50"),  # needs no dsp-onnx
+        row("D", "dsp-onnx-rule", "0.50", lstsq="0.50"),  # neither: unpaired
+    ]
+    (lstsq,) = stats.compensations(rows)
+    assert (lstsq.compensation, lstsq.n, lstsq.stand_ins) == ("lstsq", 3, 1)
+    assert lstsq.delta == pytest.approx((0.05 - 0.10 + 0.10) / 3)
+    assert (lstsq.wins, lstsq.ties, lstsq.losses) == (2, 0, 1)
+
+
+def test_dead_check_compares_dead_compression_with_the_unpruned_model() -> None:
+    from dsp_deploy.sweep.report import _dead_line
+
+    def row(variant: str, acc: str, unpruned: str) -> dict[str, str]:
+        return {"variant": variant, "accuracy": acc, "accuracy_unpruned": unpruned}
+
+    assert stats.dead_check([row("dsp-onnx", "0.5", "")]) is None
+    assert "no row records" in _dead_line([row("dsp-onnx", "0.5", "")])
+    rows = [
+        row("dsp-onnx", "0.5", "0.5"),
+        row("dsp-exact", "0.75", "0.5"),
+        row("dsp-onnx", "0.3", "0.5"),
+        row("dsp-onnx-rule", "0.0", "0.5"),  # the rule is lossy by design: not counted
+        row("dsp-exact", "0.9", ""),  # an old row
+    ]
+    assert stats.dead_check(rows) == stats.DeadCheck(n=3, equal=1, worst=0.25)
+    assert "kept in 1 of 3 rows; largest change +0.2500" in _dead_line(rows)
 
 
 def test_upstreams_are_submitted_before_the_tasks_that_read_them() -> None:

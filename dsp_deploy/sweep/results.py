@@ -28,6 +28,15 @@ partial last line without its newline; readers ignore it and the next append cut
 so that task simply runs again. One file rather than one file per task: the CSV is the
 table people read, and single-line appends under a lock are atomic enough without a
 merge step.
+
+Schema evolution. A sweep folder outlives code changes, so ``COLUMNS`` only grows: a new
+column goes anywhere, none is removed or reordered. A ``results.csv`` whose header is an
+older version of ``COLUMNS`` (its columns a subset, in ``COLUMNS``' order, keys included)
+is rewritten once, under the lock and atomically, with the current header and the new
+cells empty, before the first row is appended (``bind`` and ``commit`` check); any other
+header is refused, since appended rows would not line up with it. ``rows`` reads either
+kind and gives every ``COLUMNS`` key (empty where the file has no such column), so a row
+reads the same before and after the rewrite.
 """
 
 from __future__ import annotations
@@ -65,6 +74,7 @@ COLUMNS: tuple[str, ...] = (
     "accuracy_none",  # dsp-onnx-rule under each compensation (COMPENSATIONS)
     "accuracy_mean",
     "accuracy_lstsq",
+    "accuracy_unpruned",  # the sparse model before compression (dsp-onnx, -exact, -rule)
     "train_accuracy",
     "params",
     "macs",
@@ -117,7 +127,10 @@ class ResultsStore:
 
     # ---- manifest -------------------------------------------------------------------
     def bind(self, protocol: Protocol) -> None:
-        """Record ``protocol`` on the first run; refuse a rerun under another one."""
+        """Record ``protocol`` on the first run; refuse a rerun under another one.
+
+        Also brings an older ``results.csv`` header up to date, or refuses a foreign one.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = self.root / "sweep.json"
         wanted = protocol.to_dict()
@@ -129,8 +142,10 @@ class ResultsStore:
                     f"{manifest} holds a {stored.get('name')!r} sweep that differs in "
                     f"{', '.join(diff)}; use another --out folder or the same settings"
                 )
-            return
-        _atomic_write(manifest, json.dumps({"protocol": wanted}, indent=2).encode())
+        else:
+            _atomic_write(manifest, json.dumps({"protocol": wanted}, indent=2).encode())
+        with self._locked():  # a refused header fails here, before any task runs
+            self._upgrade_header()
 
     def protocol(self) -> Protocol | None:
         manifest = self.root / "sweep.json"
@@ -140,7 +155,10 @@ class ResultsStore:
 
     # ---- rows -----------------------------------------------------------------------
     def rows(self) -> tuple[dict[str, str], ...]:
-        """Committed rows, first one per key, as text (a torn last line is ignored)."""
+        """Committed rows, first one per key, as text (a torn last line is ignored).
+
+        Every row has every ``COLUMNS`` key: empty where the file predates the column.
+        """
         if not self.csv.exists():
             return ()
         text = self.csv.read_text()
@@ -152,7 +170,7 @@ class ResultsStore:
             if ragged or any(row.get(c) in (None, "") for c in KEY_COLUMNS):
                 log.warning("%s: skipping a malformed row %s", self.csv, row)
                 continue
-            seen.setdefault(row_key(row), row)
+            seen.setdefault(row_key(row), {**dict.fromkeys(COLUMNS, ""), **row})
         return tuple(seen.values())
 
     def done(self) -> frozenset[Key]:
@@ -177,6 +195,7 @@ class ResultsStore:
         for path, data in files.items():
             _atomic_write(path, data)
         with self._locked():
+            self._upgrade_header()
             if key in self.done():
                 log.info("row %s already committed; not appended again", key)
                 return False
@@ -204,6 +223,28 @@ class ResultsStore:
         unknown = sorted(set(row) - set(COLUMNS))
         if unknown:
             raise ValueError(f"result row has columns {unknown} not in the results schema")
+
+    def _upgrade_header(self) -> None:
+        """Rewrite a file under an older header with the current one; call under the lock."""
+        if not self.csv.exists():
+            return
+        with self.csv.open(newline="") as f:  # every commit checks: read the header only
+            first = f.readline()
+        if not first.endswith("\n"):
+            return  # no whole header yet: the next append cuts it and writes one
+        header = tuple(next(csv.reader([first])))
+        if header == COLUMNS:
+            return
+        text = self.csv.read_text()
+        if not _is_older_schema(header):
+            raise InputError(
+                f"{self.csv} has the columns {list(header)}; expected {list(COLUMNS)} or an "
+                "older version of them (a subset in that order, with the key columns "
+                f"{list(KEY_COLUMNS)}); use another --out folder"
+            )
+        missing = [c for c in COLUMNS if c not in header]
+        _atomic_write(self.csv, _with_columns(text, header).encode())
+        log.info("%s: rewrote its header with the new columns %s (empty)", self.csv, missing)
 
     def _append_line(self, row: Mapping[str, Any]) -> None:
         fd = os.open(self.csv, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -244,6 +285,28 @@ def _text(value: Any) -> str:
     if isinstance(value, Sequence) and not isinstance(value, str):
         return ";".join(str(v) for v in value)
     return str(value)
+
+
+def _is_older_schema(header: Sequence[str]) -> bool:
+    """Whether ``header`` is ``COLUMNS`` less some columns, in ``COLUMNS``' order."""
+    if not set(KEY_COLUMNS) <= set(header) <= set(COLUMNS):
+        return False
+    positions = [COLUMNS.index(c) for c in header]
+    return positions == sorted(set(positions))  # in order, each once
+
+
+def _with_columns(text: str, header: Sequence[str]) -> str:
+    """``text`` (a CSV under ``header``) under ``COLUMNS``, with the new cells empty."""
+    end = text.rfind("\n") + 1
+    whole, tail = text[:end], text[end:]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for cells in list(csv.reader(io.StringIO(whole)))[1:]:
+        if len(cells) == len(header):
+            cells = [dict(zip(header, cells, strict=True)).get(c, "") for c in COLUMNS]
+        writer.writerow(cells)  # a ragged row is kept as written, not guessed at
+    return out.getvalue() + tail  # a torn last line too: the next append cuts it
 
 
 def _cut_torn_tail(fd: int) -> None:

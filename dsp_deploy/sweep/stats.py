@@ -209,8 +209,11 @@ def summary(table: Sequence[Cell]) -> tuple[Comparison, ...]:
 class CompensationRow:
     """One compensation of the paper's rule on ONNX, over the (dataset, seed) rows of an arch.
 
-    ``delta``: mean test-accuracy change against the unpruned sparse model (its lossless
-    ``dsp-onnx`` row, same dataset and seed); W/T/L against that model.
+    ``delta``: mean test-accuracy change against the unpruned sparse model the rule row
+    compressed (its ``accuracy_unpruned``); W/T/L against that model. A row written before
+    that column is paired instead with the ``dsp-onnx`` row of the same dataset and seed
+    (the same sparse model after lossless ``dead`` compression, which can still differ on
+    the test set where a channel dead on the training set wakes); ``stand_ins`` counts them.
     """
 
     arch: str
@@ -222,6 +225,7 @@ class CompensationRow:
     ties: int
     losses: int
     p_value: float | None
+    stand_ins: int  # pairs against dsp-onnx's accuracy (rows without accuracy_unpruned)
 
 
 def compensations(rows: Iterable[Mapping[str, str]]) -> tuple[CompensationRow, ...]:
@@ -229,25 +233,23 @@ def compensations(rows: Iterable[Mapping[str, str]]) -> tuple[CompensationRow, .
     from dsp_deploy.compress.plan import COMPENSATIONS
 
     rows = list(rows)
-    lossless = {
+    dead_pruned = {
         (r["arch"], r["dataset"], r["seed"]): float(r["accuracy"])
         for r in rows
         if r["variant"] == "dsp-onnx"
     }
+    rule = [(r, _unpruned(r, dead_pruned)) for r in rows if r["variant"] == "dsp-onnx-rule"]
     out = []
     for arch in sorted({r["arch"] for r in rows}):
         for mode in COMPENSATIONS:
             pairs = [
-                (float(r[f"accuracy_{mode}"]), lossless[(arch, r["dataset"], r["seed"])])
-                for r in rows
-                if r["arch"] == arch
-                and r["variant"] == "dsp-onnx-rule"
-                and r.get(f"accuracy_{mode}")
-                and (arch, r["dataset"], r["seed"]) in lossless
+                (float(r[f"accuracy_{mode}"]), *unpruned)
+                for r, unpruned in rule
+                if unpruned is not None and r["arch"] == arch and r.get(f"accuracy_{mode}")
             ]
             if not pairs:
                 continue
-            acc = np.array(pairs, dtype=float)
+            acc = np.array([(a, b) for a, b, _ in pairs], dtype=float)
             diff = acc[:, 0] - acc[:, 1]
             out.append(
                 CompensationRow(
@@ -260,6 +262,40 @@ def compensations(rows: Iterable[Mapping[str, str]]) -> tuple[CompensationRow, .
                     ties=int((diff == 0).sum()),
                     losses=int((diff < 0).sum()),
                     p_value=wilcoxon_p(acc[:, 0], acc[:, 1]),
+                    stand_ins=sum(stand_in for _, _, stand_in in pairs),
                 )
             )
     return tuple(out)
+
+
+def _unpruned(
+    rule_row: Mapping[str, str], dead_pruned: Mapping[tuple[str, str, str], float]
+) -> tuple[float, bool] | None:
+    """(accuracy of the model the rule pruned, whether dsp-onnx's stands in for it)."""
+    own = _num(rule_row.get("accuracy_unpruned"))
+    if own is not None:
+        return own, False
+    stand_in = dead_pruned.get((rule_row["arch"], rule_row["dataset"], rule_row["seed"]))
+    return None if stand_in is None else (stand_in, True)
+
+
+@dataclass(frozen=True)
+class DeadCheck:
+    """``dead`` compression on the test set: compressed vs unpruned accuracy, per row."""
+
+    n: int  # dsp-onnx and dsp-exact rows with accuracy_unpruned
+    equal: int  # rows whose compressed model scores exactly the unpruned one's accuracy
+    worst: float  # the change of largest magnitude, compressed − unpruned (0 when all equal)
+
+
+def dead_check(rows: Iterable[Mapping[str, str]]) -> DeadCheck | None:
+    """Whether ``dead`` compression kept test accuracy; None when no row records it."""
+    deltas = [
+        float(r["accuracy"]) - own
+        for r in rows
+        if r["variant"] in ("dsp-onnx", "dsp-exact")
+        and (own := _num(r.get("accuracy_unpruned"))) is not None
+    ]
+    if not deltas:
+        return None
+    return DeadCheck(len(deltas), sum(d == 0 for d in deltas), max(deltas, key=abs))

@@ -31,6 +31,12 @@ checked too); ``params``/``macs`` from :func:`dsp_deploy.cost.model_cost`, again
 of the dense architecture for the same dataset (``params_dense``); ``latency_ms`` is the
 median of ``latency_runs`` batch-1 calls on one onnxruntime thread, in-process: cheap and
 indicative (tasks share the machine), not a ``dsp-deploy bench`` measurement.
+
+``accuracy_unpruned`` (dsp-onnx, dsp-exact, dsp-onnx-rule; empty for the others) is the
+test accuracy of the sparse ONNX model the task compressed, before compression (the
+rule's read from its upstream or trained by itself). ``dead`` compression can differ
+from it where a channel dead on every training series wakes on a test series; the
+report judges the rule's compensations against it.
 """
 
 from __future__ import annotations
@@ -120,8 +126,9 @@ class _Built:
     model: onnx.ModelProto
     fields: Mapping[str, Any]
     models: Mapping[str, bytes] = field(default_factory=dict)
-    # other final models of the same task, each scored as ``accuracy_<name>`` on the test set
-    alternatives: Mapping[str, onnx.ModelProto] = field(default_factory=dict)
+    # more models of the task, each scored as ``accuracy_<name>`` on the test set: the
+    # final model under each compensation, the sparse model before compression
+    scored: Mapping[str, onnx.ModelProto] = field(default_factory=dict)
 
 
 def run_task(
@@ -134,9 +141,9 @@ def run_task(
     start = time.perf_counter()
     built = _BUILDERS[task.variant](task, train, upstream)
     probs = _predict(built.model, test.X, task.threads)
-    alternative_accuracy = {
+    scored_accuracy = {
         f"accuracy_{name}": _accuracy(_predict(model, test.X, task.threads), test.y)
-        for name, model in built.alternatives.items()
+        for name, model in built.scored.items()
     }
     length = int(train.X.shape[-1])
     dense_params, dense_macs = dense_cost(task.arch, len(train.classes), length)
@@ -153,7 +160,7 @@ def run_task(
         "steps": task.epochs * math.ceil(len(train.y) / task.batch_size),
         "sparsity": task.sparsity,
         "accuracy": _accuracy(probs, test.y),
-        **alternative_accuracy,
+        **scored_accuracy,
         "params": cost.params,
         "macs": cost.macs,
         "params_dense": dense_params,
@@ -190,7 +197,7 @@ def _dead_pruned(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Bu
     models = {"sparse": sparse.SerializeToString()}
     if task.variant == UPSTREAM["dsp-retrain"]:  # the weights dsp-retrain starts from
         models["state"] = _state_bytes(outcome.model.net)  # one member: Probabilities(net)
-    return _Built(result.model, fields, models)
+    return _Built(result.model, fields, models, scored={"unpruned": sparse})
 
 
 def _rule(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
@@ -212,8 +219,8 @@ def _rule(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
         for mode in COMPENSATIONS
     }
     result = results[DEFAULT_COMPENSATION]
-    alternatives = {mode: r.model for mode, r in results.items()}
-    return _Built(result.model, {**fields, **_compressed(result)}, alternatives=alternatives)
+    scored = {**{mode: r.model for mode, r in results.items()}, "unpruned": sparse}
+    return _Built(result.model, {**fields, **_compressed(result)}, scored=scored)
 
 
 def _retrain(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
