@@ -44,9 +44,9 @@ from dsp_deploy.compress.layout import conv1d_as_conv2d
 from dsp_deploy.io import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fuse_concat_worker import paired_rounds  # noqa: E402  (benchmarks/ is not a package)
+from fuse_concat_worker import cpu_us, paired_rounds  # noqa: E402  (benchmarks/ is not a package)
 from fuse_concat_worker import session as worker_session  # noqa: E402
-from latency_gap import cpu_us, machine, session  # noqa: E402
+from latency_gap import machine, session  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -30,10 +30,8 @@ import datetime as dt
 import json
 import os
 import platform
-import random
 import statistics
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from fuse_concat_worker import paired_rounds  # benchmarks/ is on sys.path: a script
 from onnx import TensorProto, helper, numpy_helper
 
 from dsp_deploy.compress import compress
@@ -84,25 +83,9 @@ def session(model: onnx.ModelProto, profile: bool = False) -> ort.InferenceSessi
     )
 
 
-def cpu_us(fn: Callable[[], object], calls: int) -> float:
-    start = time.thread_time_ns()
-    for _ in range(calls):
-        fn()
-    return (time.thread_time_ns() - start) / calls / 1e3
-
-
 def interleaved(fns: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict[str, float]:
     """Median µs per call of each function, over shuffled rounds of ``calls`` calls."""
-    for fn in fns.values():
-        cpu_us(fn, max(1, calls // 2))
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns)
-    shuffle = random.Random(0).shuffle
-    for _ in range(rounds):
-        shuffle(order)
-        for key in order:
-            times[key].append(cpu_us(fns[key], calls))
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in paired_rounds(fns, calls, rounds).items()}
 
 
 # --- 1. kernels --------------------------------------------------------------------------
