@@ -4,9 +4,11 @@
     python benchmarks/bench_models.py a.onnx a.pruned.onnx --no-emulated
     python benchmarks/bench_models.py a.onnx a.pruned.onnx --merge   # add to stored results
 
-Each dense ``X.onnx`` is measured in one interleaved run together with ``X.pruned.onnx``
-(when it exists), so their ratios share the machine's state: x86 at 1 and 2 threads and
-an emulated Raspberry Pi 4 (qemu Cortex-A72) at 1 thread, batch 1 and 64. Writes
+Each dense ``X.onnx`` is measured in one ``bench`` run together with ``X.pruned.onnx``
+(when it exists): x86 at batch 1 and 64, 1 and 2 threads, and an emulated Raspberry Pi 4
+(qemu Cortex-A72) at batch 1, 1 thread (an emulated InceptionTime call at batch 64 takes
+minutes; ``emulated_pairs.py`` has LITE there). The latency ratio is ``bench``'s: the
+median [quartiles] of paired rounds, both models back to back in one process. Writes
 ``bench_models.json`` (every report, with the machine each ran on), ``bench_models.csv``
 (one row per model × target × batch × threads), ``bench_models.md`` (the table the
 README shows) and one PNG per group and target (when matplotlib is installed).
@@ -31,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CSV_COLUMNS = (
     "group", "target", "emulated", "machine", "cpu", "onnxruntime", "model", "batch", "threads",
     "params", "macs", "size_bytes", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s",
-    "peak_rss_mb", "latency_ratio", "macs_ratio", "latency_over_macs",
+    "peak_rss_mb", "latency_ratio", "latency_ratio_q1", "latency_ratio_q3", "p50_ratio",
+    "macs_ratio", "latency_over_macs",
 )  # fmt: skip
 
 
@@ -57,8 +60,8 @@ def settings_for(target: str, args: argparse.Namespace) -> BenchSettings:
             batches=(1, 64), threads=(1, 2), runs=args.runs, warmup=10, rounds=args.rounds
         )
     return BenchSettings(
-        batches=(1, 64), threads=(1,), runs=args.emulated_runs, warmup=1, rounds=1,
-        target="pi4-emulated",
+        batches=(1,), threads=(1,), runs=args.emulated_runs, warmup=1, rounds=1,
+        paired_rounds=args.emulated_runs, target="pi4-emulated",
     )  # fmt: skip
 
 
@@ -78,6 +81,9 @@ def rows(group: str, report: BenchReport) -> list[dict[str, object]]:
                 "throughput_per_s": round(r.throughput_per_s, 2),
                 "peak_rss_mb": round(r.peak_rss_mb, 2),
                 "latency_ratio": "" if c is None else round(c.latency_ratio, 4),
+                "latency_ratio_q1": "" if c is None else round(c.latency_ratio_iqr[0], 4),
+                "latency_ratio_q3": "" if c is None else round(c.latency_ratio_iqr[1], 4),
+                "p50_ratio": "" if c is None else round(c.p50_ratio, 4),
                 "macs_ratio": "" if c is None else round(c.macs_ratio, 4),
                 "latency_over_macs": "" if c is None else round(c.gap, 3),
             })  # fmt: skip
@@ -85,16 +91,18 @@ def rows(group: str, report: BenchReport) -> list[dict[str, object]]:
 
 
 def markdown(table: Sequence[dict[str, object]]) -> str:
-    head = ("model", "target", "batch", "threads", "params", "MACs", "p50 ms", "latency ratio",
-            "MACs ratio", "latency/MACs")  # fmt: skip
+    head = ("model", "target", "batch", "threads", "params", "MACs", "p50 ms",
+            "latency ratio [quartiles]", "MACs ratio", "latency/MACs")  # fmt: skip
     keys = ("model", "target", "batch", "threads", "params", "macs", "p50_ms", "latency_ratio",
             "macs_ratio", "latency_over_macs")  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table:
         emulated = str(row["emulated"]) == "True"  # a bool, or its text read back (--merge)
-        target = f"{row['machine']} (emulated)" if emulated else str(row["machine"])
-        cells = [target if k == "target" else str(row[k]) for k in keys]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = {k: str(row[k]) for k in keys}
+        cells["target"] = f"{row['machine']} (emulated)" if emulated else str(row["machine"])
+        if row["latency_ratio"] != "":
+            cells["latency_ratio"] += f" [{row['latency_ratio_q1']}, {row['latency_ratio_q3']}]"
+        lines.append("| " + " | ".join(cells.values()) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -107,6 +115,9 @@ def stored(out: Path, replaced: set[tuple[str, str]]) -> tuple[list[dict], list[
             stored_rows = list(csv.DictReader(f))
     except FileNotFoundError:
         return [], []
+    if stored_rows and list(stored_rows[0]) != list(CSV_COLUMNS):
+        sys.exit(f"{out / 'bench_models.csv'} has other columns (an older version): rerun "
+                 "without --merge")  # fmt: skip
     # results written before reports carried their own host share the file's one
     reports = [
         {"host": stored_json.get("host"), **r}
@@ -122,7 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--runs", type=int, default=200, help="timed calls per x86 config")
     parser.add_argument("--rounds", type=int, default=3, help="x86 processes per config")
-    parser.add_argument("--emulated-runs", type=int, default=5, help="per emulated config")
+    parser.add_argument(
+        "--emulated-runs", type=int, default=5, help="per emulated config, and paired rounds"
+    )
     parser.add_argument("--no-emulated", action="store_true", help="skip the Cortex-A72 runs")
     parser.add_argument(
         "--merge",

@@ -12,8 +12,9 @@ Per job: one onnxruntime session per variant (CPU provider, one intra- and one i
 thread; its optimised graph is saved as ``<path>.opt.onnx``), a few untimed calls each
 (qemu translates code on first use), then ``rounds`` shuffled rounds of ``calls`` calls per
 variant, timed on the calling thread's CPU clock (time the host gives other work does not
-count); ``calls`` makes one variant's share of a round about ``seconds`` of CPU. Prints the
-machine as one JSON line, then one JSON line per job: µs per call of every variant in every
+count), in the loop ``bench`` runs (``dsp_deploy/bench/worker.py``); ``calls`` makes one
+variant's share of a round about ``seconds`` of CPU. Prints the machine as one JSON line,
+then one JSON line per job: µs per call of every variant in every
 round, and max |Δ| of every variant's outputs and logits against the reference's.
 """
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+# dsp_deploy/bench/worker.py by path: it too imports only numpy + onnxruntime
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dsp_deploy" / "bench"))
+import worker  # noqa: E402
 
 LENGTH = 150  # GunPoint series length
 
@@ -45,17 +49,11 @@ def cpu_us(fn: Callable[[], object], calls: int) -> float:
 def paired_rounds(
     fns: dict[str, Callable[[], object]], calls: int, rounds: int
 ) -> dict[str, list[float]]:
-    """µs per call of each function in each of ``rounds`` shuffled rounds."""
+    """µs per call of each function in each of ``rounds`` shuffled rounds (``bench``'s loop)."""
     for fn in fns.values():
         cpu_us(fn, max(1, calls // 2))
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns)
-    shuffle = random.Random(0).shuffle
-    for _ in range(rounds):
-        shuffle(order)
-        for key in order:
-            times[key].append(cpu_us(fns[key], calls))
-    return times
+    ns = worker.paired_rounds(list(fns.values()), calls, rounds)
+    return {k: [t / 1e3 for t in v] for k, v in zip(fns, ns, strict=True)}
 
 
 def session(path: str) -> ort.InferenceSession:

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dsp_deploy import metadata
-from dsp_deploy.bench.results import ModelBench, Platform, compare, summarise
+from dsp_deploy.bench.results import ModelBench, PairedTimes, Platform, compare, summarise
 from dsp_deploy.cost import model_cost
 
 FAST = ("--runs", "20", "--warmup", "2", "--rounds", "2")
@@ -99,12 +99,26 @@ def test_two_models_compare_latency_with_macs(run_cli, nets) -> None:
     assert [m["model"] for m in doc["models"]] == [str(dense.absolute()), str(small.absolute())]
     by_config = {(r["batch"], r["threads"]): r for r in doc["models"][0]["results"]}
     assert [(c["batch"], c["threads"]) for c in doc["comparison"]] == [(1, 1), (1, 2)]
+    assert doc["paired_rounds"] == 20
     for c, r in zip(doc["comparison"], doc["models"][1]["results"], strict=True):
         assert c["macs_ratio"] == hand_macs(12) / hand_macs(32)
-        assert c["latency_ratio"] == pytest.approx(
-            r["p50_ms"] / by_config[(1, c["threads"])]["p50_ms"]
-        )
+        assert c["p50_ratio"] == pytest.approx(r["p50_ms"] / by_config[(1, c["threads"])]["p50_ms"])
+        q1, q3 = c["latency_ratio_iqr"]
+        assert 0 < q1 <= c["latency_ratio"] <= q3
         assert c["gap"] == pytest.approx(c["latency_ratio"] / c["macs_ratio"])
+        assert c["paired_calls"] >= 1  # 20 runs over 20 rounds, or more to fill 20 ms
+    assert [c["clock"] for c in doc["comparison"]] == ["thread-cpu", "wall"]
+
+
+def test_paired_ratio_follows_the_work(run_cli, nets) -> None:
+    # At batch 32 the 12-channel net does 0.15x the MACs of the 32-channel one; with its
+    # fixed costs (Relu, pooling, head, calls) it measures ~0.3x here. An inverted ratio
+    # (~3) or one of a model against itself (~1) lands far outside.
+    dense, small = nets
+    result = run_cli("bench", dense, small, "-b", "32", *FAST, "--json")
+    assert result.code == 0, result.stderr
+    (c,) = json.loads(result.stdout)["comparison"]
+    assert 0.8 * c["macs_ratio"] < c["latency_ratio"] < 0.5, c
 
 
 def test_human_output_has_the_comparison_table(run_cli, nets) -> None:
@@ -142,14 +156,14 @@ def test_ratios_by_hand() -> None:
         result = summarise(1, 1, [ns], int(rss_mb * 2**20), 0)
         return ModelBench(name, macs // 10, macs, macs * 4, (1, 1, 8), platform, (result,))
 
-    (c,) = compare([bench("a", 1000, 2.0, 60.0), bench("b", 250, 1.0, 55.0)], baseline_rss_mb=50.0)
-    assert (c.model, c.reference, c.latency_ratio, c.macs_ratio, c.gap) == (
-        "b",
-        "a",
-        0.5,
-        0.25,
-        2.0,
-    )
+    paired = {(1, 1): PairedTimes("thread-cpu", 3, ((100, 100, 100, 100), (50, 60, 40, 45)))}
+    models = [bench("a", 1000, 2.0, 60.0), bench("b", 250, 1.0, 55.0)]
+    (c,) = compare(models, baseline_rss_mb=50.0, paired=paired)
+    # per-round ratios .5 .6 .4 .45: median .475, quartiles (linear) .4375 and .525
+    assert (c.model, c.reference, c.macs_ratio, c.p50_ratio) == ("b", "a", 0.25, 0.5)
+    assert c.latency_ratio == pytest.approx(0.475) and c.gap == pytest.approx(1.9)
+    assert c.latency_ratio_iqr == pytest.approx((0.4375, 0.525))
+    assert (c.clock, c.paired_calls) == ("thread-cpu", 3)
     assert (c.params_ratio, c.size_ratio) == (0.25, 0.25)
     assert c.rss_ratio == pytest.approx(55 / 60) and c.rss_above_baseline_ratio == pytest.approx(
         0.5
@@ -178,6 +192,7 @@ def test_bad_input_is_one_line_and_exit_2(run_cli, nets, tmp_path) -> None:
     one_error_line(run_cli("bench", dense, "--batch", "0"), "batch must be positive")
     one_error_line(run_cli("bench", dense, "--threads", "-1"), "threads must be positive")
     one_error_line(run_cli("bench", dense, "--runs", "0"), "runs > 0")
+    one_error_line(run_cli("bench", dense, "--paired-rounds", "0"), "paired rounds > 0")
     no_length = conv_net(tmp_path / "no_length.onnx", 4, length_metadata=False)
     one_error_line(run_cli("bench", no_length), "dynamic dimension 'L' at axis 2")
     assert run_cli("bench", no_length, "--length", "32", *FAST).code == 0
@@ -202,13 +217,15 @@ def test_plot_writes_a_png_or_names_the_extra(run_cli, nets, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_emulated_cortex_a72_run(run_cli, nets) -> None:
-    # First use sets qemu + an arm64 python up in the cache (~30 s, ~145 MB); later ~15 s.
-    _, small = nets
-    args = ("--runs", "3", "--warmup", "1", "--rounds", "1", "--json")
-    result = run_cli("bench", small, "--target", "pi4-emulated", *args)
+    # First use sets qemu + an arm64 python up in the cache (~30 s, ~145 MB); later ~30 s.
+    args = ("--runs", "3", "--warmup", "1", "--rounds", "1", "--paired-rounds", "3", "--json")
+    result = run_cli("bench", *nets, "--target", "pi4-emulated", *args)
     assert result.code == 0, result.stderr
     doc = json.loads(result.stdout)
     platform = doc["platform"]
     assert (platform["machine"], platform["emulated"]) == ("aarch64", True)
     assert platform["target"] == "pi4-emulated" and "Raspberry Pi 4" in platform["cpu"]
-    assert doc["results"][0]["p50_ms"] > 0 and doc["results"][0]["runs"] == 3
+    assert all(m["results"][0]["p50_ms"] > 0 for m in doc["models"])
+    assert doc["models"][0]["results"][0]["runs"] == 3
+    (c,) = doc["comparison"]  # the paired rounds ran in the emulated python too
+    assert c["clock"] == "thread-cpu" and c["latency_ratio"] > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,8 @@ def test_writes_json_csv_markdown_with_the_machine(script, tmp_path) -> None:
     )
     md = (out / "bench_models.md").read_text().splitlines()
     assert md[0].startswith("| model | target |") and len(md) == 2 + len(table)
+    # the paired median [quartiles], e.g. "0.52 [0.5, 0.55]"
+    median, q1, q3 = map(
+        float, re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", md[-1].split(" | ")[7]).groups()
+    )
+    assert q1 <= median <= q3 and float(table[-1]["p50_ratio"]) > 0

@@ -66,16 +66,26 @@ def results_table(report: BenchReport) -> Table:
 
 
 def comparison_table(report: BenchReport) -> Table:
-    """Each model against the first: latency ratio beside the MACs ratio (the ideal)."""
+    """Each model against the first: paired latency ratio beside the MACs ratio (the ideal)."""
     ref = Path(report.models[0].model).name
-    columns = ("model", "batch", "thr", "latency", "MACs", "lat/MACs", "params", "size", "RSS")
-    table = _table(f"ratios to {ref} (p50 latency; RSS above an empty process)", columns)
+    clocks = " or ".join(sorted({_CLOCKS[c.clock] for c in report.comparison}))
+    title = (
+        f"ratios to {ref}. latency: median \\[quartiles] of {report.paired_rounds} paired "
+        f"rounds in one process ({clocks}); p50: of the separate processes; RSS above an "
+        f"empty process"
+    )
+    columns = (
+        "model", "batch", "thr", "latency", "p50", "MACs", "lat/MACs", "params", "size", "RSS"
+    )  # fmt: skip
+    table = _table(title, columns)
     for c in report.comparison:
+        q1, q3 = c.latency_ratio_iqr
         table.add_row(
             Path(c.model).name,
             str(c.batch),
             str(c.threads),
-            f"{c.latency_ratio:.3f}",
+            f"{c.latency_ratio:.3f} [{q1:.2f}, {q3:.2f}]",
+            f"{c.p50_ratio:.3f}",
             f"{c.macs_ratio:.3f}",
             f"{c.gap:.2f}",
             f"{c.params_ratio:.2f}",
@@ -83,6 +93,9 @@ def comparison_table(report: BenchReport) -> Table:
             f"{c.rss_above_baseline_ratio:.2f}",
         )
     return table
+
+
+_CLOCKS = {"thread-cpu": "thread CPU time", "wall": "wall clock"}
 
 
 def render(report: BenchReport, console: Console) -> None:

@@ -9,17 +9,23 @@ For each (model, batch, threads) the timed calls of all rounds are pooled::
 
 Comparisons are against the first model, at the same (batch, threads)::
 
-    latency_ratio = p50(model) / p50(first)       macs_ratio = macs(model) / macs(first)
+    latency_ratio = median over paired rounds of t(model) / t(first)
+    p50_ratio     = p50(model) / p50(first)      (separate processes, wall clock)
+    macs_ratio    = macs(model) / macs(first)
     gap           = latency_ratio / macs_ratio    (1.0: latency fell exactly as MACs did)
 
 and likewise params, file size and peak RSS (``rss_ratio``; ``rss_above_baseline_ratio``
-subtracts the RSS of an empty onnxruntime process first).
+subtracts the RSS of an empty onnxruntime process first). The paired rounds run every
+model in one process, back to back (``worker.measure_paired``), so each round's ratio sees
+one state of the machine; ``p50_ratio`` divides medians taken in different processes at
+different times, which on a shared or emulated host differ by more than a pruned model
+saves. ``latency_ratio_iqr`` holds the quartiles of the per-round ratios.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,12 +91,25 @@ class Comparison:
     batch: int
     threads: int
     latency_ratio: float
+    latency_ratio_iqr: tuple[float, float]
+    clock: str  # of the paired rounds: thread-cpu (one thread) | wall
+    paired_calls: int  # timed calls per model in each paired round
+    p50_ratio: float
     macs_ratio: float
     gap: float
     params_ratio: float
     size_ratio: float
     rss_ratio: float
     rss_above_baseline_ratio: float
+
+
+@dataclass(frozen=True)
+class PairedTimes:
+    """One (batch, threads) of the paired rounds: ns per call, per model then per round."""
+
+    clock: str
+    calls: int  # per model and round
+    ns_per_call: tuple[tuple[float, ...], ...]
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,7 @@ class BenchReport:
     runs: int
     warmup: int
     rounds: int
+    paired_rounds: int  # 0 with one model
     models: tuple[ModelBench, ...]
     comparison: tuple[Comparison, ...]
 
@@ -137,19 +157,29 @@ def summarise(
     )
 
 
-def compare(models: Sequence[ModelBench], baseline_rss_mb: float) -> tuple[Comparison, ...]:
-    """Each model after the first against the first, per shared (batch, threads)."""
+def compare(
+    models: Sequence[ModelBench],
+    baseline_rss_mb: float,
+    paired: Mapping[tuple[int, int], PairedTimes],
+) -> tuple[Comparison, ...]:
+    """Each model after the first against the first, per shared (batch, threads).
+
+    ``paired`` holds the paired rounds of every model (in ``models``' order) per config.
+    """
     if len(models) < 2:
         return ()
     ref = models[0]
     ref_results = {(r.batch, r.threads): r for r in ref.results}
     out = []
-    for m in models[1:]:
+    for i, m in enumerate(models[1:], start=1):
         for r in m.results:
             base = ref_results.get((r.batch, r.threads))
-            if base is None:
+            rounds = paired.get((r.batch, r.threads))
+            if base is None or rounds is None:
                 continue
-            latency, macs = _ratio(r.p50_ms, base.p50_ms), _ratio(m.macs, ref.macs)
+            per_round = np.divide(rounds.ns_per_call[i], rounds.ns_per_call[0])
+            q1, latency, q3 = (float(q) for q in np.percentile(per_round, [25, 50, 75]))
+            macs = _ratio(m.macs, ref.macs)
             out.append(
                 Comparison(
                     model=m.model,
@@ -157,6 +187,10 @@ def compare(models: Sequence[ModelBench], baseline_rss_mb: float) -> tuple[Compa
                     batch=r.batch,
                     threads=r.threads,
                     latency_ratio=latency,
+                    latency_ratio_iqr=(q1, q3),
+                    clock=rounds.clock,
+                    paired_calls=rounds.calls,
+                    p50_ratio=_ratio(r.p50_ms, base.p50_ms),
                     macs_ratio=macs,
                     gap=_ratio(latency, macs),
                     params_ratio=_ratio(m.params, ref.params),
@@ -178,7 +212,8 @@ def to_json(report: BenchReport) -> dict[str, Any]:
     """The JSON document of ``bench --json``.
 
     One model: that model's object (model, params, macs, size_bytes, platform, results)
-    plus the run's settings. Several: ``{"models": [...], "comparison": [...], ...}``.
+    plus the run's settings. Several: ``{"models": [...], "comparison": [...], ...}``, with
+    the paired rounds' settings too.
     """
     settings = {
         "baseline_rss_mb": report.baseline_rss_mb,
@@ -193,6 +228,7 @@ def to_json(report: BenchReport) -> dict[str, Any]:
     return {
         "platform": dataclasses.asdict(report.platform),
         **settings,
+        "paired_rounds": report.paired_rounds,
         "models": models,
         "comparison": [dataclasses.asdict(c) for c in report.comparison],
     }

@@ -6,6 +6,11 @@ Configurations are interleaved so slow drifts of a shared machine hit every mode
 round r runs every (batch, threads) for every model, the model order rotated by r, and
 the timed calls of all rounds are pooled (``results.summarise``).
 
+With several models, one more process per (batch, threads) runs them all in paired
+rounds (``worker.measure_paired``): the comparison's latency ratios come from there, as
+ratios of adjacent blocks, which a drifting shared host cannot skew as it skews medians
+taken in separate processes minutes apart.
+
 The worker (``worker.py``) is started by file path, so the very same file runs natively
 (``target="native"``) or under qemu as a Cortex-A72 (``target="pi4-emulated"``).
 """
@@ -42,6 +47,8 @@ class BenchSettings:
     runs: int = 100
     warmup: int = 10
     rounds: int = 3
+    paired_rounds: int = 20
+    paired_block_ms: float = 20.0
     length: int | None = None
     target: str = "native"
     opt_level: str = "all"
@@ -52,10 +59,11 @@ class BenchSettings:
         for name, values in (("batch", self.batches), ("threads", self.threads)):
             if not values or any(v <= 0 for v in values):
                 raise InputError(f"{name} must be positive integers, got {list(values)}")
-        if self.runs <= 0 or self.warmup < 0 or self.rounds <= 0:
+        if self.runs <= 0 or self.warmup < 0 or self.rounds <= 0 or self.paired_rounds <= 0:
             raise InputError(
-                f"expected runs > 0, warmup >= 0, rounds > 0; got runs={self.runs}, "
-                f"warmup={self.warmup}, rounds={self.rounds}"
+                f"expected runs > 0, warmup >= 0, rounds > 0, paired rounds > 0; got "
+                f"runs={self.runs}, warmup={self.warmup}, rounds={self.rounds}, "
+                f"paired rounds={self.paired_rounds}"
             )
         if self.target not in TARGETS:
             raise InputError(
@@ -97,6 +105,18 @@ def benchmark(paths: Sequence[str | os.PathLike], settings: BenchSettings) -> re
                 for i in order:
                     spec = _spec(models[i], batch, threads, per_round, settings)
                     collected.setdefault((i, batch, threads), []).append(launch(spec))
+    paired_calls = -(-settings.runs // settings.paired_rounds)
+    paired = {}
+    if len(models) > 1:
+        for batch in settings.batches:
+            for threads in settings.threads:
+                spec = _paired_spec(models, batch, threads, paired_calls, settings)
+                answer = launch(spec)
+                paired[(batch, threads)] = results.PairedTimes(
+                    answer["clock"],
+                    answer["calls"],
+                    tuple(tuple(t) for t in answer["ns_per_call"]),
+                )
     platform = _platform(baseline["platform"], settings)
     benches = tuple(_model_bench(i, m, collected, platform, settings) for i, m in enumerate(models))
     baseline_mb = baseline["peak_rss_bytes"] / results.MIB
@@ -106,8 +126,9 @@ def benchmark(paths: Sequence[str | os.PathLike], settings: BenchSettings) -> re
         runs=per_round * settings.rounds,
         warmup=settings.warmup,
         rounds=settings.rounds,
+        paired_rounds=settings.paired_rounds if paired else 0,
         models=benches,
-        comparison=results.compare(benches, baseline_mb),
+        comparison=results.compare(benches, baseline_mb, paired),
     )
 
 
@@ -134,6 +155,22 @@ def _spec(m: _Model, batch: int, threads: int, runs: int, s: BenchSettings) -> d
     }
 
 
+def _paired_spec(
+    models: Sequence[_Model], batch: int, threads: int, calls: int, s: BenchSettings
+) -> dict[str, Any]:
+    return {
+        "mode": "paired",
+        "models": [{"model": str(m.path), "inputs": m.inputs[batch]} for m in models],
+        "threads": threads,
+        "calls": calls,
+        "block_ms": s.paired_block_ms,
+        "rounds": s.paired_rounds,
+        "warmup": s.warmup,
+        "seed": s.seed,
+        "opt_level": s.opt_level,
+    }
+
+
 def _launcher(target: str) -> Launcher:
     script = str(Path(worker.__file__).absolute())
     if target == "native":
@@ -154,15 +191,20 @@ def _subprocess_launcher(prefix: list[str], env: dict[str, str] | None) -> Launc
             answer = json.loads(lines[-1])
         except (IndexError, json.JSONDecodeError):
             tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-            raise ModelError(
-                f"benchmark worker failed on {spec.get('model', 'baseline')}: {tail}"
-            ) from None
+            raise ModelError(f"benchmark worker failed on {_subject(spec)}: {tail}") from None
         if "error" in answer:
-            raise ModelError(f"onnxruntime cannot run {spec['model']}: {answer['error']}")
-        logger.debug("worker %s -> %d timings", spec.get("model"), len(answer.get("times_ns", ())))
+            raise ModelError(f"onnxruntime cannot run {_subject(spec)}: {answer['error']}")
+        logger.debug("worker %s (%s) done", spec["mode"], _subject(spec))
         return answer
 
     return launch
+
+
+def _subject(spec: dict[str, Any]) -> str:
+    """The model(s) a worker spec runs, for messages."""
+    if spec["mode"] == "paired":
+        return " + ".join(Path(m["model"]).name for m in spec["models"])
+    return spec.get("model", "baseline")
 
 
 def _platform(seen: dict[str, Any], settings: BenchSettings) -> results.Platform:

@@ -9,6 +9,8 @@ Spec (JSON object)::
     {"mode": "run", "model": PATH, "inputs": [[name, dtype, [dims...]], ...],
      "threads": T, "runs": R, "warmup": W, "seed": S, "opt_level": "all"}
     {"mode": "baseline"}     # RSS of a process that imported numpy + onnxruntime only
+    {"mode": "paired", "models": [{"model": PATH, "inputs": [...]}, ...], "threads": T,
+     "calls": C, "block_ms": B, "rounds": N, "warmup": W, "seed": S, "opt_level": "all"}
 
 Latency: inputs are drawn once; after ``warmup`` untimed calls, each of the ``runs`` calls
 is timed with ``perf_counter_ns`` around ``session.run`` alone. The harness's own cost
@@ -16,13 +18,25 @@ is timed with ``perf_counter_ns`` around ``session.run`` alone. The harness's ow
 around a no-op and reported as ``overhead_ns`` (median). Memory: ``peak_rss_bytes`` is
 the process high-water mark (VmHWM, else ``ru_maxrss``) after the runs, so it includes
 the interpreter, numpy and onnxruntime; the ``baseline`` mode measures exactly that part.
+
+Paired: every model's session in this one process; after ``warmup`` untimed calls each,
+``rounds`` rounds, each timing a block of calls of every model in a shuffled order: at
+least ``calls`` calls, and enough that the first model's block lasts ``block_ms`` (timer
+and scheduler noise fade against it). One thread: the block is timed on this thread's CPU
+clock, which onnxruntime's work runs on and which time the host gives other processes
+does not advance. More threads: the work spreads over onnxruntime's pool (whose spinning
+also burns CPU), so on the wall clock. Adjacent blocks see the same machine, so per-round
+ratios cancel slow drifts of a shared host that separate processes each sample
+differently.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import random
 import resource
 import sys
 import time
@@ -128,11 +142,60 @@ def measure(spec: dict) -> dict:
     }
 
 
+def paired_rounds(
+    calls: list, per_block: int, rounds: int, clock=time.thread_time_ns, seed: int = 0
+) -> list[list[float]]:
+    """ns per call of each of ``calls`` (no-argument functions) in each of ``rounds`` rounds:
+    a block of ``per_block`` calls of each, in a freshly shuffled order every round."""
+    ns_per_call: list[list[float]] = [[] for _ in calls]
+    order = list(range(len(calls)))
+    shuffle = random.Random(seed).shuffle
+    for _ in range(rounds):
+        shuffle(order)
+        for i in order:
+            t0 = clock()
+            for _ in range(per_block):
+                calls[i]()
+            ns_per_call[i].append((clock() - t0) / per_block)
+    return ns_per_call
+
+
+def block_size(call, calls: int, block_ms: float, clock=time.thread_time_ns) -> int:
+    """At least ``calls``, and enough calls of ``call`` to last ``block_ms`` on ``clock``."""
+    t0 = clock()
+    call()
+    once_ns = max(clock() - t0, 1)
+    return max(calls, math.ceil(block_ms * 1e6 / once_ns))
+
+
+def measure_paired(spec: dict) -> dict:
+    threads = int(spec["threads"])
+    clock = time.thread_time_ns if threads == 1 else time.perf_counter_ns
+    seed = int(spec.get("seed", 0))
+    calls = []
+    for m in spec["models"]:
+        session = make_session({**spec, "model": m["model"]})
+        feeds = draw_inputs(m["inputs"], seed)
+        calls.append(lambda s=session, f=feeds: s.run(None, f))
+    for call in calls:
+        for _ in range(int(spec["warmup"])):
+            call()
+    per_block = block_size(calls[0], int(spec["calls"]), float(spec["block_ms"]), clock)
+    return {
+        "ns_per_call": paired_rounds(calls, per_block, int(spec["rounds"]), clock, seed),
+        "calls": per_block,
+        "clock": "thread-cpu" if threads == 1 else "wall",
+        "platform": describe_platform(),
+    }
+
+
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[1])
     try:
         if spec["mode"] == "baseline":
             result = {"peak_rss_bytes": peak_rss_bytes(), "platform": describe_platform()}
+        elif spec["mode"] == "paired":
+            result = measure_paired(spec)
         else:
             result = measure(spec)
     except Exception as e:  # report any failure as JSON: the parent turns it into an error

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-_EMULATED_DEFAULTS = {"runs": 10, "warmup": 2, "rounds": 2}  # qemu is ~200× slower
-_NATIVE_DEFAULTS = {"runs": 100, "warmup": 10, "rounds": 3}
+_EMULATED_DEFAULTS = {"runs": 10, "warmup": 2, "rounds": 2, "paired_rounds": 5}  # qemu ~200×
+_NATIVE_DEFAULTS = {"runs": 100, "warmup": 10, "rounds": 3, "paired_rounds": 20}
 
 
 def bench(
@@ -31,6 +31,13 @@ def bench(
     rounds: Annotated[
         int | None,
         typer.Option(help="Fresh processes per configuration, interleaved [3; emulated 2]."),
+    ] = None,
+    paired_rounds: Annotated[
+        int | None,
+        typer.Option(
+            help="Rounds of the models back to back in one process, for the ratios "
+            "[20; emulated 5]; each times >= 20 ms and >= runs/rounds calls per model."
+        ),
     ] = None,
     length: Annotated[
         int | None, typer.Option(help="Series length for a dynamic time axis.")
@@ -63,6 +70,7 @@ def bench(
         runs=defaults["runs"] if runs is None else runs,
         warmup=defaults["warmup"] if warmup is None else warmup,
         rounds=defaults["rounds"] if rounds is None else rounds,
+        paired_rounds=defaults["paired_rounds"] if paired_rounds is None else paired_rounds,
         length=length,
         target=target,
         opt_level=opt_level,
