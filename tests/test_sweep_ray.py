@@ -81,6 +81,7 @@ def test_killed_sweep_resumes_with_every_row_once(tmp_path, local_ray, run_cli) 
         assert 0 <= float(r["accuracy"]) <= 1 and int(r["epochs"]) == 1
         assert 0 < int(r["params"]) <= int(r["params_dense"])
         assert float(r["latency_ms"]) > 0 and r["protocol"] == "cpu-small"
+        assert float(r["latency_ratio"]) > 0
     by_variant = {v: [r for r in rows if r["variant"] == v] for v in {r["variant"] for r in rows}}
     # the rule reused dsp-onnx's sparse model (this run's, or the killed run's from disk)
     assert all(float(r["train_seconds"]) == 0 for r in by_variant["dsp-onnx-rule"])
@@ -221,7 +222,7 @@ def test_retrain_from_dsp_onnx_weights_gives_the_row_of_training_them() -> None:
     scratch = run_task(task("dsp-retrain", 1), train, test)
     reused = run_task(task("dsp-retrain", 1), train, test, upstream)
 
-    timed = {"train_seconds", "task_seconds", "latency_ms"}
+    timed = {"train_seconds", "task_seconds", "latency_ms", "latency_ratio"}
     assert {k: v for k, v in reused.row.items() if k not in timed} == {
         k: v for k, v in scratch.row.items() if k not in timed
     }
@@ -236,3 +237,14 @@ def test_retrain_from_dsp_onnx_weights_gives_the_row_of_training_them() -> None:
     stale = replace(upstream, row={**upstream.row, "epochs": "5"})
     with pytest.raises(InputError, match="trained with"):
         run_task(task("dsp-retrain", 1), train, test, stale)
+
+
+def test_paired_latency_ratio_is_of_the_model_against_the_reference() -> None:
+    from dsp_deploy.sweep.tasks import dense_model, paired_latency
+
+    lite, inception = dense_model("lite", 2, 150), dense_model("inception", 2, 150)
+    # Inception does ~40x LITE's MACs: an inverted or unpaired ratio lands far outside.
+    assert paired_latency(lite, inception, 150, 100)["latency_ratio"] < 0.5
+    assert paired_latency(inception, lite, 150, 100)["latency_ratio"] > 2
+    same = paired_latency(lite, lite, 150, 100)
+    assert 0.8 < same["latency_ratio"] < 1.25 and same["latency_ms"] > 0

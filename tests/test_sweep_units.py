@@ -58,6 +58,7 @@ def _row(dataset: str, variant: str, seed: int, accuracy: float, params: int = 1
         "params_dense": 100,
         "macs_dense": 1000,
         "latency_ms": params / 100,
+        "latency_ratio": params / 100,
         "verified": True,
         "dead_channels": "0/96;1/32;2/32",
     }
@@ -209,6 +210,7 @@ def test_cells_ensembles_and_comparisons(tmp_path) -> None:
     table = stats.cells(store.rows(), store.load_probs)
     a = next(c for c in table if (c.dataset, c.variant) == ("A", "dsp-onnx"))
     assert (a.accuracy, a.ensemble_accuracy, a.params, a.compression) == (0.5, 1.0, 50, 0.5)
+    assert a.latency_ratio == 0.5  # the seeds' mean of the rows' own paired ratios
     (single,) = stats.compare(table, "dsp-onnx", "dense", "single")
     assert (single.n, single.wins, single.ties, single.losses) == (2, 1, 0, 1)
     assert math.isclose(single.mean_delta, ((0.5 - 1.0) + (0.75 - 0.5)) / 2)
@@ -217,6 +219,15 @@ def test_cells_ensembles_and_comparisons(tmp_path) -> None:
     assert (ens.n, ens.ties, ens.p_value) == (1, 1, None)  # B has one seed: no ensemble
     (row,) = stats.ensemble_rows([a], store.rows())
     assert (row["seed"], row["params"], row["params_dense"]) == ("ensemble", 100, 200)
+
+
+def test_rows_from_before_the_paired_latency_have_no_ratio(tmp_path) -> None:
+    store = ResultsStore(tmp_path)
+    for variant, params in (("dense", 100), ("dsp-onnx", 40)):
+        _commit(store, {**_row("A", variant, 1, 1.0, params), "latency_ratio": ""})
+    table = stats.cells(store.rows(), store.load_probs)
+    # not latency_ms / dense latency_ms (0.4): those were timed apart, under other load
+    assert [c.latency_ratio for c in table] == [None, None]
 
 
 def test_compensations_pair_each_rule_row_with_its_unpruned_model() -> None:

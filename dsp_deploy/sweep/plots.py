@@ -93,16 +93,15 @@ def _compression(cells: dict[str, dict[str, Cell]], arch: str, path: Path) -> st
 
 
 def _latency(cells: dict[str, dict[str, Cell]], arch: str, path: Path) -> str | None:
-    dense = cells.get("dense", {})
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1.1], [0, 1.1], color="grey", lw=0.8)
     drawn = False
     for v in VARIANTS[1:]:
         pts = [
-            (c.macs_ratio, c.latency_ms / dense[d].latency_ms)
-            for d, c in cells.get(v, {}).items()
-            if d in dense and c.latency_ms and dense[d].latency_ms
+            (c.macs_ratio, c.latency_ratio)
+            for c in cells.get(v, {}).values()
+            if c.latency_ratio is not None
         ]
         if pts:
             ax.scatter(*zip(*pts, strict=True), s=14, label=v, alpha=0.8)
@@ -110,7 +109,10 @@ def _latency(cells: dict[str, dict[str, Cell]], arch: str, path: Path) -> str | 
     if not drawn:
         plt.close(fig)
         return None
-    ax.set(xlabel="MACs ratio (variant / dense)", ylabel="batch-1 latency ratio (x86, 1 thread)")
+    ax.set(
+        xlabel="MACs ratio (variant / dense)",
+        ylabel="batch-1 latency ratio (x86, 1 thread, paired)",
+    )
     ax.set_title(f"{arch}: latency vs arithmetic")
     ax.legend(fontsize=7)
     _save(fig, path, plt)

@@ -5,7 +5,8 @@ Files written:
 * ``table.csv``: the results rows plus one ``seed=ensemble`` row per (dataset, arch,
   variant) with ≥ 2 seeds (the CLI contract's table);
 * ``per_dataset.csv``: one row per (arch, dataset, variant) — seed-mean and ensemble
-  accuracy, change against dense, params, MACs, compression, latency ratio to dense;
+  accuracy, change against dense, params, MACs, compression, batch-1 latency ratio to the
+  dense architecture (paired in the task, ``tasks.paired_latency``);
 * ``summary.csv``: every variant against dense and each DSP variant against ``narrow``
   (:mod:`dsp_deploy.sweep.stats`);
 * ``published.csv``: our dense accuracies beside the published ensembles (resample 0 =
@@ -149,7 +150,6 @@ def _cell_rows(cells: Sequence[stats.Cell]) -> list[dict]:
     out = []
     for c in cells:
         d = dense.get((c.arch, c.dataset))
-        ratio = c.latency_ms / d.latency_ms if d and c.latency_ms and d.latency_ms else None
         out.append(
             {
                 "arch": c.arch,
@@ -165,7 +165,7 @@ def _cell_rows(cells: Sequence[stats.Cell]) -> list[dict]:
                 "compression": c.compression,
                 "macs_ratio": c.macs_ratio,
                 "latency_ms": c.latency_ms,
-                "latency_ratio": ratio,
+                "latency_ratio": c.latency_ratio,
             }
         )
     return out
@@ -265,6 +265,11 @@ def markdown(report: SweepReport, figures: Sequence[tuple[str, str]] = ()) -> st
             ],
         ),  # fmt: skip
         "## Per dataset\n",
+        "Latency ratio: batch 1, the variant's model against the dense architecture, timed "
+        "back to back in paired rounds inside the task (one onnxruntime thread, thread CPU "
+        "time, as `dsp-deploy bench` times ratios); mean over the seeds that recorded it. "
+        "'–' where no row did: rows from before it was recorded have only a `latency_ms` "
+        "timed on its own, beside other tasks, which is no ground for a ratio.\n",
         _md_table(
             (
                 "arch",

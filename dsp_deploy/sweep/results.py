@@ -84,6 +84,7 @@ COLUMNS: tuple[str, ...] = (
     "macs_reduction",
     "params_torch",
     "latency_ms",
+    "latency_ratio",
     "dead_channels",
     "kept_channels",
     "width",

@@ -42,6 +42,7 @@ class Cell:
     macs: float
     macs_dense: float
     latency_ms: float | None
+    latency_ratio: float | None  # batch-1, against the dense architecture, paired in the task
     epochs: int
 
     @property
@@ -75,6 +76,11 @@ def _num(text: str | None) -> float | None:
     return None if text in (None, "") else float(text)
 
 
+def _present(group: Sequence[Mapping[str, str]], column: str) -> list[float]:
+    """The values of ``column`` in the rows that have one (older rows may lack it)."""
+    return [x for x in (_num(r.get(column)) for r in group) if x is not None]
+
+
 def cells(rows: Iterable[Mapping[str, str]], load_probs: ProbsLoader | None) -> tuple[Cell, ...]:
     """One cell per (arch, dataset, variant), in variant order within a dataset."""
     groups: dict[tuple[str, str, str], list[Mapping[str, str]]] = {}
@@ -86,7 +92,8 @@ def cells(rows: Iterable[Mapping[str, str]], load_probs: ProbsLoader | None) -> 
         groups.items(), key=lambda kv: (kv[0][0], kv[0][1].lower(), order.get(kv[0][2], 99))
     ):
         group = sorted(group, key=lambda r: r["seed"])
-        latencies = [x for x in (_num(r.get("latency_ms")) for r in group) if x is not None]
+        latencies = _present(group, "latency_ms")
+        latency_ratios = _present(group, "latency_ratio")
         out.append(
             Cell(
                 arch=arch,
@@ -100,6 +107,7 @@ def cells(rows: Iterable[Mapping[str, str]], load_probs: ProbsLoader | None) -> 
                 macs=float(np.mean([float(r["macs"]) for r in group])),
                 macs_dense=float(np.mean([float(r["macs_dense"]) for r in group])),
                 latency_ms=float(np.mean(latencies)) if latencies else None,
+                latency_ratio=float(np.mean(latency_ratios)) if latency_ratios else None,
                 epochs=int(group[0]["epochs"]),
             )
         )

@@ -28,9 +28,14 @@ what the training-side analysis calls dead; the test set is the held-out check.
 
 Every row's ``accuracy`` comes from the final ONNX model on onnxruntime (so the export is
 checked too); ``params``/``macs`` from :func:`dsp_deploy.cost.model_cost`, against those
-of the dense architecture for the same dataset (``params_dense``); ``latency_ms`` is the
-median of ``latency_runs`` batch-1 calls on one onnxruntime thread, in-process: cheap and
-indicative (tasks share the machine), not a ``dsp-deploy bench`` measurement.
+of the dense architecture for the same dataset (``params_dense``). ``latency_ratio`` is
+batch-1 latency against that dense architecture (the published net with its initial
+weights: time depends on shapes, not values), measured as ``dsp-deploy bench`` measures
+its ratios: both models back to back in paired rounds on one onnxruntime thread, timed on
+the thread's CPU clock, median of the per-round ratios. Tasks share the machine, and the
+pairing cancels that load, which separate timings of the variant and the dense task
+(minutes apart, beside other tasks) did not. ``latency_ms`` is the final model's median
+per-call CPU time in those rounds.
 
 ``accuracy_unpruned`` (dsp-onnx, dsp-exact, dsp-onnx-rule; empty for the others) is the
 test accuracy of the sparse ONNX model the task compressed, before compression (the
@@ -145,8 +150,8 @@ def run_task(
         f"accuracy_{name}": _accuracy(_predict(model, test.X, task.threads), test.y)
         for name, model in built.scored.items()
     }
-    length = int(train.X.shape[-1])
-    dense_params, dense_macs = dense_cost(task.arch, len(train.classes), length)
+    length, n_classes = int(train.X.shape[-1]), len(train.classes)
+    dense_params, dense_macs = dense_cost(task.arch, n_classes, length)
     from dsp_deploy.cost import model_cost
 
     cost = model_cost(built.model, length=length)
@@ -167,11 +172,13 @@ def run_task(
         "macs_dense": dense_macs,
         "compression": 1 - cost.params / dense_params,
         "macs_reduction": 1 - cost.macs / dense_macs,
-        "latency_ms": latency_ms(built.model, length, task.latency_runs),
+        **paired_latency(
+            built.model, dense_model(task.arch, n_classes, length), length, task.latency_runs
+        ),
         "n_train": len(train.y),
         "n_test": len(test.y),
         "length": length,
-        "n_classes": len(train.classes),
+        "n_classes": n_classes,
         "host": socket.gethostname(),
         **built.fields,
         "task_seconds": round(time.perf_counter() - start, 3),
@@ -392,31 +399,58 @@ def _accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(probs.argmax(axis=1) == y))
 
 
-def latency_ms(model: onnx.ModelProto, length: int, runs: int, *, warmup: int = 10) -> float:
-    """Median wall time of one batch-1 call on one onnxruntime thread, in ms."""
+LATENCY_ROUNDS = 20
+LATENCY_BLOCK_MS = 10.0
+
+
+def paired_latency(
+    model: onnx.ModelProto, reference: onnx.ModelProto, length: int, runs: int
+) -> dict[str, float]:
+    """``latency_ratio`` (``model`` / ``reference``) and ``latency_ms`` at batch 1, one thread.
+
+    ``LATENCY_ROUNDS`` paired rounds (``bench``'s loop); each round times a block of at
+    least ``runs / LATENCY_ROUNDS`` calls and ``LATENCY_BLOCK_MS`` of the reference.
+    """
+    from dsp_deploy.bench.worker import block_size, paired_rounds
     from dsp_deploy.compress.calibrate import session as ort_session
     from dsp_deploy.train.export import INPUT_NAME
 
-    session = ort_session(model, 1)
-    feed = {INPUT_NAME: np.random.default_rng(0).standard_normal((1, 1, length), np.float32)}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(max(runs, 1)):
-        t0 = time.perf_counter_ns()
-        session.run(None, feed)
-        times.append(time.perf_counter_ns() - t0)
-    return float(np.median(times)) / 1e6
+    x = np.random.default_rng(0).standard_normal((1, 1, length), np.float32)
+    calls = []
+    for m in (reference, model):
+        s = ort_session(m, 1)
+        calls.append(lambda s=s: s.run(None, {INPUT_NAME: x}))
+        for _ in range(3):  # first calls allocate
+            calls[-1]()
+    per_block = block_size(calls[0], -(-runs // LATENCY_ROUNDS), LATENCY_BLOCK_MS)
+    ref_ns, model_ns = paired_rounds(calls, per_block, LATENCY_ROUNDS)
+    return {
+        "latency_ms": float(np.median(model_ns)) / 1e6,
+        "latency_ratio": float(np.median(np.divide(model_ns, ref_ns))),
+    }
+
+
+@lru_cache(maxsize=16)
+def _dense_bytes(arch: str, n_classes: int, length: int) -> bytes:
+    from dsp_deploy.nets.ensemble import probability_model
+    from dsp_deploy.nets.registry import get_arch
+    from dsp_deploy.train.export import to_onnx
+
+    net = probability_model([get_arch(arch).build(n_classes)])
+    return to_onnx(net, length=length).SerializeToString()
+
+
+def dense_model(arch: str, n_classes: int, length: int) -> onnx.ModelProto:
+    """The published ``arch`` as ONNX for this dataset's shape, with its initial weights."""
+    import onnx
+
+    return onnx.load_from_string(_dense_bytes(arch, n_classes, length))
 
 
 @lru_cache(maxsize=64)
 def dense_cost(arch: str, n_classes: int, length: int) -> tuple[int, int]:
     """(params, MACs) of the published ``arch`` as ONNX, for this dataset's shape."""
     from dsp_deploy.cost import model_cost
-    from dsp_deploy.nets.ensemble import probability_model
-    from dsp_deploy.nets.registry import get_arch
-    from dsp_deploy.train.export import to_onnx
 
-    net = probability_model([get_arch(arch).build(n_classes)])
-    cost = model_cost(to_onnx(net, length=length), length=length)
+    cost = model_cost(dense_model(arch, n_classes, length), length=length)
     return cost.params, cost.macs
