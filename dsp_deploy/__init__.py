@@ -1,15 +1,8 @@
 """dsp-deploy: small, fast time-series classification CNNs for devices, shipped as ONNX.
 
-``import dsp_deploy`` stays light: ``Classifier`` (onnxruntime + numpy only) is imported
-on first use.
+``import dsp_deploy`` stays light: ``Classifier`` (onnxruntime + numpy only) and
+``__version__`` (``importlib.metadata``) are looked up on first use.
 """
-
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("dsp-deploy")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
 
 __all__ = ["Classifier", "__version__"]
 
@@ -19,4 +12,11 @@ def __getattr__(name: str):
         from dsp_deploy.runtime import Classifier
 
         return Classifier
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("dsp-deploy")
+        except PackageNotFoundError:  # running from a source tree without installation
+            return "0.0.0+unknown"
     raise AttributeError(f"module 'dsp_deploy' has no attribute {name!r}")

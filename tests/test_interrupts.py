@@ -668,3 +668,44 @@ def test_train_kill_points(tmp_path) -> None:
         tally[f"model {states[0]}, calibration {states[1]}, {len(temps)} temp"] += 1
     print("\ntrain kill points:", dict(sorted(tally.items())))
     assert tally["kill points"] >= 8  # the timed ones may come after a faster run ended
+
+
+def test_ctrl_c_while_the_cli_is_still_importing_is_one_line(tmp_path) -> None:
+    # The console script imports dsp_deploy.__main__ (light), which imports the CLI: typer,
+    # rich and every command module, ~0.5 s, before cli.main installs its handlers. A
+    # Ctrl-C in that window is one line too. (Before it, Python itself is starting up.)
+    script = tmp_path / "dsp-deploy"  # what pip writes for the console script
+    script.write_text("import sys\nfrom dsp_deploy.__main__ import main\nsys.exit(main())\n")
+
+    def seconds(*args: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *args], capture_output=True, check=True)
+        return time.perf_counter() - start
+
+    startup = min(seconds("-c", "import dsp_deploy.__main__") for _ in range(3))
+    full = min(seconds(str(script), "--help") for _ in range(2))
+    if 2.5 * startup >= 0.9 * full:
+        pytest.skip(f"no import window to hit: start-up {startup:.2f} s of {full:.2f} s")
+    outcomes = Counter()
+    for delay in np.linspace(2.5 * startup, 0.9 * full, 6):
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "--help"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+        # 0: done first; -SIGINT: the signal came as the interpreter shut down, after main
+        expected = {(0, ""), (130, "error: interrupted\n"), (-signal.SIGINT, "")}
+        assert (proc.returncode, err) in expected, (delay, proc.returncode, err)
+        outcomes[proc.returncode] += 1
+    assert outcomes[130] >= 1, outcomes  # the import window was hit at least once
+
+
+def test_the_console_script_is_the_light_entry_point() -> None:
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="dsp-deploy")
+    assert script.value == "dsp_deploy.__main__:main"
