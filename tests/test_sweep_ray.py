@@ -110,6 +110,8 @@ def test_killed_sweep_resumes_with_every_row_once(tmp_path, local_ray, run_cli) 
     assert sum(r["seed"] == "ensemble" for r in table) == 2 * 6
     text = (report / "report.md").read_text()
     assert "| lite | dsp-retrain | narrow | single | 2 |" in text
+    assert "| lite | dsp-retrain | single | 2 |" in text  # against the paper's claim
+    assert (report / "latency_lite.png").stat().st_size > 0  # the rows' paired ratios
 
     again = run_cli("sweep", *BASE, "--out", str(out), "--variants", "all", "--no-report")
     assert again.code == 0 and "0 tasks run now, 24 already done" in again.stdout

@@ -230,6 +230,33 @@ def test_rows_from_before_the_paired_latency_have_no_ratio(tmp_path) -> None:
     assert [c.latency_ratio for c in table] == [None, None]
 
 
+def test_targets_check_the_papers_claim_and_the_narrow_control() -> None:
+    def comparison(arch, variant, baseline, compression, delta, p) -> stats.Comparison:
+        return stats.Comparison(
+            arch, variant, baseline, "single", 20, compression, delta, 8, 4, 8, p
+        )
+
+    summary = [
+        comparison("lite", "dsp-retrain", "dense", 0.60, -0.005, 0.20),  # met
+        comparison("lite", "dsp-retrain", "narrow", 0.60, 0.004, 0.30),  # tied
+        comparison("lite", "dsp-onnx", "dense", 0.60, -0.005, 0.01),  # significant loss
+        comparison("lite", "dsp-onnx", "narrow", 0.60, -0.02, 0.01),  # loses
+        comparison("lite", "dsp-exact", "dense", 0.60, -0.0101, 0.40),  # over a point
+        comparison("inception", "dsp-retrain", "dense", 0.70, 0.01, 0.01),  # under 75%
+        comparison("inception", "dsp-retrain", "narrow", 0.70, 0.02, 0.03),  # wins
+        comparison("inception", "dsp-exact", "dense", 0.80, 0.02, 0.01),  # significant gain
+        comparison("lite", "narrow", "dense", 0.60, 0.0, 1.0),  # the control: not checked
+    ]
+    checks = {(t.arch, t.variant): (t.met, t.versus_narrow) for t in stats.targets(summary)}
+    assert checks == {
+        ("lite", "dsp-retrain"): (True, "tied"),
+        ("lite", "dsp-onnx"): (False, "loses"),
+        ("lite", "dsp-exact"): (False, "–"),
+        ("inception", "dsp-retrain"): (False, "wins"),
+        ("inception", "dsp-exact"): (True, "–"),
+    }
+
+
 def test_compensations_pair_each_rule_row_with_its_unpruned_model() -> None:
     def row(dataset: str, seed: str, variant: str, acc: str, **modes: str) -> dict[str, str]:
         extra = {f"accuracy_{m}": v for m, v in modes.items()}

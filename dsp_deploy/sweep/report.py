@@ -264,6 +264,42 @@ def markdown(report: SweepReport, figures: Sequence[tuple[str, str]] = ()) -> st
                 for c in report.summary
             ],
         ),  # fmt: skip
+        "## Against the paper's claim\n",
+        f"Met: mean compression at least the paper's (LITETime "
+        f"{stats.PAPER_COMPRESSION['lite']:.0%}, InceptionTime "
+        f"{stats.PAPER_COMPRESSION['inception']:.0%}), mean Δ accuracy against dense at least "
+        f"−{stats.MAX_MEAN_LOSS:g}, and no significant loss (p > {stats.ALPHA:g}). vs narrow: "
+        "the same variant against the control of its size trained from scratch (`wins` or "
+        f"`loses` at p ≤ {stats.ALPHA:g}).\n",
+        _md_table(
+            (
+                "arch",
+                "variant",
+                "level",
+                "n",
+                "compression",
+                "paper",
+                "Δ acc",
+                "p",
+                "met",
+                "vs narrow",
+            ),
+            [
+                (
+                    t.arch,
+                    t.variant,
+                    t.level,
+                    t.n,
+                    t.compression,
+                    t.target,
+                    t.delta,
+                    t.p_value,
+                    "yes" if t.met else "no",
+                    t.versus_narrow,
+                )
+                for t in stats.targets(report.summary)
+            ],
+        ),  # fmt: skip
         "## Per dataset\n",
         "Latency ratio: batch 1, the variant's model against the dense architecture, timed "
         "back to back in paired rounds inside the task (one onnxruntime thread, thread CPU "

@@ -11,6 +11,12 @@ seed means; ``ensemble``), and gives the mean compression of v (1 − params/par
 published dense architecture), the mean accuracy change v − b, wins/ties/losses counted
 from v's side (a tie is an equal accuracy), and the two-sided Wilcoxon signed-rank p over
 the paired accuracies (1 when every pair is equal; None with fewer than 2 datasets).
+
+The paper's claim, checked per arch, level and DSP variant (``targets``): mean
+compression at least ``PAPER_COMPRESSION`` (its mean over the 128 UCR datasets), a mean
+accuracy change against dense of at least ``-MAX_MEAN_LOSS``, and no significant loss
+(p > ``ALPHA``, or a mean gain). Against ``narrow``, the control of the same size trained
+from scratch, a variant that claims anything must win significantly.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ from dsp_deploy.sweep.results import Key, row_key
 from dsp_deploy.sweep.tasks import DSP_VARIANTS, VARIANTS
 
 LEVELS: tuple[str, ...] = ("single", "ensemble")
+# The paper's mean compression: LITETime 58%, InceptionTime 75% (PAPER.md); its members
+# are the single nets of our archs, and an ensemble's compression is its members' mean.
+PAPER_COMPRESSION: Mapping[str, float] = {"lite": 0.58, "inception": 0.75}
+MAX_MEAN_LOSS = 0.01  # one accuracy point
+ALPHA = 0.05
 ProbsLoader = Callable[[Key], tuple[np.ndarray, np.ndarray]]
 
 
@@ -211,6 +222,57 @@ def summary(table: Sequence[Cell]) -> tuple[Comparison, ...]:
         for variant in DSP_VARIANTS:
             out += compare(table, variant, "narrow", level)
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """One DSP variant of one arch at one level against the paper's claim (module doc)."""
+
+    arch: str
+    variant: str
+    level: str
+    n: int
+    compression: float
+    target: float
+    delta: float
+    p_value: float | None
+    met: bool
+    versus_narrow: str  # "wins" | "tied" | "loses" (significance at ALPHA) | "–" (no narrow)
+
+
+def targets(comparisons: Sequence[Comparison]) -> tuple[TargetCheck, ...]:
+    """The paper's claim checked for every DSP variant against dense in ``comparisons``."""
+    by_key = {(c.arch, c.variant, c.baseline, c.level): c for c in comparisons}
+    out = []
+    for c in comparisons:
+        if c.baseline != "dense" or c.variant not in DSP_VARIANTS:
+            continue
+        target = PAPER_COMPRESSION.get(c.arch)
+        if target is None:
+            continue
+        no_loss = c.mean_delta >= 0 or c.p_value is None or c.p_value > ALPHA
+        narrow = by_key.get((c.arch, c.variant, "narrow", c.level))
+        out.append(
+            TargetCheck(
+                arch=c.arch,
+                variant=c.variant,
+                level=c.level,
+                n=c.n,
+                compression=c.mean_compression,
+                target=target,
+                delta=c.mean_delta,
+                p_value=c.p_value,
+                met=c.mean_compression >= target and c.mean_delta >= -MAX_MEAN_LOSS and no_loss,
+                versus_narrow="–" if narrow is None else _verdict(narrow),
+            )
+        )
+    return tuple(out)
+
+
+def _verdict(c: Comparison) -> str:
+    if c.p_value is None or c.p_value > ALPHA:
+        return "tied"
+    return "wins" if c.mean_delta > 0 else "loses"
 
 
 @dataclass(frozen=True)
