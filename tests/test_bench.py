@@ -121,6 +121,19 @@ def test_paired_ratio_follows_the_work(run_cli, nets) -> None:
     assert 0.8 * c["macs_ratio"] < c["latency_ratio"] < 0.5, c
 
 
+def test_progress_counts_every_worker_process(nets) -> None:
+    from dsp_deploy.bench.runner import BenchSettings, benchmark
+
+    seen: list[tuple[int, int, str]] = []
+    settings = BenchSettings(batches=(1, 2), runs=2, warmup=0, rounds=2, paired_rounds=1)
+    benchmark(nets, settings, lambda done, total, what: seen.append((done, total, what)))
+    # baseline + rounds x configs x models + one paired process per config
+    total = 1 + 2 * 2 * 2 + 2
+    assert [(d, t) for d, t, _ in seen] == [(d, total) for d in range(total + 1)]
+    assert seen[1][2] == "baseline" and seen[-1][2] == "dense.onnx + small.onnx"
+    assert {w for _, _, w in seen[2:-2]} == {"dense.onnx", "small.onnx"}
+
+
 def test_human_output_has_the_comparison_table(run_cli, nets) -> None:
     result = run_cli("bench", *nets, "--runs", "4", "--warmup", "1", "--rounds", "1")
     assert result.code == 0, result.stderr

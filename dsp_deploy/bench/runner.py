@@ -87,13 +87,25 @@ class _Model:
 Launcher = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def benchmark(paths: Sequence[str | os.PathLike], settings: BenchSettings) -> results.BenchReport:
-    """Measure every model under ``settings``; the first model is the comparison reference."""
+Progress = Callable[[int, int, str], None]  # (worker processes done, of total, what ran)
+
+
+def benchmark(
+    paths: Sequence[str | os.PathLike],
+    settings: BenchSettings,
+    progress: Progress | None = None,
+) -> results.BenchReport:
+    """Measure every model under ``settings``; the first model is the comparison reference.
+
+    ``progress`` is called after each worker process (emulated, one can take minutes).
+    """
     settings.check()
     if not paths:
         raise InputError("no model given; expected one or more .onnx files")
     models = [_prepare(Path(p), settings) for p in paths]
-    launch = _launcher(settings.target)
+    configs = len(settings.batches) * len(settings.threads)
+    total = 1 + settings.rounds * configs * len(models) + (configs if len(models) > 1 else 0)
+    launch = _counted(_launcher(settings.target), total, progress)
     baseline = launch({"mode": "baseline"})
     per_round = -(-settings.runs // settings.rounds)  # ceil: at least `runs` calls in all
     collected: dict[tuple[int, int, int], list[dict[str, Any]]] = {}
@@ -169,6 +181,22 @@ def _paired_spec(
         "seed": s.seed,
         "opt_level": s.opt_level,
     }
+
+
+def _counted(launch: Launcher, total: int, progress: Progress | None) -> Launcher:
+    if progress is None:
+        return launch
+    done = 0
+    progress(done, total, "")
+
+    def counted(spec: dict[str, Any]) -> dict[str, Any]:
+        nonlocal done
+        answer = launch(spec)
+        done += 1
+        progress(done, total, Path(spec["model"]).name if "model" in spec else _subject(spec))
+        return answer
+
+    return counted
 
 
 def _launcher(target: str) -> Launcher:

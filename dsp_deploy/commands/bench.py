@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -79,7 +81,8 @@ def bench(
     if plot is not None:  # fail before measuring, not after
         check_output(plot, "--plot", inputs=models)
         require("matplotlib", "sweep")
-    result = benchmark(models, settings)
+    with _progress() as progress:
+        result = benchmark(models, settings, progress)
     if as_json:
         typer.echo(json.dumps(to_json(result), indent=2))
     else:
@@ -88,6 +91,32 @@ def bench(
         from dsp_deploy.bench.plot import plot_report
 
         plot_report(result, plot)
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[int, int, str], None] | None]:
+    """A transient bar on stderr when it is a terminal (emulated runs take minutes)."""
+    from dsp_deploy.render import console
+
+    err = console(stderr=True)
+    if not err.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (
+        TextColumn("bench"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def update(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=what)
+
+        yield update
 
 
 def register(app: typer.Typer) -> None:
