@@ -5,7 +5,8 @@
 Each card: dataset, the command that produced the file (from ``models/build.sh``), test
 accuracy (``dsp_deploy.evaluate`` on onnxruntime), parameters, MACs per series, file size,
 sha256, and — when ``benchmarks/results/bench_models.csv`` exists — x86 and emulated
-Cortex-A72 latency at 1 thread.
+Cortex-A72 latency at 1 thread (a compressed model's also as ``bench``'s paired ratio to
+its dense twin: its p50 alone comes from a separate process on a shared host).
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def latencies(path: Path) -> list[str]:
     return [
         f"{r['target']} ({r['machine']}), batch {r['batch']}, {r['threads']} thread(s): "
         f"p50 {float(r['p50_ms']):.3f} ms"
+        + (
+            f"; {float(r['latency_ratio']):.2f}× the dense model's time, paired"
+            if r["latency_ratio"]
+            else ""
+        )
         for r in rows
         if r["threads"] == "1"
     ]
