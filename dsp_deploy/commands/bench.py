@@ -37,8 +37,9 @@ def bench(
     paired_rounds: Annotated[
         int | None,
         typer.Option(
-            help="Rounds of the models back to back in one process, for the ratios "
-            "[20; emulated 5]; each times >= 20 ms and >= runs/rounds calls per model."
+            help="Rounds of all models back to back in one process, for the ratios "
+            "[20; emulated 5]; a round times each model >= 20 ms and >= runs / "
+            "paired-rounds calls."
         ),
     ] = None,
     length: Annotated[
