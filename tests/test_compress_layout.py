@@ -83,7 +83,7 @@ def test_opset_11_uses_the_axes_attribute() -> None:
     wrapped, count = conv1d_as_conv2d(model)
     assert count == 1
     onnx.checker.check_model(wrapped, full_check=True)
-    assert [n.op_type for n in wrapped.graph.node] == ["Unsqueeze", "Conv", "Squeeze", "Relu"]
+    assert [n.op_type for n in wrapped.graph.node] == ["Unsqueeze", "Conv", "Relu", "Squeeze"]
     x = np.random.default_rng(4).standard_normal((2, 8, 30)).astype(np.float32)
     np.testing.assert_allclose(run(wrapped, x), run(model, x), rtol=1e-5, atol=1e-6)
 
@@ -120,6 +120,36 @@ def test_the_rule_matches_onnxruntime(
     assert blocked == ort_blocks
     if qualifies(c_in, c_out, group):  # never wrap what onnxruntime leaves on the 1-D path
         assert blocked
+
+
+def test_a_relu_after_a_wrapped_conv_moves_inside_and_onnxruntime_fuses_it(tmp_path) -> None:
+    model = conv_model(16, 32)
+    wrapped, count = conv1d_as_conv2d(model)
+    assert count == 1
+    ops = [n.op_type for n in wrapped.graph.node]
+    assert ops == ["Unsqueeze", "Conv", "Relu", "Squeeze"]
+    assert wrapped.graph.node[-1].output[0] == "z"  # the Relu's output, as before
+    onnx.checker.check_model(wrapped, full_check=True)
+    x = np.random.default_rng(3).standard_normal((4, 16, 30)).astype(np.float32)
+    np.testing.assert_allclose(run(wrapped, x), run(model, x), rtol=1e-5, atol=1e-5)
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return  # the fusion checked below is into x86's blocked Conv
+    out = tmp_path / "optimized.onnx"
+    run(wrapped, x, optimized=out)
+    optimized = onnx.load(out).graph.node
+    assert "Relu" not in [n.op_type for n in optimized]
+    (conv,) = [n for n in optimized if n.op_type == "Conv"]
+    assert {a.name: a.s for a in conv.attribute}.get("activation") == b"Relu"
+
+
+def test_a_relu_that_is_not_the_convs_only_reader_stays_outside() -> None:
+    model = conv_model(16, 32)
+    model.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
+    wrapped, count = conv1d_as_conv2d(model)
+    assert count == 1
+    assert [n.op_type for n in wrapped.graph.node] == ["Unsqueeze", "Conv", "Squeeze", "Relu"]
+    x = np.random.default_rng(3).standard_normal((2, 16, 30)).astype(np.float32)
+    np.testing.assert_allclose(run(wrapped, x), run(model, x), rtol=1e-5, atol=1e-5)
 
 
 # --- --align -----------------------------------------------------------------------------

@@ -18,9 +18,14 @@ emulated timings compare models within one run only.
     Unsqueeze(axis 2) → Conv on (N, C, 1, L), weights (M, C/g, 1, k) → Squeeze(axis 2)
 
 — the same arithmetic (a 1 × k kernel over a height-1 image), so outputs agree to float
-rounding. onnxruntime 1.32 blocks a 2-D conv, with ``b`` the block size (8: AVX2;
-AVX-512 uses 16 and leaves 8-aligned convs on the generic path, where the wrapper costs
-only two reshapes), when::
+rounding. A Relu that is the Conv's only reader moves inside the wrapper, before the
+Squeeze (it is element-wise, so it commutes with a reshape): onnxruntime fuses a Relu
+into the Conv only when it reads the Conv directly, and after the Squeeze it would run as
+one more pass over the activations.
+
+onnxruntime 1.32 blocks a 2-D conv, with ``b`` the block size (8: AVX2; AVX-512 uses 16
+and leaves 8-aligned convs on the generic path, where the wrapper costs only two
+reshapes), when::
 
     group = 1             C_in < b or C_in ≡ 0 (mod 4)     (C_out padded up to a block)
     depthwise (g = C)     C ≡ 0 (mod b)
@@ -77,10 +82,20 @@ def conv1d_as_conv2d(
     for node in graph.node:
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+    relu_of = {  # Conv output -> the Relu that alone reads it
+        node.input[0]: node
+        for node in graph.node
+        if node.op_type == "Relu" and node.domain == "" and readers[node.input[0]] == 1
+        and node.input[0] not in outputs
+    }  # fmt: skip
+    moved: set[int] = set()  # ids of Relu nodes now inside a wrapper
     axes_input = _opset(out) >= 13  # Unsqueeze/Squeeze axes became an input in opset 13
     nodes: list[onnx.NodeProto] = []
     count = 0
     for node in graph.node:
+        if id(node) in moved:
+            continue
         w = weights.get(node.input[1]) if node.op_type == "Conv" and node.domain == "" else None
         group = attr(node, "group", 1) if w is not None else 1
         if w is None or attr(node, "auto_pad", "NOTSET") != "NOTSET":
@@ -91,15 +106,20 @@ def conv1d_as_conv2d(
             nodes.append(node)
             continue
         weight = _weight_2d(graph, w, readers[w.name] > 1)
-        nodes.extend(_wrapped(node, weight, axes_input=axes_input))
+        relu = relu_of.get(node.output[0])
+        if relu is not None:
+            moved.add(id(relu))
+        nodes.extend(_wrapped(node, weight, relu, axes_input=axes_input))
         count += 1
     if count:
         del graph.node[:]
         graph.node.extend(nodes)
         if axes_input:
             graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), _AXIS))
-        # A shape recorded for a reshaped weight no longer holds.
-        kept = [v for v in graph.value_info if v.name not in weights]
+        # A shape recorded for a reshaped weight no longer holds; a Conv output that a
+        # moved Relu read is gone.
+        gone = {r.input[0] for r in relu_of.values() if id(r) in moved}
+        kept = [v for v in graph.value_info if v.name not in weights and v.name not in gone]
         del graph.value_info[:]
         graph.value_info.extend(kept)
     logger.info("%d Conv nodes wrapped as 2-D for blocked kernels", count)
@@ -123,7 +143,10 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
-def _wrapped(node: onnx.NodeProto, weight: str, *, axes_input: bool) -> list[onnx.NodeProto]:
+def _wrapped(
+    node: onnx.NodeProto, weight: str, relu: onnx.NodeProto | None, *, axes_input: bool
+) -> list[onnx.NodeProto]:
+    """Unsqueeze → Conv (→ Relu) → Squeeze, writing what the Conv (its Relu) wrote."""
     x4, y4 = f"{node.output[0]}_4d_in", f"{node.output[0]}_4d_out"
     attrs = {}
     for a in node.attribute:
@@ -143,12 +166,17 @@ def _wrapped(node: onnx.NodeProto, weight: str, *, axes_input: bool) -> list[onn
     )
     axes = {} if axes_input else {"axes": [2]}
     extra = [_AXIS] if axes_input else []
-    return [
+    nodes = [
         helper.make_node(
             "Unsqueeze", [node.input[0], *extra], [x4], name=f"{node.name}_to_2d", **axes
         ),
         conv,
-        helper.make_node(
-            "Squeeze", [y4, *extra], [node.output[0]], name=f"{node.name}_to_1d", **axes
-        ),
     ]
+    out = node.output[0]
+    if relu is not None:
+        nodes.append(helper.make_node("Relu", [y4], [f"{y4}_relu"], name=relu.name))
+        y4, out = f"{y4}_relu", relu.output[0]
+    nodes.append(
+        helper.make_node("Squeeze", [y4, *extra], [out], name=f"{node.name}_to_1d", **axes)
+    )
+    return nodes
