@@ -226,8 +226,8 @@ def markdown(doc: dict) -> str:
         "",
         "LITE and LITETime keep their BN: their Concat also reads Relu(Concat(hand-crafted "
         "filters)), which is no Conv, so only that inner Relu moves (onto 17 one-channel "
-        "Convs). Under `--conv2d` a Squeeze sits between each Conv and its moved Relu, so "
-        "onnxruntime cannot fuse them and only the BN folding counts.",
+        "Convs). Under `--conv2d` a moved Relu goes inside the 2-D wrapper of a blocked Conv "
+        "(before its Squeeze), where onnxruntime fuses it into the Conv.",
     ]
     return "\n".join(lines) + "\n"
 

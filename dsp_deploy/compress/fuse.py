@@ -33,14 +33,16 @@ initializers (one another node reads stays as it is); replaced ones nobody reads
 are dropped.
 
 Measured (``benchmarks/fuse_concat.py``, onnxruntime 1.32, 1 thread, AMD EPYC AVX2,
-fused / original latency, median of 25 interleaved rounds on a machine shared with a
+fused / original latency, median of 15–25 interleaved rounds on a machine shared with a
 background job, so ±3% is noise): Inception and InceptionTime, dense and pruned, run
-2–4% faster at batch 1 and 64 (0.961–0.979; the profile gave BN + Relu 5% of
+2–4% faster at batch 1 and 64 (0.956–0.991; the profile gave BN + Relu 5% of
 Inception's kernel time); logits agree to 2.9e-7 of their largest magnitude. LITE and
-LITETime gain nothing (0.986–1.013): their BN stays (above), and moving a Relu over 17
-channels saves nothing. Hence ``compress --fuse`` is off by default. With ``--conv2d``
-the moved Relus read a Squeeze, not the Conv, and are not fused; the BN folding alone
-then gives 0–3%. On the emulated Cortex-A72 (``fuse_concat.py --emulated``, one emulated
+LITETime gain nothing (0.96–1.04, within the quartiles): their BN stays (above), and
+moving a Relu over 17 channels saves nothing. Hence ``compress --fuse`` is off by
+default. With ``--conv2d`` the moved Relus go inside the wrappers of blocked Convs and
+fuse there (``layout``): fused --conv2d / --conv2d 0.935–0.975 for Inception and
+InceptionTime (one 1.009, pruned InceptionTime at batch 64), against 0.971–1.018 when
+they sat after the Squeeze. On the emulated Cortex-A72 (``fuse_concat.py --emulated``, one emulated
 process, 35 rounds, batch 1, LITE also 64) onnxruntime's aarch64 build fuses the same way
 (Inception's optimised graph loses its 6 BN and gains 24 FusedConv), yet fused / original
 came out 0.96–1.02 for LITE and Inception, dense and pruned, with per-round quartiles
