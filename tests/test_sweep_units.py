@@ -430,6 +430,21 @@ def test_cd_diagram_needs_three_variants(tmp_path) -> None:
     assert (tmp_path / "three.png").stat().st_size > 0
 
 
+def test_a_figure_with_nothing_to_draw_replaces_an_older_one(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from dsp_deploy.sweep.plots import plot_all
+
+    store = ResultsStore(tmp_path)
+    for variant, params in (("dense", 100), ("dsp-onnx", 40)):
+        _commit(store, {**_row("A", variant, 1, 1.0, params), "latency_ratio": ""})
+    stale = tmp_path / "latency_lite.png"
+    stale.write_bytes(b"an older report's figure")
+    drawn = plot_all(stats.cells(store.rows(), store.load_probs), tmp_path)
+    names = [name for name, _ in drawn]
+    assert "accuracy_lite.png" in names and "latency_lite.png" not in names
+    assert not stale.exists()  # no row has a paired latency ratio: no latency figure
+
+
 def test_progress_off_a_terminal_prints_one_line_per_task(monkeypatch, capsys) -> None:
     from dsp_deploy.commands.sweep import _Progress
     from dsp_deploy.sweep.runner import Event, Plan

@@ -42,7 +42,8 @@ def _by_variant(table: Sequence[Cell], arch: str) -> dict[str, dict[str, Cell]]:
 
 
 def plot_all(table: Sequence[Cell], folder: Path) -> tuple[tuple[str, str], ...]:
-    """Write every figure for every arch; returns (file name, caption) pairs."""
+    """Write every figure for every arch; returns (file name, caption) pairs. A figure
+    with nothing to draw is not written, and removed if an earlier report left one."""
     written = []
     for arch in sorted({c.arch for c in table}):
         cells = _by_variant(table, arch)
@@ -52,9 +53,12 @@ def plot_all(table: Sequence[Cell], folder: Path) -> tuple[tuple[str, str], ...]
             ("latency", _latency),
             ("cd", _critical_difference),
         ):
-            caption = draw(cells, arch, folder / f"{name}_{arch}.png")
+            path = folder / f"{name}_{arch}.png"
+            caption = draw(cells, arch, path)
             if caption:
-                written.append((f"{name}_{arch}.png", caption))
+                written.append((path.name, caption))
+            else:  # not drawn this time: an older report's figure would outlive its data
+                path.unlink(missing_ok=True)
     return tuple(written)
 
 
