@@ -152,6 +152,27 @@ def test_a_relu_that_is_not_the_convs_only_reader_stays_outside() -> None:
     np.testing.assert_allclose(run(wrapped, x), run(model, x), rtol=1e-5, atol=1e-5)
 
 
+def test_a_relu_stays_outside_when_a_subgraph_also_reads_the_conv() -> None:
+    model = conv_model(16, 32)
+    then = helper.make_graph(
+        [helper.make_node("Identity", ["y"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 32, 30])],
+    )
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    model.graph.initializer.append(cond)
+    model.graph.node.append(
+        helper.make_node("If", ["cond"], ["u"], then_branch=then, else_branch=then)
+    )
+    model.graph.output.append(helper.make_tensor_value_info("u", TensorProto.FLOAT, ["N", 32, 30]))
+    wrapped, count = conv1d_as_conv2d(model)
+    assert count == 1
+    ops = [n.op_type for n in wrapped.graph.node]
+    assert ops == ["Unsqueeze", "Conv", "Squeeze", "Relu", "If"]  # "y" still exists
+    onnx.checker.check_model(wrapped, full_check=True)
+
+
 # --- --align -----------------------------------------------------------------------------
 
 

@@ -54,14 +54,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from dsp_deploy.compress.graph import attr, copy_model, node_label
+from dsp_deploy.compress.graph import attr, copy_model, names_read, node_label
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ class _Index:
         return cls(
             nodes=nodes,
             producer={o: i for i, n in enumerate(nodes) for o in n.output if o},
-            reads=Counter([*_reads(graph.node), *(o.name for o in graph.output)]),
+            reads=Counter([*names_read(graph.node), *(o.name for o in graph.output)]),
             constants={t.name: t for t in graph.initializer if t.name not in overridable},
         )
 
@@ -105,15 +104,6 @@ class _Index:
         """The node producing ``name`` (None for graph inputs and initializers)."""
         position = self.producer.get(name)
         return None if position is None else self.nodes[position]
-
-
-def _reads(nodes) -> Iterator[str]:
-    """Every tensor name the nodes read, subgraph bodies included."""
-    for node in nodes:
-        yield from (i for i in node.input if i)
-        for a in node.attribute:
-            for g in (*([a.g] if a.HasField("g") else []), *a.graphs):
-                yield from _reads(g.node)
 
 
 def _is(node: onnx.NodeProto, op_type: str) -> bool:
@@ -321,7 +311,7 @@ def _rewrite(graph: onnx.GraphProto, op_type: str, opset: int, labels: dict[str,
 
 def _drop_orphans(graph: onnx.GraphProto, before: set[str]) -> None:
     """Remove initializers that were read before the rewrite and no longer are."""
-    read = set(_reads(graph.node)) | {o.name for o in graph.output}
+    read = set(names_read(graph.node)) | {o.name for o in graph.output}
     kept = [t for t in graph.initializer if t.name in read or t.name not in before]
     del graph.initializer[:]
     graph.initializer.extend(kept)
@@ -334,7 +324,7 @@ def fuse_concat(model: onnx.ModelProto) -> FuseResult:
     """
     out = copy_model(model)
     graph = out.graph
-    before = set(_reads(graph.node))
+    before = set(names_read(graph.node))
     labels = {n.output[0]: node_label(n, i) for i, n in enumerate(graph.node) if n.output}
     folded, skipped_bn = _rewrite(graph, "BatchNormalization", _opset(out), labels)
     moved, skipped_relu = _rewrite(graph, "Relu", _opset(out), labels)

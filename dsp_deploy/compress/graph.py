@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -183,6 +183,15 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
         node.attribute.extend(kept)
         set_ints(node, "pads", pads)
     return out
+
+
+def names_read(nodes: Iterable[onnx.NodeProto]) -> Iterator[str]:
+    """Every tensor name the nodes read (once per read), subgraph bodies included."""
+    for node in nodes:
+        yield from (i for i in node.input if i)
+        for a in node.attribute:
+            for g in (*([a.g] if a.HasField("g") else []), *a.graphs):
+                yield from names_read(g.node)
 
 
 def drop_unused_nodes(graph: onnx.GraphProto) -> set[str]:

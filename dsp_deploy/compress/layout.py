@@ -40,13 +40,14 @@ rounds kept channel counts up so that pruned convs qualify.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from dsp_deploy.compress.graph import attr, copy_model
+from dsp_deploy.compress.graph import attr, copy_model, names_read
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +79,7 @@ def conv1d_as_conv2d(
     out = copy_model(model)
     graph = out.graph
     weights = {t.name: t for t in graph.initializer if len(t.dims) == 3}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    readers = Counter(names_read(graph.node))  # subgraph reads count: they pin a name
     outputs = {o.name for o in graph.output}
     relu_of = {  # Conv output -> the Relu that alone reads it
         node.input[0]: node
