@@ -312,6 +312,8 @@ def test_deploy_command_options(rejects, work: Path, args: list[str], problem: s
         (["--retries", "-1"], "--retries -1"),
         (["--num-cpus", "0"], "--num-cpus 0"),
         (["--cpus-per-task", "0"], "--cpus-per-task 0"),
+        (["--gpus-per-task", "2"], "--gpus-per-task must be in [0, 1], got 2.0"),
+        (["--gpus-per-task", "-0.5"], "--gpus-per-task must be in [0, 1]"),
         (["--exact-sparsity", "-1"], "--exact-sparsity -1"),
         (["--archs", "resnet"], "unknown or no archs ['resnet']"),
         (["--variants", "magic"], "unknown or no variants ['magic']"),

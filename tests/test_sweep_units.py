@@ -188,6 +188,17 @@ def test_rerun_under_another_protocol_is_refused(tmp_path) -> None:
         store.bind(PAPER.with_overrides(seeds=CPU_SMALL.seeds))
 
 
+def test_a_rerun_may_add_seeds(tmp_path) -> None:
+    store = ResultsStore(tmp_path)
+    store.bind(CPU_SMALL.with_overrides(seeds=(9409,)))
+    store.bind(CPU_SMALL.with_overrides(seeds=(3804, 9409)))  # more members, same budget
+    store.bind(CPU_SMALL.with_overrides(seeds=(9409,)))
+    assert store.protocol() == CPU_SMALL.with_overrides(seeds=(9409, 3804))
+    with pytest.raises(InputError, match="epochs"):
+        store.bind(CPU_SMALL.with_overrides(seeds=(1,), epochs=5))
+    assert store.protocol().seeds == (9409, 3804)  # a refused rerun changes nothing
+
+
 def test_wilcoxon_edge_cases() -> None:
     assert stats.wilcoxon_p([0.5], [0.4]) is None
     assert stats.wilcoxon_p([0.5, 0.6], [0.5, 0.6]) == 1.0

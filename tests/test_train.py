@@ -14,7 +14,7 @@ from dsp_deploy.errors import InputError  # noqa: E402
 from dsp_deploy.nets.lite import Lite, LiteConfig  # noqa: E402
 from dsp_deploy.nets.registry import get_arch  # noqa: E402
 from dsp_deploy.train import protocol as dsp  # noqa: E402
-from dsp_deploy.train.loop import TrainConfig, fit, seed_torch  # noqa: E402
+from dsp_deploy.train.loop import TrainConfig, fit, resolve_device, seed_torch  # noqa: E402
 from dsp_deploy.train.pipeline import TrainRequest, train  # noqa: E402
 from dsp_deploy.train.sparsity import dsp_penalty, group_l21  # noqa: E402
 
@@ -107,6 +107,55 @@ def test_fit_is_deterministic_for_a_seed() -> None:
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
     assert ra.history != rc.history
+
+
+NO_CUDA = not torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(NO_CUDA, reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("name", ["tpu", "cuda:x", "meta", ""])
+def test_resolve_device_rejects_unknown_names(name: str) -> None:
+    with pytest.raises(InputError, match="device"):
+        resolve_device(name)
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="checks a machine without CUDA")
+def test_resolve_device_without_cuda() -> None:
+    assert resolve_device("auto") == torch.device("cpu") == resolve_device("cpu")
+    with pytest.raises(InputError, match="CPU-only build|no visible GPU"):
+        resolve_device("cuda")
+
+
+@needs_cuda
+@pytest.mark.parametrize("sparsity", [0.0, 1e-3])
+def test_cuda_training_follows_the_cpu_run_and_returns_the_model_on_the_cpu(
+    sparsity: float,
+) -> None:
+    """Same seed, same batches (the shuffles come from a CPU generator): the CUDA run's
+    losses stay within TF32 convolution rounding of the CPU run's."""
+    X, y = _toy()
+    runs = {}
+    for device in ("cpu", "cuda"):
+        seed_torch(2)
+        net = Lite(TINY)
+        config = TrainConfig(
+            epochs=5,
+            batch_size=10,
+            sparsity=sparsity,
+            layer_weights=(4, 2, 1),
+            seed=2,
+            device=device,
+        )
+        runs[device] = net, fit(net, X, y, config)
+    (cpu_net, cpu), (gpu_net, gpu) = runs["cpu"], runs["cuda"]
+    assert {p.device.type for p in gpu_net.state_dict().values()} == {"cpu"}
+    assert not gpu_net.training
+    np.testing.assert_allclose(
+        [r.loss for r in gpu.history], [r.loss for r in cpu.history], rtol=2e-2
+    )
+    with torch.no_grad():
+        probs = [torch.softmax(n(torch.from_numpy(X)), -1) for n in (gpu_net, cpu_net)]
+    np.testing.assert_allclose(*probs, atol=0.05)
 
 
 def test_fit_rejects_bad_config() -> None:
@@ -268,6 +317,8 @@ def toy_npz(tmp_path) -> str:
         (["--arch", "resnet"], "unknown arch"),
         (["--arch", "lite", "--epochs", "0"], "epochs"),
         (["--arch", "lite", "--protocol", "magic"], "protocol"),
+        (["--arch", "lite", "--device", "tpu"], "device"),
+        *([(["--arch", "lite", "--device", "cuda"], "device 'cuda'")] if NO_CUDA else []),
     ],
 )
 def test_cli_bad_options(run_cli, toy_npz, tmp_path, args, message) -> None:
@@ -298,6 +349,7 @@ def test_cli_train_json_and_calibration(run_cli, toy_npz, tmp_path) -> None:
     summary = json.loads(result.stdout)
     assert summary["params"] == 10_318 and summary["epochs"] == 2
     assert summary["members"][0]["seed"] == 3
+    assert summary["device"] == ("cpu" if NO_CUDA else "cuda")
     assert set(summary["dead_channels"]) == {"inception", "dwsc1", "dwsc2"}
     assert summary["dead_channels"]["dwsc1"][1] == 32
     with np.load(calib, allow_pickle=False) as f:

@@ -69,6 +69,13 @@ def sweep_command(
         int | None, typer.Option("--num-cpus", help="CPUs of the local Ray (default: all).")
     ] = None,
     cpus_per_task: Annotated[int, typer.Option("--cpus-per-task", help="CPUs per task.")] = 1,
+    gpus_per_task: Annotated[
+        float,
+        typer.Option(
+            "--gpus-per-task",
+            help="Share of a GPU per task, in (0, 1]: tasks train on CUDA (default 0: CPU).",
+        ),
+    ] = 0.0,
     retries: Annotated[int, typer.Option("--retries", help="Retries of a dead worker.")] = 3,
     keep_models: Annotated[
         bool, typer.Option("--keep-models", help="Also save every final ONNX model.")
@@ -91,6 +98,12 @@ def sweep_command(
     positive("--cpus-per-task", cpus_per_task)
     at_least("--retries", retries, 0)
     finite_at_least("--exact-sparsity", exact_sparsity)
+    if not 0 <= gpus_per_task <= 1:
+        raise InputError(f"--gpus-per-task must be in [0, 1], got {gpus_per_task}")
+    if gpus_per_task > 0 and address is None:
+        from dsp_deploy.train.loop import resolve_device
+
+        resolve_device("cuda")  # a local sweep needs a GPU here; a cluster's is checked there
     chosen = get_protocol(protocol).with_overrides(
         epochs=epochs, seeds=_seeds(seeds), exact_sparsity=exact_sparsity
     )
@@ -101,6 +114,7 @@ def sweep_command(
         protocol=chosen,
         cpus_per_task=cpus_per_task,
         keep_models=keep_models,
+        gpus_per_task=gpus_per_task,
     )
     store = ResultsStore(out)
     data = load_datasets(request.datasets)  # before bind() creates the folder

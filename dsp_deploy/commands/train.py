@@ -50,6 +50,12 @@ def train_command(
     threads: Annotated[
         int | None, typer.Option("--threads", help="torch intra-op threads.")
     ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device", help="Where the epochs run: auto (a GPU if seen) | cpu | cuda[:N]."
+        ),
+    ] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -66,9 +72,17 @@ def train_command(
     from dsp_deploy.nets.registry import get_arch
     from dsp_deploy.train import pipeline
     from dsp_deploy.train.export import model_metadata, to_onnx
+    from dsp_deploy.train.loop import resolve_device
 
     request = pipeline.TrainRequest(
-        get_arch(arch), epochs, sparsity, seed, batch_size, protocol, retrain_epochs
+        get_arch(arch),
+        epochs,
+        sparsity,
+        seed,
+        batch_size,
+        protocol,
+        retrain_epochs,
+        device=str(resolve_device(device)),
     )
     train_set, _ = load_train_test(dataset)
     require_trainable(train_set, dataset)
@@ -147,6 +161,7 @@ def _summary(
         "protocol": request.protocol,
         "epochs": request.epochs,
         "sparsity": request.lam,
+        "device": request.device,
         "train_accuracy": outcome.train_accuracy,
         "params": outcome.params,
         "seconds": round(outcome.seconds, 3),

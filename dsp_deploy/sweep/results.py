@@ -98,6 +98,7 @@ COLUMNS: tuple[str, ...] = (
     "length",
     "n_classes",
     "host",
+    "device",  # where the task trained: cpu, or cuda:<GPU name> (empty in older rows)
 )
 
 Key = tuple[str, str, str, str]
@@ -128,21 +129,31 @@ class ResultsStore:
 
     # ---- manifest -------------------------------------------------------------------
     def bind(self, protocol: Protocol) -> None:
-        """Record ``protocol`` on the first run; refuse a rerun under another one.
+        """Record ``protocol`` on the first run; refuse a rerun under another budget.
 
-        Also brings an older ``results.csv`` header up to date, or refuses a foreign one.
+        Seeds are not part of the budget: a rerun may add seeds (more ensemble members),
+        and the manifest then lists every seed run so far. Also brings an older
+        ``results.csv`` header up to date, or refuses a foreign one.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = self.root / "sweep.json"
         wanted = protocol.to_dict()
         if manifest.exists():
             stored = json.loads(manifest.read_text())["protocol"]
-            diff = sorted(k for k in wanted if json.dumps(wanted[k]) != json.dumps(stored.get(k)))
+            diff = sorted(
+                k
+                for k in wanted
+                if k != "seeds" and json.dumps(wanted[k]) != json.dumps(stored.get(k))
+            )
             if diff:
                 raise InputError(
                     f"{manifest} holds a {stored.get('name')!r} sweep that differs in "
                     f"{', '.join(diff)}; use another --out folder or the same settings"
                 )
+            seeds = list(dict.fromkeys([*stored.get("seeds", []), *wanted["seeds"]]))
+            if seeds != stored.get("seeds"):
+                wanted["seeds"] = seeds
+                _atomic_write(manifest, json.dumps({"protocol": wanted}, indent=2).encode())
         else:
             _atomic_write(manifest, json.dumps({"protocol": wanted}, indent=2).encode())
         with self._locked():  # a refused header fails here, before any task runs
@@ -188,6 +199,8 @@ class ResultsStore:
         """Write the artefacts, then append ``row``; False when its key was already there."""
         key = row_key(row)
         self._check_columns(row)
+        if key in self.done():  # keep the committed row's artefacts: they belong to it
+            return False
         files = {self.model_path(key, kind): data for kind, data in models.items()}
         self.root.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()

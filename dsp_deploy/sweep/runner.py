@@ -19,7 +19,9 @@ Execution. Local Ray by default (``ray.init(num_cpus=...)``, no dashboard), or a
 existing cluster with ``address``; a Ray session that is already initialised in this
 process is used as it is and left running. The datasets go into the object store once
 (``ray.put``), so workers need the package but not the data. Each task asks for
-``cpus_per_task`` CPUs and runs torch and onnxruntime on as many threads; a task whose
+``cpus_per_task`` CPUs and runs torch and onnxruntime on as many threads, and with
+``gpus_per_task`` > 0 that share of a GPU, on which it trains (CUDA; the export,
+compression and timing stay on the CPU); a task whose
 worker process dies is retried by Ray up to ``retries`` times (``max_retries``), while an
 exception raised by the task itself is not retried (it would fail again) but recorded in
 ``failures.jsonl`` and reported. Only the driver writes to the folder
@@ -62,6 +64,7 @@ class SweepRequest:
     protocol: Protocol
     cpus_per_task: int = 1
     keep_models: bool = False
+    gpus_per_task: float = 0.0  # > 0: tasks train on CUDA, Ray packs 1/this tasks per GPU
 
     def __post_init__(self) -> None:
         for kind, given, known in (
@@ -75,6 +78,8 @@ class SweepRequest:
             raise InputError("no datasets given")
         if self.cpus_per_task < 1:
             raise InputError(f"cpus per task must be >= 1, got {self.cpus_per_task}")
+        if not 0 <= self.gpus_per_task <= 1:
+            raise InputError(f"gpus per task must be in [0, 1], got {self.gpus_per_task}")
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,7 @@ def _task(request: SweepRequest, name: str, arch: str, variant: str, seed: int, 
         threads=request.cpus_per_task,
         latency_runs=protocol.latency_runs,
         keep_models=request.keep_models,
+        gpus=request.gpus_per_task,
     )
 
 
@@ -310,6 +316,7 @@ def _submissions(
             upstream = _from_disk(store, rows, task.upstream_key)
         ref = remote.options(
             num_cpus=task.threads,
+            num_gpus=task.gpus,
             max_retries=retries,
             retry_exceptions=False,
             name=f"sweep:{'/'.join(task.key)}",

@@ -99,12 +99,17 @@ class Task:
     threads: int = 1
     latency_runs: int = 100
     keep_models: bool = False
+    gpus: float = 0.0  # > 0: train on CUDA (Ray schedules this share of a GPU)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise InputError(f"unknown variant {self.variant!r}; expected one of {VARIANTS}")
         if self.arch not in ARCHS:
             raise InputError(f"unknown sweep arch {self.arch!r}; expected one of {ARCHS}")
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus > 0 else "cpu"
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -180,6 +185,7 @@ def run_task(
         "length": length,
         "n_classes": n_classes,
         "host": socket.gethostname(),
+        "device": _device_name(task.device),
         **built.fields,
         "task_seconds": round(time.perf_counter() - start, 3),
     }
@@ -305,8 +311,18 @@ def _fit(
         seed=task.seed,
         batch_size=task.batch_size,
         protocol=protocol,
+        device=task.device,
     )
     return fit(request, train.X, train.y, len(train.classes), sparse_states=states)
+
+
+def _device_name(device: str) -> str:
+    """``cpu``, or ``cuda:<GPU name>``: a result's hardware, for the report's readers."""
+    if device == "cpu":
+        return device
+    import torch
+
+    return f"cuda:{torch.cuda.get_device_name()}"
 
 
 def _state_bytes(net: Any) -> bytes:

@@ -12,8 +12,12 @@ Decisions:
   the authors and the original Keras code: a reproduction first.
 * ``sparsity = 0`` is the dense baseline: the loss is exactly the cross-entropy.
 * Determinism: ``seed`` seeds the initialisation (call :func:`seed_torch` before
-  building the net) and a private generator for the shuffles; CPU kernels are
-  deterministic for a fixed thread count.
+  building the net) and a private CPU generator for the shuffles, so the batches are the
+  same on every device; CPU kernels are deterministic for a fixed thread count, CUDA's
+  are not (cuDNN picks its algorithms), so a GPU run is not bit-identical to a CPU run.
+* Device: ``config.device`` (``cpu``, ``cuda``, ``cuda:N``) holds the weights and the
+  data during the epochs only; ``fit`` returns the model on the CPU, where the analysis,
+  the ONNX export and ``compress`` expect it.
 * The data stay in memory as tensors and batches are index slices: no DataLoader, whose
   per-batch overhead is comparable to a LITE step on small UCR sets.
 """
@@ -47,6 +51,7 @@ class TrainConfig:
     lr_factor: float = 0.5
     lr_patience: int = 50
     min_lr: float = 1e-4
+    device: str = "cpu"  # where the epochs run; see :func:`resolve_device`
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0:
@@ -74,6 +79,28 @@ class TrainResult:
     seconds: float
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``;
+    ``InputError`` for anything else or for a GPU this torch cannot use."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"unsupported device {name!r}; expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "no visible GPU"
+            raise InputError(f"device {name!r}: torch {torch.__version__} has {build}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(
+                f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+    return device
+
+
 def seed_torch(seed: int) -> None:
     """Seed torch's global generator (weight initialisation)."""
     torch.manual_seed(seed)
@@ -90,12 +117,16 @@ def fit(
     """Train ``model`` in place; it ends holding its best-epoch weights, in eval mode.
 
     ``model`` must offer ``forward_with_taps(x) -> (logits, taps)`` with one tap per
-    entry of ``config.layer_weights`` when ``config.sparsity > 0``.
+    entry of ``config.layer_weights`` when ``config.sparsity > 0``. The epochs run on
+    ``config.device``; the model is returned on the CPU.
     """
+    device = resolve_device(config.device)
     xs = torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32))
     ys = torch.as_tensor(np.asarray(y, dtype=np.int64))
     if len(xs) == 0 or len(xs) != len(ys):
         raise InputError(f"training data: {len(xs)} series but {len(ys)} labels")
+    xs, ys = xs.to(device), ys.to(device)
+    model.to(device)  # before the optimiser: Adam's state follows the parameters
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -116,11 +147,13 @@ def fit(
         if progress is not None:
             progress(record)
     model.load_state_dict(best)
+    model.to("cpu")
     model.eval()
     seconds = time.perf_counter() - start
     log.info(
-        "trained %d epochs in %.1f s; best epoch %d loss %.5f",
+        "trained %d epochs on %s in %.1f s; best epoch %d loss %.5f",
         config.epochs,
+        device,
         seconds,
         best_epoch,
         best_loss,
@@ -139,8 +172,9 @@ def _epoch(
     lr: float,
 ) -> EpochRecord:
     model.train()
-    order = torch.randperm(len(xs), generator=gen)
-    sums = torch.zeros(2, dtype=torch.float64)  # ce, sparsity, weighted by batch size
+    order = torch.randperm(len(xs), generator=gen).to(xs.device)
+    # ce, sparsity, weighted by batch size; on the device, so a step never waits for it
+    sums = torch.zeros(2, dtype=torch.float64, device=xs.device)
     for batch in order.split(config.batch_size):
         xb, yb = xs[batch], ys[batch]
         logits, taps = model.forward_with_taps(xb)

@@ -13,7 +13,8 @@ With those protocols, step 1 can be skipped: given the member's trained DSP weig
 (``sparse_states``, e.g. another run's step 1 with the same λ, seed, epochs and data),
 the published net is built and loaded with them instead of trained. Training is
 deterministic on CPU for a fixed thread count, so the outcome is the one that training
-here would give; the member's ``train`` result is then None.
+here would give (on a GPU, up to cuDNN's nondeterminism); the member's ``train`` result
+is then None.
 
 Every member's tapped channels that are exactly zero after their ReLU on the training set
 are reported (:class:`~dsp_deploy.train.protocol.ActivationAnalysis`): those are what
@@ -64,6 +65,7 @@ class TrainRequest:
     batch_size: int = 64
     protocol: str = "none"
     retrain_epochs: int | None = None  # None: same as epochs
+    device: str = "cpu"  # where the epochs run (loop.resolve_device); the model ends on CPU
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -90,6 +92,7 @@ class TrainRequest:
             sparsity=self.lam,
             layer_weights=self.spec.layer_weights,
             seed=seed,
+            device=self.device,
         )
 
 

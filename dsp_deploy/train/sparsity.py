@@ -59,7 +59,9 @@ def dsp_penalty(
     """``λ · Σ_l w_l · L2,1(F_l)``; zero (no graph) when ``sparsity`` is 0."""
     if len(taps) != len(layer_weights):
         raise ValueError(f"{len(taps)} tapped maps but {len(layer_weights)} layer weights")
-    if sparsity == 0.0:
-        return torch.zeros((), dtype=taps[0].dtype if taps else torch.float32)
+    if sparsity == 0.0:  # on the maps' device, so the loss and its sum stay on it
+        if not taps:
+            return torch.zeros(())
+        return torch.zeros((), dtype=taps[0].dtype, device=taps[0].device)
     total = sum(w * group_l21(f) for f, w in zip(taps, layer_weights, strict=True) if w)
     return sparsity * total  # type: ignore[return-value]
