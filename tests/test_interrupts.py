@@ -696,7 +696,7 @@ def test_ctrl_c_while_the_cli_is_still_importing_is_one_line(tmp_path) -> None:
     # the window however loaded the machine is.
     script = tmp_path / "dsp-deploy"
     script.write_text(_PAUSED_ENTRY.replace("TIMEOUT", str(TIMEOUT)))
-    with subprocess.Popen(
+    with _popen(  # SIGINT as from a terminal: a background shell's children ignore it
         [sys.executable, str(script), "--help"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

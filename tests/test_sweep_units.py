@@ -410,10 +410,13 @@ def test_wall_time_rows_per_arch_and_variant() -> None:
         {"arch": "lite", "variant": "dense", "task_seconds": "3560"},
         {"arch": "lite", "variant": "narrow", "task_seconds": "5"},
         {"arch": "lite", "variant": "narrow", "task_seconds": ""},  # a row without it
+        {"arch": "lite", "variant": "dense", "task_seconds": "4", "device": "cuda:H200"},
+        {"arch": "lite", "variant": "narrow", "task_seconds": "7", "device": "cpu"},
     ]
     assert _wall_rows(rows) == [
-        ("lite", "dense", 3, 30.0, 1200.0, 1.0),
-        ("lite", "narrow", 1, 5.0, 5.0, 5 / 3600),
+        ("lite", "dense", "cpu", 3, 30.0, 1200.0, 1.0),  # rows without a device: CPU
+        ("lite", "dense", "cuda:H200", 1, 4.0, 4.0, 4 / 3600),
+        ("lite", "narrow", "cpu", 2, 6.0, 6.0, 12 / 3600),
     ]
 
 

@@ -217,13 +217,15 @@ def _md_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def _wall_rows(rows: Sequence[Mapping[str, str]]) -> list[tuple[object, ...]]:
-    seconds: dict[tuple[str, str], list[float]] = {}
+    """Per (arch, variant, device): rows, median, mean and total seconds per task."""
+    seconds: dict[tuple[str, str, str], list[float]] = {}
     for r in rows:
         if r.get("task_seconds"):
-            seconds.setdefault((r["arch"], r["variant"]), []).append(float(r["task_seconds"]))
+            kind = (r["arch"], r["variant"], r.get("device") or "cpu")  # older rows: CPU
+            seconds.setdefault(kind, []).append(float(r["task_seconds"]))
     return [
-        (arch, variant, len(s), statistics.median(s), statistics.fmean(s), sum(s) / 3600)
-        for (arch, variant), s in sorted(seconds.items())
+        (*kind, len(s), statistics.median(s), statistics.fmean(s), sum(s) / 3600)
+        for kind, s in sorted(seconds.items())
     ]
 
 
@@ -364,9 +366,12 @@ def markdown(report: SweepReport, figures: Sequence[tuple[str, str]] = ()) -> st
         "Seconds per task on its worker (training, export, compression, evaluation, "
         "latency), over the rows of each kind. `dsp-onnx-rule` reads its sparse model from "
         "`dsp-onnx`, and `dsp-retrain` its DSP weights where `dsp-onnx` saved them "
-        "(`models/KEY.state.pt`; rows from before that include their own DSP training).\n",
+        "(`models/KEY.state.pt`; rows from before that include their own DSP training). "
+        "CPU tasks ran on one core each (`--cpus-per-task`); GPU tasks shared one GPU "
+        "with the tasks beside them.\n",
         _md_table(
-            ("arch", "variant", "n", "median s", "mean s", "total h"), _wall_rows(report.rows)
+            ("arch", "variant", "device", "n", "median s", "mean s", "total h"),
+            _wall_rows(report.rows),
         ),
         "## Dense against the published ensembles\n",
         _md_table(
