@@ -224,10 +224,12 @@ def markdown(doc: dict) -> str:
             )
     lines += [
         "",
-        "LITE and LITETime keep their BN: their Concat also reads Relu(Concat(hand-crafted "
-        "filters)), which is no Conv, so only that inner Relu moves (onto 17 one-channel "
-        "Convs). Under `--conv2d` a moved Relu goes inside the 2-D wrapper of a blocked Conv "
-        "(before its Squeeze), where onnxruntime fuses it into the Conv.",
+        "LITE's (and each LITETime member's) Concat also reads Relu(Concat(hand-crafted "
+        "filters)), which is no Conv: its BN folds into the three learned branches (96 "
+        "channels) and stays, sliced, over the 17 hand-crafted channels alone; the inner "
+        "Relu moves onto the 17 one-channel Convs and the outer one onto every Concat input. "
+        "Under `--conv2d` a moved Relu goes inside the 2-D wrapper of a blocked Conv (before "
+        "its Squeeze), where onnxruntime fuses it into the Conv.",
     ]
     return "\n".join(lines) + "\n"
 

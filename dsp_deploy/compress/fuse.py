@@ -24,30 +24,34 @@ Relu(c_n))`` along any axis; moved before the Concat, each Relu directly follows
 Conv and onnxruntime fuses the two. Rewritten when the Relu is the Concat's only reader
 and each ``c_k`` is a Conv output that the Concat alone reads.
 
-Either rewrite needs *every* Concat input to be such a Conv: a branch of another kind
-(a MaxPool, or LITE's ``Relu(Concat(hand-crafted filters))``) leaves the Concat alone,
-with the reason in ``FuseResult.skipped``. BN is folded first, so a module's Relu, which
-reads the BN, then reads the Concat and moves too. The rewritten Concat keeps the name of
+**Other inputs.** A Concat input that is not such a Conv (a MaxPool, a Conv whose output
+is read elsewhere too, or LITE's ``Relu(Concat(hand-crafted filters))``) keeps its share
+of the normalisation: the BN's own node on that input alone, with the four parameters
+sliced to its channels (the same arithmetic), and the Relu moves onto it as onto the
+Convs. At most one input may be of that kind, since the BN's width minus the Convs'
+widths gives its channels without shape inference (LITE has one); at least one input
+must be a Conv. Anything else leaves the Concat alone, with the reason in
+``FuseResult.skipped``. BN is folded first, so a module's Relu, which reads the BN,
+then reads the Concat and moves too. The rewritten Concat keeps the name of
 the BN's (Relu's) output, so readers and graph outputs are unchanged. New weights are new
 initializers (one another node reads stays as it is); replaced ones nobody reads any more
 are dropped.
 
 Measured (``benchmarks/fuse_concat.py``, onnxruntime 1.32, 1 thread, AMD EPYC AVX2,
-fused / original latency, median of 15–25 interleaved rounds on a machine shared with a
-background job, so ±3% is noise): Inception and InceptionTime, dense and pruned, run
-2–4% faster at batch 1 and 64 (0.956–0.991; the profile gave BN + Relu 5% of
-Inception's kernel time); logits agree to 2.9e-7 of their largest magnitude. LITE and
-LITETime gain nothing (0.96–1.04, within the quartiles): their BN stays (above), and
-moving a Relu over 17 channels saves nothing. Hence ``compress --fuse`` is off by
-default. With ``--conv2d`` the moved Relus go inside the wrappers of blocked Convs and
-fuse there (``layout``): fused --conv2d / --conv2d 0.935–0.975 for Inception and
-InceptionTime (one 1.009, pruned InceptionTime at batch 64), against 0.971–1.018 when
-they sat after the Squeeze. On the emulated Cortex-A72 (``fuse_concat.py --emulated``, one emulated
-process, 35 rounds, batch 1, LITE also 64) onnxruntime's aarch64 build fuses the same way
-(Inception's optimised graph loses its 6 BN and gains 24 FusedConv), yet fused / original
-came out 0.96–1.02 for LITE and Inception, dense and pruned, with per-round quartiles
-0.09–0.43 apart on a busy host: no gain that run could resolve. Emulated timings compare
-variants within one run only; they are no Pi latencies.
+fused / original latency, median of 15 interleaved rounds on a machine shared with a
+background sweep, so ±3% is noise): every shipped GunPoint model, dense and pruned, at
+batch 1 and 64, came out 0.944–1.006 (LITE 0.944–0.981, LITETime 0.951–0.997, Inception
+0.981–0.986, InceptionTime 0.949–1.006); logits agree to 2.9e-7 of their largest
+magnitude. Before LITE's BN was sliced (it stayed whole), LITE and LITETime were
+0.96–1.04. Gains this small and this noisy keep ``compress --fuse`` off by default.
+With ``--conv2d`` the moved Relus go inside the wrappers of blocked Convs and fuse there
+(``layout``): fused --conv2d / --conv2d 0.948–0.991. On the emulated Cortex-A72
+(``fuse_concat.py --emulated``, one emulated process, 35 rounds, batch 1, LITE also 64,
+run before LITE's BN was sliced) onnxruntime's aarch64 build fuses the same way
+(Inception's optimised graph loses its 6 BN and gains 24 FusedConv), yet fused /
+original came out 0.96–1.02 for LITE and Inception, dense and pruned, with per-round
+quartiles 0.09–0.43 apart on a busy host: no gain that run could resolve. Emulated
+timings compare variants within one run only; they are no Pi latencies.
 """
 
 from __future__ import annotations
@@ -115,25 +119,25 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 _NO_CONCAT = "does not read a Concat"
+Part = onnx.NodeProto | None  # a Concat input: its Conv, or None for another source
 
 
-def _concat_of_convs(name: str, index: _Index) -> tuple[onnx.NodeProto, list[onnx.NodeProto]] | str:
-    """The Concat producing ``name`` and the Convs it concatenates, or why not."""
+def _concat_parts(name: str, index: _Index) -> tuple[onnx.NodeProto, list[Part]] | str:
+    """The Concat producing ``name`` and, per input, the Conv it comes from where the
+    Concat alone reads that Conv (None for any other input); or why not."""
     concat = index.made_by(name)
     if concat is None or not _is(concat, "Concat"):
         return _NO_CONCAT
     if not index.only_reader(name):
         return "the Concat has other readers"
-    convs = []
+    parts: list[Part] = []
     for i in concat.input:
         conv = index.made_by(i)
-        if conv is None or not _is(conv, "Conv"):
-            source = conv.op_type if conv is not None else "a graph input or initializer"
-            return f"Concat input {i!r} comes from {source}, not a Conv"
-        if not index.only_reader(i):
-            return f"Conv output {i!r} has other readers"
-        convs.append(conv)
-    return concat, convs
+        exclusive = conv is not None and _is(conv, "Conv") and index.only_reader(i)
+        parts.append(conv if exclusive else None)
+    if not any(parts):
+        return "no Concat input is a Conv output that the Concat alone reads"
+    return concat, parts
 
 
 # --- BatchNormalization ----------------------------------------------------------------
@@ -169,26 +173,31 @@ def _channel_axis(concat: onnx.NodeProto, rank: int) -> bool:
 
 
 def _bn_match(bn: onnx.NodeProto, opset: int, index: _Index):
-    """``(concat, convs)`` when ``bn`` folds into the Convs before its Concat, else why not."""
+    """``(concat, parts, widths)`` when ``bn`` folds into the Convs before its Concat
+    (``parts``: each input's Conv, or None where a slice of the BN stays), else why not."""
     reason = _bn_form_reason(bn, opset, index)
-    found = reason or _concat_of_convs(bn.input[0], index)
+    found = reason or _concat_parts(bn.input[0], index)
     if isinstance(found, str):
         return found
-    concat, convs = found
-    reason = next((r for r in (_conv_reason(c, index) for c in convs) if r), None)
-    if reason:
-        return reason
-    weights = [index.constants[c.input[1]] for c in convs]
-    if not _channel_axis(concat, len(weights[0].dims)):
+    concat, parts = found
+    parts = [c if c is not None and _conv_reason(c, index) is None else None for c in parts]
+    if not any(parts):
+        return next(r for c in found[1] if c is not None and (r := _conv_reason(c, index)))
+    weights = [index.constants[c.input[1]] if c is not None else None for c in parts]
+    rank = len(next(w for w in weights if w is not None).dims)
+    if not _channel_axis(concat, rank):
         return f"Concat axis {attr(concat, 'axis', 1)} is not the channel axis"
-    width = sum(int(w.dims[0]) for w in weights)
     if any(len(index.constants[p].dims) != 1 for p in bn.input[1:5]):
         return "BN parameters are not vectors"
-    if width != int(index.constants[bn.input[1]].dims[0]):
-        return (
-            f"Convs give {width} channels, the BN normalises {index.constants[bn.input[1]].dims[0]}"
-        )
-    return concat, convs
+    channels = int(index.constants[bn.input[1]].dims[0])
+    known = sum(int(w.dims[0]) for w in weights if w is not None)
+    others = [concat.input[k] for k, w in enumerate(weights) if w is None]
+    if len(others) > 1:  # their widths would need shape inference; LITE has one
+        return f"Concat inputs {others} are not Convs the BN folds into (at most one may be)"
+    if known + (1 if others else 0) > channels or (not others and known != channels):
+        return f"Convs give {known} channels, the BN normalises {channels}"
+    widths = [int(w.dims[0]) if w is not None else channels - known for w in weights]
+    return concat, parts, widths
 
 
 def _affine(bn: onnx.NodeProto, index: _Index) -> tuple[np.ndarray, np.ndarray]:
@@ -204,16 +213,36 @@ def _fold(
     graph: onnx.GraphProto,
     bn: onnx.NodeProto,
     concat: onnx.NodeProto,
-    convs: list[onnx.NodeProto],
+    parts: list[Part],
+    widths: list[int],
     index: _Index,
     names: _Names,
-) -> None:
+) -> list[onnx.NodeProto]:
+    """Fold ``bn`` into the Conv parts; each other part gets a BN over its own channels
+    (the same node on sliced parameters). Returns those BNs, to insert before the Concat."""
     s, t = _affine(bn, index)
-    start = 0
-    for conv in convs:
-        w = numpy_helper.to_array(index.constants[conv.input[1]])
-        rows = slice(start, start + w.shape[0])
+    label = bn.name or bn.output[0]
+    start, slices = 0, []
+    for k, (conv, width) in enumerate(zip(parts, widths, strict=True)):
+        rows = slice(start, start + width)
         start = rows.stop
+        if conv is None:
+            params = [
+                names.add(graph, numpy_helper.to_array(index.constants[p])[rows], f"{p}_part")
+                for p in bn.input[1:5]
+            ]
+            out = names.fresh(f"{concat.input[k]}_bn")
+            part = onnx.helper.make_node(
+                "BatchNormalization",
+                [concat.input[k], *params],
+                [out],
+                name=names.node(f"{label}_{k}"),
+            )
+            part.attribute.extend(bn.attribute)
+            slices.append(part)
+            concat.input[k] = out
+            continue
+        w = numpy_helper.to_array(index.constants[conv.input[1]])
         has_bias = len(conv.input) > 2 and conv.input[2]
         b = numpy_helper.to_array(index.constants[conv.input[2]]) if has_bias else 0.0
         scaled = w.astype(np.float64) * s[rows].reshape(-1, *[1] * (w.ndim - 1))
@@ -227,6 +256,7 @@ def _fold(
         del conv.input[1:]
         conv.input.extend([w_name, b_name])
     concat.output[0] = bn.output[0]
+    return slices
 
 
 # --- Relu --------------------------------------------------------------------------------
@@ -240,7 +270,7 @@ def _split_relu(
     nodes = []
     for k, name in enumerate(concat.input):
         out = names.fresh(f"{name}_relu")
-        nodes.append(onnx.helper.make_node("Relu", [name], [out], name=f"{label}_{k}"))
+        nodes.append(onnx.helper.make_node("Relu", [name], [out], name=names.node(f"{label}_{k}")))
         concat.input[k] = out
     concat.output[0] = relu.output[0]
     return nodes
@@ -250,17 +280,26 @@ def _split_relu(
 
 
 class _Names:
-    """Tensor names not taken yet in the graph (initializers, node outputs, inputs)."""
+    """Tensor names (initializers, node outputs, inputs) and node names not taken yet."""
 
     def __init__(self, graph: onnx.GraphProto) -> None:
         self.taken = {t.name for t in graph.initializer} | {v.name for v in graph.input}
         self.taken |= {o for n in graph.node for o in n.output}
+        self.nodes = {n.name for n in graph.node if n.name}
 
     def fresh(self, base: str) -> str:
+        return self._first_free(base, self.taken)
+
+    def node(self, base: str) -> str:
+        """A node name no other node has (onnxruntime refuses duplicates)."""
+        return self._first_free(base, self.nodes)
+
+    @staticmethod
+    def _first_free(base: str, taken: set[str]) -> str:
         name, k = base, 1
-        while name in self.taken:
+        while name in taken:
             name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
+        taken.add(name)
         return name
 
     def add(self, graph: onnx.GraphProto, value: np.ndarray, base: str) -> str:
@@ -281,20 +320,22 @@ def _rewrite(graph: onnx.GraphProto, op_type: str, opset: int, labels: dict[str,
             continue
         label = labels.get(node.output[0]) or node_label(node, position)
         bn = op_type == "BatchNormalization"
-        found = _bn_match(node, opset, index) if bn else _concat_of_convs(node.input[0], index)
+        found = _bn_match(node, opset, index) if bn else _concat_parts(node.input[0], index)
         if isinstance(found, str):
             if found != _NO_CONCAT:
                 skipped.append((label, found))
                 logger.debug("%s stays: %s", label, found)
             continue
-        concat, convs = found
+        concat = found[0]
         dropped.add(concat.output[0])
         drop.add(position)
         done.append(label)
+        before_concat = index.producer[node.input[0]]
         if bn:
-            _fold(graph, node, concat, convs, index, names)
+            _, parts, widths = found
+            insert[before_concat] = _fold(graph, node, concat, parts, widths, index, names)
         else:
-            insert[index.producer[node.input[0]]] = _split_relu(node, concat, names)
+            insert[before_concat] = _split_relu(node, concat, names)
     if done:
         nodes = [
             new
