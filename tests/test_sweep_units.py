@@ -476,3 +476,19 @@ def test_progress_off_a_terminal_prints_one_line_per_task(monkeypatch, capsys) -
         "[1/2] B/lite/dense/1 · elapsed 0:00:30 · ETA 0:00:30",
         "[2/2] C/lite/dense/1 FAILED: worker died · elapsed 0:01:30 · ETA 0:00:00",
     ]
+
+
+def test_plan_gives_each_task_its_gpu_share_and_device(tmp_path) -> None:
+    from dsp_deploy.data import load_train_test
+    from dsp_deploy.sweep.runner import SweepRequest, plan_sweep
+
+    data = {"UnitTest": load_train_test("UnitTest")}
+    for gpus, device in ((0.0, "cpu"), (0.25, "cuda")):
+        request = SweepRequest(
+            ("UnitTest",), ("lite",), ("dense", "dsp-onnx"), CPU_SMALL, gpus_per_task=gpus
+        )
+        plan = plan_sweep(request, data, ResultsStore(tmp_path / device))
+        assert {(t.gpus, t.device) for t in plan.tasks} == {(gpus, device)}
+        assert len(plan.pending) == len(CPU_SMALL.seeds) * 2
+    with pytest.raises(InputError, match="gpus per task"):
+        SweepRequest(("UnitTest",), ("lite",), ("dense",), CPU_SMALL, gpus_per_task=1.5)
