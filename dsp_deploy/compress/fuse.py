@@ -180,9 +180,10 @@ def _bn_match(bn: onnx.NodeProto, opset: int, index: _Index):
     if isinstance(found, str):
         return found
     concat, parts = found
-    parts = [c if c is not None and _conv_reason(c, index) is None else None for c in parts]
-    if not any(parts):
-        return next(r for c in found[1] if c is not None and (r := _conv_reason(c, index)))
+    reasons = [None if c is None else _conv_reason(c, index) for c in parts]
+    if all(c is None or r for c, r in zip(parts, reasons, strict=True)):
+        return next(r for r in reasons if r)  # every Conv part has one: name the first
+    parts = [None if r else c for c, r in zip(parts, reasons, strict=True)]
     weights = [index.constants[c.input[1]] if c is not None else None for c in parts]
     rank = len(next(w for w in weights if w is not None).dims)
     if not _channel_axis(concat, rank):
