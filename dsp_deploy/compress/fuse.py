@@ -46,12 +46,12 @@ magnitude. Before LITE's BN was sliced (it stayed whole), LITE and LITETime were
 0.96–1.04. Gains this small and this noisy keep ``compress --fuse`` off by default.
 With ``--conv2d`` the moved Relus go inside the wrappers of blocked Convs and fuse there
 (``layout``): fused --conv2d / --conv2d 0.948–0.991. On the emulated Cortex-A72
-(``fuse_concat.py --emulated``, one emulated process, 35 rounds, batch 1, LITE also 64,
-run before LITE's BN was sliced) onnxruntime's aarch64 build fuses the same way
-(Inception's optimised graph loses its 6 BN and gains 24 FusedConv), yet fused /
-original came out 0.96–1.02 for LITE and Inception, dense and pruned, with per-round
-quartiles 0.09–0.43 apart on a busy host: no gain that run could resolve. Emulated
-timings compare variants within one run only; they are no Pi latencies.
+(``fuse_concat.py --emulated``, one emulated process, 35 rounds, batch 1, LITE also 64)
+onnxruntime's aarch64 build fuses the same way (Inception's optimised graph loses its 6
+BN and gains 24 FusedConv), yet fused / original came out 0.977–1.014 for LITE and
+Inception, dense and pruned, with per-round quartiles 0.12–0.27 apart on a busy host: no
+gain that run could resolve. Emulated timings compare variants within one run only;
+they are no Pi latencies.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ On aarch64 the 2-D form gains nothing: onnxruntime's aarch64 build has no blocke
 (its optimised graphs of ``--conv2d`` models hold no ``com.microsoft.nchwc`` Conv; x86's
 hold 31 for the dense Inception), so the wrapper only adds reshapes. On the emulated
 Cortex-A72 (``benchmarks/fuse_concat.py --emulated``) the 2-D LITE and Inception models,
-dense and pruned, ran 0.97–1.03× as long as the 1-D ones, within that run's noise;
+dense and pruned, ran 0.98–1.04× as long as the 1-D ones, within that run's noise;
 emulated timings compare models within one run only.
 
 ``conv1d_as_conv2d(model)`` wraps each 1-D ``Conv`` that the blocked kernels accept as
