@@ -35,7 +35,10 @@ def test_compress_json_writes_default_output(files, run_cli) -> None:
     assert report["output"] == str(out) and report["verified"] is True
     assert report["params"][1] < report["params"][0] and report["macs"][1] < report["macs"][0]
     assert report["channels"]["Conv_0"] == [4, 3]
-    assert report["holdout"]["accuracy"] == [1.0, 1.0]
+    # lossless: decided on, and checked on, all 100 samples; the k-fold report beside it
+    assert report["holdout"] is None and report["decision"]["samples"] == 100
+    assert report["decision"]["accuracy"] == [1.0, 1.0]
+    assert report["folds"]["folds"] == 5 and sum(report["folds"]["samples"]) == 100
     assert {"input", "max_abs_diff", "seconds", "layers"} <= report.keys()
     pruned = io.load_model(out)
     onnx.checker.check_model(pruned, full_check=True)
@@ -64,6 +67,9 @@ def test_failed_gate_exits_1_and_writes_nothing_unless_forced(files, run_cli, tm
     result = run_cli(*args)
     assert result.code == 1 and "not written" in result.stderr
     assert not out.exists()
+    # a refusal is short: no per-layer table unless asked for
+    assert len((result.stdout + result.stderr).strip().splitlines()) <= 3
+    assert "Conv_0" in run_cli(*args, "-v").stdout
     forced = run_cli(*args, "--force")
     assert forced.code == 0 and out.exists()
 

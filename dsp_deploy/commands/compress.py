@@ -30,6 +30,14 @@ def register(app: typer.Typer) -> None:
     app.command("compress")(compress_command)
 
 
+NOTHING_TO_PRUNE = (
+    "nothing to prune: no channel is zero (or a foldable constant) on every calibration "
+    "sample, so the model is written unchanged. Normally trained models rarely have dead "
+    "channels: train with a sparsity loss (dsp-deploy train --sparsity), or try the lossy "
+    "--criterion dsp (gated on held-out samples)."
+)
+
+
 def default_output(model: str) -> Path:
     """``<stem>.pruned.onnx`` beside the input model."""
     p = Path(model)
@@ -50,6 +58,7 @@ def _check_options(
     criterion: str,
     compensation: str,
     align: int = 1,
+    folds: int = 0,
 ) -> None:
     """Every option value usable, or ``InputError`` naming the first that is not."""
     choice("--criterion", criterion, ("dead", "dsp"))
@@ -60,6 +69,7 @@ def _check_options(
     positive("--batch-size", batch_size)
     positive("--threads", threads)
     at_least("--min-count", min_count, 0)
+    at_least("--folds", folds, 0)
     positive("--align", align)
     for option, value in (("--threshold", threshold), ("--atol", atol), ("--rtol", rtol)):
         finite_at_least(option, value)
@@ -94,7 +104,22 @@ def compress_command(
     reconstruct: Annotated[
         bool, typer.Option("--reconstruct", help="Least-squares refit (= --compensation lstsq).")
     ] = False,
-    holdout: Annotated[float, typer.Option("--holdout", help="Held-out fraction.")] = 0.2,
+    holdout: Annotated[
+        float,
+        typer.Option(
+            "--holdout",
+            help="Lossy criteria (dsp, --threshold > 0): fraction held out to gate on. "
+            "The lossless default decides on, and reproduces, every sample.",
+        ),
+    ] = 0.2,
+    folds: Annotated[
+        int,
+        typer.Option(
+            "--folds",
+            help="Lossless: report channels that wake on a fold left out of the decision, "
+            "and max |Δ| there (a report, not a gate; 0: off).",
+        ),
+    ] = 5,
     atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance.")] = 1e-5,
     rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance.")] = 1e-4,
     min_agreement: Annotated[
@@ -123,6 +148,9 @@ def compress_command(
         ),
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Write even if a gate fails.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Print the per-layer table on failure too.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Remove dead (or, with --criterion dsp, weak) channels and prove the outputs."""
@@ -143,6 +171,7 @@ def compress_command(
         criterion=criterion,
         compensation=compensation,
         align=align,
+        folds=folds,
     )
     loaded = io.load_model(model)
     # Before the calibration pass, not after it: a bad -o must not cost a whole run.
@@ -158,6 +187,7 @@ def compress_command(
             compensation=compensation,
             reconstruct=reconstruct,
             holdout=holdout,
+            folds=folds,
             atol=atol,
             rtol=rtol,
             min_agreement=min_agreement,
@@ -173,7 +203,7 @@ def compress_command(
         io.save_model(result.model, out, inputs=[model, calib])
     if as_json:
         typer.echo(json.dumps(_as_dict(result, model, out, write)))
-    else:
+    elif write or verbose:
         _render(result, model, out, write)
     if not result.verified and not force:
         raise VerificationError(f"{model}: not written ({'; '.join(result.failures)})")
@@ -201,6 +231,7 @@ def _as_dict(result: CompressResult, model: str, out: Path, written: bool) -> di
         ],
         "decision": result.decision.as_dict(),
         "holdout": None if result.holdout is None else result.holdout.as_dict(),
+        "folds": None if result.folds is None else result.folds.as_dict(),
         "random_inputs": None if result.random is None else result.random.as_dict(),
         "failures": list(result.failures),
         "seconds": result.seconds,
@@ -255,8 +286,10 @@ def _render(result: CompressResult, model: str, out: Path, written: bool) -> Non
             f"{label}: {report.samples} samples, max |Δ| {report.max_abs_diff:.3g}, "
             f"agreement {report.agreement:.4f}{acc}"
         )
+    if result.folds is not None:
+        console.print(result.folds.summary())
     if not result.changed:
-        console.print("nothing to prune: the model is written unchanged")
+        console.print(NOTHING_TO_PRUNE)
     for failure in result.failures:
         console.print(f"[red]gate failed:[/red] {failure}")
     where = f"wrote {out}" if written else "nothing written"

@@ -264,6 +264,44 @@ class Probe:
         )
 
 
+def merge_stats(parts: Sequence[ActivationStats]) -> ActivationStats:
+    """The statistics of the union of disjoint sample sets, from each set's statistics.
+
+    Extremes combine by min/max, means and energies weighted by their value counts,
+    ``active`` (a count of instances) and Gram matrices (weighted by rows) add, outputs
+    concatenate in the order given: the same numbers one pass over the union gives, up
+    to float64 rounding.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    tensors = {name: _merge_tensor([p.tensors[name] for p in parts]) for name in parts[0].tensors}
+    # Calibration samples share one length, so every sample adds the same rows to a Gram.
+    n = sum(p.samples for p in parts)
+    gram = {name: sum(p.samples * p.gram[name] for p in parts) / n for name in parts[0].gram}
+    return ActivationStats(
+        tensors=MappingProxyType(tensors),
+        gram=MappingProxyType(gram),
+        outputs=tuple(np.concatenate(o) for o in zip(*(p.outputs for p in parts), strict=True)),
+        samples=n,
+    )
+
+
+def _merge_tensor(parts: Sequence[TensorStats]) -> TensorStats:
+    count = sum(p.count for p in parts)
+    lo = np.minimum.reduce([p.minimum for p in parts])
+    hi = np.maximum.reduce([p.maximum for p in parts])
+    return TensorStats(
+        samples=sum(p.samples for p in parts),
+        count=count,
+        max_abs=np.maximum(np.abs(lo), np.abs(hi)),
+        minimum=lo,
+        maximum=hi,
+        mean=sum(p.mean * p.count for p in parts) / count,
+        energy=sum(p.energy * p.count for p in parts) / count,
+        active=sum(p.active for p in parts),
+    )
+
+
 def collect_stats(
     model: onnx.ModelProto,
     inputs: Mapping[str, np.ndarray],

@@ -1,10 +1,14 @@
 """``compress``: statistics → groups → plan → prune → verify, composition only.
 
-The calibration samples are split once (seeded): channels are decided on the *decision*
-part (1 − holdout) and the pruned model is checked on both parts. Gates (any failing one
-is listed in ``failures``; the CLI exits 1 and writes nothing unless ``--force``):
+Lossless (``dead``, threshold 0): channels are decided on *every* calibration sample
+and the written model must reproduce every one of them within ``atol + rtol·|y|``; how
+far that generalises is measured by a k-fold report (``compress.folds``), not traded
+for exactness. Lossy criteria (``dsp``, ``dead`` with a threshold) split the samples
+once (seeded): channels are decided on the *decision* part (1 − holdout) and the model
+is gated on the held-out part. Gates (any failing one is listed in ``failures``; the
+CLI exits 1 and writes nothing unless ``--force``):
 
-* ``dead`` with threshold 0: decision-part outputs within ``atol + rtol·|y|``;
+* lossless: outputs on every sample within ``atol + rtol·|y|``;
 * held-out part: argmax agreement ≥ ``min_agreement``;
 * with labels: accuracy drop (held-out part, or the decision part when nothing is held
   out) ≤ ``max_accuracy_drop``.
@@ -13,9 +17,11 @@ Random standard-normal inputs (``RANDOM_SAMPLES`` of them) are compared too, as 
 report only: they wake channels that real data never does, so they would refuse sound
 pruning.
 
-Cost: one session of the original model (``Probe``: statistics on the decision part, its
-outputs on the held-out part and on the random inputs) and one of the pruned model, so
-about two inference passes over the calibration set plus the statistics
+Reference outputs come from a plain session of the original model, never from the
+instrumented one: onnxruntime may compute a graph with extra outputs differently (other
+fusions), and "unchanged" is about the model a user runs. Cost: the instrumented pass
+(statistics), one pass of the plain original and one of the pruned model over the
+calibration set, plus one pruning and one run over a fold per fold whose plan differs
 (``benchmarks/compress_speed.py``).
 """
 
@@ -25,13 +31,22 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from dsp_deploy import metadata
-from dsp_deploy.compress.calibrate import ActivationStats, Probe, collect_stats, session
+from dsp_deploy.compress.calibrate import (
+    ActivationStats,
+    Probe,
+    collect_stats,
+    merge_stats,
+    run_model,
+    session,
+)
+from dsp_deploy.compress.folds import DEFAULT_FOLDS, FoldReport, fold_indices, fold_report
 from dsp_deploy.compress.graph import copy_model
 from dsp_deploy.compress.groups import ChannelAnalysis, find_groups
 from dsp_deploy.compress.plan import DEFAULT_COMPENSATION, PruningPlan, make_plan
@@ -65,6 +80,7 @@ class CompressResult:
     macs: tuple[int, int]
     decision: ParityReport
     holdout: ParityReport | None
+    folds: FoldReport | None
     random: ParityReport | None
     failures: tuple[str, ...]
     seconds: float
@@ -76,6 +92,11 @@ class CompressResult:
     @property
     def changed(self) -> bool:
         return bool(self.plan.remove or self.plan.compensations)
+
+
+def is_lossless(criterion: str, threshold: float) -> bool:
+    """Whether ``criterion`` promises unchanged outputs: ``dead`` with threshold 0."""
+    return criterion == "dead" and threshold == 0
 
 
 def split(n: int, holdout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +152,10 @@ def _layers(analysis: ChannelAnalysis, plan: PruningPlan, before, after) -> tupl
 
 
 def _random_report(
-    probe: Probe, candidate: ort.InferenceSession, calibration: Calibration, **tol
+    original: ort.InferenceSession,
+    candidate: ort.InferenceSession,
+    calibration: Calibration,
+    **tol,
 ) -> ParityReport:
     # A report only, and a few samples say enough: random inputs wake channels that real
     # data never does.
@@ -140,14 +164,15 @@ def _random_report(
         k: rng.standard_normal((min(RANDOM_SAMPLES, len(v)), *v.shape[1:])).astype(np.float32)
         for k, v in calibration.inputs.items()
     }
-    return verify(probe.run(feeds, tol["batch_size"]), candidate, feeds, **tol)
+    reference = run_model(original, feeds, batch_size=tol["batch_size"])
+    return verify(reference, candidate, feeds, **tol)
 
 
 def _gates(criterion, threshold, decision, holdout, min_agreement, max_drop) -> tuple[str, ...]:
     failures = []
-    if criterion == "dead" and threshold == 0 and not decision.within_tolerance:
+    if is_lossless(criterion, threshold) and not decision.within_tolerance:
         failures.append(
-            f"outputs deviate on the decision samples (max |Δ| {decision.max_abs_diff:.3g})"
+            f"outputs deviate on the calibration samples (max |Δ| {decision.max_abs_diff:.3g})"
         )
     if holdout is not None and holdout.agreement < min_agreement:
         failures.append(f"held-out prediction agreement {holdout.agreement:.4f} < {min_agreement}")
@@ -195,6 +220,7 @@ def compress(
     compensation: str = DEFAULT_COMPENSATION,
     reconstruct: bool = False,
     holdout: float = 0.2,
+    folds: int = DEFAULT_FOLDS,
     atol: float = 1e-5,
     rtol: float = 1e-4,
     min_agreement: float = 0.99,
@@ -221,28 +247,37 @@ def compress(
     start = time.perf_counter()
     batch_size = run_batch_size(model, batch_size)
     analysis = find_groups(model)
-    decide, held = split(len(calibration), holdout, seed)
+    exact = is_lossless(criterion, threshold)
+    decide, held = split(len(calibration), 0.0 if exact else holdout, seed)
     part, rest = calibration.take(decide), calibration.take(held)
     mode = "lstsq" if reconstruct else compensation
     # Gram matrices cost more than the whole inference pass; only the rule's lstsq reads them.
     refit = criterion == "dsp" and mode == "lstsq"
     gram = [c.tensor for c in analysis.consumers if c.pointwise] if refit else []
     tensors = probe_tensors(analysis)
-    probe = Probe(model, [*tensors, *gram], threads)  # the one session of the original
-    segments = probe_segments(analysis)
-    stats = probe.statistics(
-        part.inputs, tensors, gram=gram, segments=segments, batch_size=batch_size
+    probe = Probe(model, [*tensors, *gram], threads)  # the original, with probe outputs
+    original = session(model, threads)  # the plain original: the reference outputs
+    measure = partial(
+        probe.statistics,
+        tensors=tensors,
+        gram=gram,
+        segments=probe_segments(analysis),
+        batch_size=batch_size,
     )
+    index = fold_indices(len(part), folds, seed) if exact and folds >= 2 and len(part) > 1 else ()
+    fold_stats = [measure(part.take(i).inputs) for i in index]
+    stats = merge_stats(fold_stats) if fold_stats else measure(part.inputs)
     count = default_min_count(model) if min_count is None else min_count
-    plan = make_plan(
+    plan_for = partial(
+        make_plan,
         analysis,
-        stats,
         criterion=criterion,
         threshold=threshold,
         min_count=count,
         compensation=mode,
         align=align,
     )
+    plan = plan_for(stats)
     pruned = prune(model, plan) if plan.remove or plan.compensations else copy_model(model)
     fused = fuse_concat(pruned) if fuse else None
     if fused is not None:
@@ -252,12 +287,29 @@ def compress(
         pruned, wrapped = conv1d_as_conv2d(pruned)
     candidate = session(pruned, threads)
     tol = {"atol": atol, "rtol": rtol, "batch_size": batch_size}
-    decision = verify(stats.outputs, candidate, part.inputs, labels=part.labels, **tol)
+    reference = run_model(original, part.inputs, batch_size=batch_size)
+    written = run_model(candidate, part.inputs, batch_size=batch_size)
+    decision = compare(reference, written, atol=atol, rtol=rtol, labels=part.labels)
+    fold_check = None
+    if index:
+        fold_check = fold_report(
+            fold_stats,
+            index,
+            plan,
+            reference,
+            written,
+            plan_for=plan_for,
+            outputs_of=lambda p, i: run_model(
+                prune(model, p), part.take(i).inputs, batch_size=batch_size, threads=threads
+            ),
+            atol=atol,
+            rtol=rtol,
+        )
     held_report = None
     if len(rest):
-        reference = probe.run(rest.inputs, batch_size)
-        held_report = verify(reference, candidate, rest.inputs, labels=rest.labels, **tol)
-    random = _random_report(probe, candidate, calibration, **tol)
+        rest_reference = run_model(original, rest.inputs, batch_size=batch_size)
+        held_report = verify(rest_reference, candidate, rest.inputs, labels=rest.labels, **tol)
+    random = _random_report(original, candidate, calibration, **tol)
     length = next(iter(calibration.inputs.values())).shape[-1]
     before, after = model_cost(model, length=length), model_cost(pruned, length=length)
     failures = _gates(criterion, threshold, decision, held_report, min_agreement, max_accuracy_drop)
@@ -279,6 +331,7 @@ def compress(
             "macs": [before.macs, after.macs],
             "max_abs_diff": decision.max_abs_diff,
             "calibration_samples": [len(decide), len(held)],
+            "folds": None if fold_check is None else fold_check.as_dict(),
         },
     )
     seconds = time.perf_counter() - start
@@ -291,6 +344,7 @@ def compress(
         macs=(before.macs, after.macs),
         decision=decision,
         holdout=held_report,
+        folds=fold_check,
         random=random,
         failures=failures,
         seconds=seconds,

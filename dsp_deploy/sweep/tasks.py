@@ -399,6 +399,7 @@ def _compress(
         criterion=criterion,
         compensation=compensation or DEFAULT_COMPENSATION,
         holdout=0.0,
+        folds=0,  # the test set is the held-out check here
         threads=threads,
     )
 

@@ -1,0 +1,107 @@
+"""Lossless means every calibration sample; the k-fold report says how far it generalises."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dsp_deploy.compress.calibrate import Probe, merge_stats, run_model
+from dsp_deploy.compress.folds import fold_indices
+from dsp_deploy.compress.pipeline import compress
+from dsp_deploy.io import Calibration
+
+sys.path.insert(0, str(Path(__file__).parent))
+import onnx_graphs as G  # noqa: E402
+
+SPIKE = 10.0
+
+
+def rare_channel_model():
+    """``chain`` whose first conv's channel 0 is Relu(x[t] − 6): zero unless x spikes past 6.
+
+    Standard-normal series never reach 6 in this test's 40 × 32 values; one spiked
+    sample wakes the channel, on that sample only.
+    """
+    w = G.Weights(0)
+    w.conv("c1", 4, 1, 3, dead=(1,))
+    w.values["c1_w"][0] = [[0.0, 1.0, 0.0]]
+    w.values["c1_b"][0] = -6.0
+    w.conv("c2", 3, 4, 3)
+    w.dense("fc", 3, 2)
+    body = """
+    a = Conv <pads = [1, 1]> (x, c1_w, c1_b)
+    r = Relu (a)
+    b = Conv <pads = [1, 1]> (r, c2_w, c2_b)
+    h = Relu (b)
+    """
+    return G.build(body + G.HEAD, w.values)
+
+
+def spiked_inputs(n: int, spiked: tuple[int, ...]) -> np.ndarray:
+    x = G.inputs(n)
+    assert np.abs(x).max() < 6  # only the planted spikes wake channel 0
+    for i in spiked:
+        x[i, 0, 10] = SPIKE
+    return x
+
+
+@pytest.mark.parametrize("spiked", [(0,), (7, 23)])
+@pytest.mark.parametrize("holdout", [0.0, 0.2, 0.5])
+def test_a_channel_alive_on_one_or_two_samples_is_never_removed(spiked, holdout) -> None:
+    # Before: the channel was decided on 80% of the samples; when every spike landed in
+    # the held-out 20% it went, and the model was written off by up to ~1e-2.
+    model, x = rare_channel_model(), spiked_inputs(40, spiked)
+    result = compress(model, Calibration({"x": x}, None), holdout=holdout)
+    assert result.verified and result.decision.samples == 40 and result.holdout is None
+    assert dict((r.name, r.channels) for r in result.layers)["Conv_0"] == (4, 3)  # only c1[1]
+    fresh = spiked_inputs(25, (3,))
+    np.testing.assert_allclose(
+        run_model(result.model, {"x": fresh})[0], run_model(model, {"x": fresh})[0], atol=1e-6
+    )
+
+
+def test_the_fold_report_sees_a_channel_that_wakes_on_one_fold_only() -> None:
+    model, x = rare_channel_model(), spiked_inputs(40, (5,))
+    result = compress(model, Calibration({"x": x}, None), folds=4)
+    report = result.folds
+    assert report is not None and report.folds == 4 and sum(report.samples) == 40
+    # deciding without the spiked sample's fold removes channel 0: it wakes there only
+    assert sorted(report.woken_channels) == [0, 0, 0, 1]
+    woken = report.woken_channels.index(1)
+    assert report.max_abs_diff[woken] > 1e-3 and not report.within_tolerance[woken]
+    others = [d for j, d in enumerate(report.max_abs_diff) if j != woken]
+    assert max(others) <= 1e-5
+    assert "1 channel removed without a fold wake on it" in report.summary()
+
+
+def test_no_fold_report_when_off_or_lossy() -> None:
+    model, x = rare_channel_model(), Calibration({"x": spiked_inputs(40, (5,))}, None)
+    assert compress(model, x, folds=0).folds is None
+    lossy = compress(model, x, criterion="dsp", compensation="mean")
+    assert lossy.folds is None and lossy.holdout is not None and lossy.holdout.samples == 8
+
+
+def test_fold_indices_partition_the_samples() -> None:
+    parts = fold_indices(23, 5, seed=3)
+    assert [len(p) for p in parts] in ([5, 5, 5, 4, 4],)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(23))
+    assert len(fold_indices(3, 5)) == 3  # never an empty fold
+
+
+def test_merged_fold_statistics_equal_one_pass_over_all_samples() -> None:
+    model, x = G.lite_like(), G.inputs(37)
+    tensors = [n.output[0] for n in model.graph.node if n.op_type == "Relu"]
+    assert len(tensors) >= 2
+    probe = Probe(model, tensors)
+    whole = probe.statistics({"x": x}, tensors, batch_size=8)
+    parts = [probe.statistics({"x": x[i]}, tensors, batch_size=8) for i in fold_indices(37, 4)]
+    merged = merge_stats(parts)
+    assert merged.samples == 37
+    for name in tensors:
+        a, b = whole.tensors[name], merged.tensors[name]
+        assert a.count == b.count and np.array_equal(a.active, b.active)
+        for field in ("max_abs", "minimum", "maximum", "mean", "energy"):
+            np.testing.assert_allclose(getattr(b, field), getattr(a, field), rtol=1e-10, atol=0)
