@@ -21,14 +21,17 @@ copy's fingerprint is the one the plan was made for (``compress.fingerprint``), 
    ``group`` their number;
 3. a tensor left with no channel loses its Concat edge, so the nodes computing it (the
    source Conv and its per-channel chain) become unused;
-4. changed parameters become new initializers (fresh names, so a tensor shared by two
-   nodes is never sliced twice); nodes and initializers nobody reads are dropped;
+4. changed parameters become new initializers under fresh names, so a tensor shared by
+   two nodes is never sliced twice; the readers of one shared tensor whose new values
+   are equal (their nodes shrank alike) read one new initializer, the others get one
+   copy each; nodes and initializers nobody reads are dropped;
 5. intermediate ``value_info`` is cleared and shapes are inferred again; graph inputs,
    outputs (names, dynamic dims), opset, doc strings and ``metadata_props`` stay.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import numpy as np
@@ -202,15 +205,29 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
+def _shared_key(old: str, value: np.ndarray) -> tuple | None:
+    """Readers of one tensor ``old`` whose new values are equal share one initializer."""
+    if not old:
+        return None  # a new bias: its node's own
+    return old, value.dtype.str, value.shape, hashlib.sha256(value.data).digest()
+
+
 def _write(model: onnx.ModelProto, params: _Params, groups: dict[int, int]) -> None:
     graph = model.graph
     taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
     taken |= {n for node in graph.node for n in node.input} | {i.name for i in graph.input}
+    written: dict[tuple, str] = {}
     for (i, k), value in sorted(params.changed.items()):
         node = graph.node[i]
-        base = node.input[k] if k < len(node.input) and node.input[k] else f"{node.name}_bias"
-        name = _unique(base or f"node{i}_input{k}", taken)
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        old = node.input[k] if k < len(node.input) else ""
+        value = np.ascontiguousarray(value)
+        key = _shared_key(old, value)
+        name = written.get(key) if key else None
+        if name is None:
+            name = _unique(old or f"{node.name}_bias", taken)
+            graph.initializer.append(numpy_helper.from_array(value, name))
+            if key:
+                written[key] = name
         while len(node.input) <= k:
             node.input.append("")
         node.input[k] = name
