@@ -21,15 +21,19 @@ multiply-accumulate of learned weights. A model with a fixed batch B reports its
 divided by B.
 
 ``params`` is the number of elements of all floating-point initializers of the main
-graph, i.e. what the file stores (frozen filters included). A node's ``params`` are those
-of the float initializers it reads, each counted at its first reader only, so the nodes
-sum to ``params`` less any initializer no node reads. Subgraphs (If/Loop) are not counted.
+graph, i.e. what the file stores (frozen filters included), each counted once. A node's
+``params`` are those of the float initializers it reads; one read by r nodes is shared
+out among them, n // r elements each and the remainder one by one to the first readers
+in graph order (two Convs sharing a 36-element W show 18 each, not 36 and 0). So the
+nodes sum to ``params`` less any initializer no node reads. Subgraphs (If/Loop) are not
+counted.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -210,16 +214,23 @@ def _float_initializer_sizes(graph: onnx.GraphProto) -> dict[str, int]:
 def _node_costs(
     graph: onnx.GraphProto, shapes: Mapping[str, Shape], weights: Mapping[str, int]
 ) -> tuple[NodeCost, ...]:
-    seen: set[str] = set()
+    reads = [tuple(dict.fromkeys(i for i in n.input if i in weights)) for n in graph.node]
+    readers = Counter(i for names in reads for i in names)
+    seen: Counter[str] = Counter()
     costs = []
-    for index, node in enumerate(graph.node):
+    for index, (node, names) in enumerate(zip(graph.node, reads, strict=True)):
         name = node.name or f"{node.op_type}_{index}"
-        owned = [i for i in node.input if i in weights and i not in seen]
-        seen.update(owned)
+        params = sum(_share(weights[i], readers[i], seen[i]) for i in names)
+        seen.update(names)
         rule = _MAC_RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         macs = rule(node, _Shapes(shapes, name)) if rule else 0
-        costs.append(NodeCost(name, node.op_type, sum(weights[i] for i in owned), macs))
+        costs.append(NodeCost(name, node.op_type, params, macs))
     return tuple(costs)
+
+
+def _share(size: int, readers: int, rank: int) -> int:
+    """The part of a ``size``-element initializer that its ``rank``-th of ``readers`` gets."""
+    return size // readers + (rank < size % readers)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,19 @@ class MissingExtraError(InputError):
     """An optional dependency is not installed; the message says which extra to install."""
 
 
+class OptionError(InputError, ValueError):
+    """An option outside its choices or range, given to a library function (exit 2).
+
+    Also a ``ValueError``, so code that caught the bare ``ValueError`` still does.
+    """
+
+
+class PlanError(DspDeployError, ValueError):
+    """A pruning plan that does not fit the model it is applied to (exit 2): made for
+    another model, or leaving a node without the channels it needs. Also a ``ValueError``.
+    """
+
+
 class VerificationError(DspDeployError):
     """A check on a result failed (e.g. compressed outputs deviate); exit 1."""
 

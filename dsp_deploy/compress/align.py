@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from dsp_deploy.compress.groups import ChannelAnalysis
 from dsp_deploy.compress.rules import DEPTHWISE
+from dsp_deploy.errors import OptionError
 
 
 def align_removal(
@@ -32,7 +33,7 @@ def align_removal(
 ) -> set[int]:
     """``remove`` minus the units that bring channel counts to multiples of ``multiple``."""
     if multiple < 1:
-        raise ValueError(f"multiple must be >= 1; got {multiple}")
+        raise OptionError(f"align multiple {multiple}: expected an integer >= 1")
     out = set(remove)
     if multiple == 1:
         return out

@@ -41,6 +41,7 @@ import numpy as np
 import onnx
 
 from dsp_deploy.compress import rules
+from dsp_deploy.compress.fingerprint import fingerprint
 from dsp_deploy.compress.graph import GraphIndex, Shape, node_label, normalise
 from dsp_deploy.compress.rules import Blocks, Consumer, Layout, Pin, Slice
 
@@ -92,6 +93,7 @@ class ChannelAnalysis:
     layouts: Mapping[str, Layout]
     node_names: tuple[str, ...]
     blocks: tuple[Blocks, ...] = ()
+    fingerprint: str = ""  # of the normalised model analysed (``compress.fingerprint``)
 
     def stages(self) -> tuple[frozenset[int], ...]:
         """The units each channel-mixing consumer reads: what must never be emptied."""
@@ -245,7 +247,8 @@ def _report(
 
 def find_groups(model: onnx.ModelProto) -> ChannelAnalysis:
     """Analyse ``model`` (read-only) into channel units, groups, slices and consumers."""
-    index = GraphIndex.build(normalise(model))
+    normal = normalise(model)
+    index = GraphIndex.build(normal)
     b = _Builder(index)
     for i, node in enumerate(index.nodes):
         _step(b, i, node)
@@ -278,6 +281,7 @@ def find_groups(model: onnx.ModelProto) -> ChannelAnalysis:
         layouts=MappingProxyType(dict(b.layouts)),
         node_names=tuple(node_label(n, i) for i, n in enumerate(index.nodes)),
         blocks=tuple(b.blocks),
+        fingerprint=fingerprint(normal),
     )
     logger.info(
         "%d channel groups, %d units (%d pinned)",

@@ -59,6 +59,7 @@ from dsp_deploy.compress.align import align_removal
 from dsp_deploy.compress.calibrate import ActivationStats
 from dsp_deploy.compress.groups import ChannelAnalysis
 from dsp_deploy.compress.rules import Blocks, Consumer
+from dsp_deploy.errors import OptionError
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,12 @@ class Compensation:
 
 @dataclass(frozen=True)
 class PruningPlan:
-    """Units to remove (indices into ``analysis.units``) and consumer compensations."""
+    """Units to remove (indices into ``analysis.units``) and consumer compensations.
+
+    A plan names nodes by position and tensors by name, so it holds only for the model
+    it was made for: ``fingerprint`` (from the analysis) identifies that model, and
+    ``prune`` refuses any other with ``PlanError``.
+    """
 
     analysis: ChannelAnalysis
     criterion: str
@@ -90,6 +96,11 @@ class PruningPlan:
     compensations: tuple[Compensation, ...]
     score: tuple[float, ...]
     held: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def fingerprint(self) -> str:
+        """Fingerprint of the model the plan was made for (``compress.fingerprint``)."""
+        return self.analysis.fingerprint
 
     @property
     def removed_atoms(self) -> frozenset[int]:
@@ -254,9 +265,9 @@ def make_plan(
     of ``align`` channels where it can (:mod:`dsp_deploy.compress.align`).
     """
     if criterion not in CRITERIA:
-        raise ValueError(f"criterion {criterion!r}; expected one of {CRITERIA}")
+        raise OptionError(f"criterion {criterion!r}; expected one of {CRITERIA}")
     if compensation not in COMPENSATIONS:
-        raise ValueError(f"compensation {compensation!r}; expected one of {COMPENSATIONS}")
+        raise OptionError(f"compensation {compensation!r}; expected one of {COMPENSATIONS}")
     occurrences = _occurrences(analysis)
     energy = [_energy(occ, stats) for occ in occurrences]
     if criterion == "dead":

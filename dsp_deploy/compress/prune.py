@@ -1,6 +1,10 @@
 """Apply a ``PruningPlan``: a pure function from (model, plan) to a new, smaller model.
 
-The input model is never mutated: the pass works on ``normalise(model)``, a copy. Steps:
+The input model is never mutated: the pass works on ``normalise(model)``, a copy. A plan
+names nodes by position and tensors by name, which index the same nodes in the model and
+in its copy because ``normalise`` keeps node order; the plan is applied only when the
+copy's fingerprint is the one the plan was made for (``compress.fingerprint``), else
+``PlanError``. Steps:
 
 1. compensation on the consumers, in original input positions:
    fold   Conv: b[o] += Σ_{p in block(o)} v_p · Σ_taps W[o, p − j·b_in, ·] (one block, j = 0,
@@ -17,23 +21,28 @@ The input model is never mutated: the pass works on ``normalise(model)``, a copy
    ``group`` their number;
 3. a tensor left with no channel loses its Concat edge, so the nodes computing it (the
    source Conv and its per-channel chain) become unused;
-4. changed parameters become new initializers (fresh names, so a tensor shared by two
-   nodes is never sliced twice); nodes and initializers nobody reads are dropped;
+4. changed parameters become new initializers under fresh names, so a tensor shared by
+   two nodes is never sliced twice; the readers of one shared tensor whose new values
+   are equal (their nodes shrank alike) read one new initializer, the others get one
+   copy each; nodes and initializers nobody reads are dropped;
 5. intermediate ``value_info`` is cleared and shapes are inferred again; graph inputs,
    outputs (names, dynamic dims), opset, doc strings and ``metadata_props`` stay.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from dsp_deploy.compress.fingerprint import fingerprint
 from dsp_deploy.compress.graph import GraphIndex, attr, drop_unused_nodes, normalise, set_ints
 from dsp_deploy.compress.plan import Compensation, PruningPlan
 from dsp_deploy.compress.rules import COUNT, DEPTHWISE, PRODUCER, Blocks, Consumer
+from dsp_deploy.errors import PlanError
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +177,7 @@ def _regroup(params: _Params, b: Blocks, removed: frozenset[int]) -> int | None:
     sizes = {(len(rows[j]), len(cols[j])) for j in stay}
     if len(sizes) != 1 or 0 in next(iter(sizes)):
         name = params.index.nodes[b.node].name
-        raise ValueError(f"plan leaves the groups of grouped Conv {name} unequal or empty")
+        raise PlanError(f"plan leaves the groups of grouped Conv {name} unequal or empty")
     params.set(b.node, 1, np.concatenate([w[rows[j]][:, cols[j]] for j in stay]))
     bias = params.get(b.node, 2)
     if bias is not None:
@@ -196,15 +205,29 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
+def _shared_key(old: str, value: np.ndarray) -> tuple | None:
+    """Readers of one tensor ``old`` whose new values are equal share one initializer."""
+    if not old:
+        return None  # a new bias: its node's own
+    return old, value.dtype.str, value.shape, hashlib.sha256(value.data).digest()
+
+
 def _write(model: onnx.ModelProto, params: _Params, groups: dict[int, int]) -> None:
     graph = model.graph
     taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
     taken |= {n for node in graph.node for n in node.input} | {i.name for i in graph.input}
+    written: dict[tuple, str] = {}
     for (i, k), value in sorted(params.changed.items()):
         node = graph.node[i]
-        base = node.input[k] if k < len(node.input) and node.input[k] else f"{node.name}_bias"
-        name = _unique(base or f"node{i}_input{k}", taken)
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        old = node.input[k] if k < len(node.input) else ""
+        value = np.ascontiguousarray(value)
+        key = _shared_key(old, value)
+        name = written.get(key) if key else None
+        if name is None:
+            name = _unique(old or f"{node.name}_bias", taken)
+            graph.initializer.append(numpy_helper.from_array(value, name))
+            if key:
+                written[key] = name
         while len(node.input) <= k:
             node.input.append("")
         node.input[k] = name
@@ -233,7 +256,7 @@ def _cut_empty(graph: onnx.GraphProto, plan: PruningPlan, removed: frozenset[int
             continue
         tracked = [o for o in node.output if o in layouts]
         if not tracked or not all(o in empty for o in tracked):
-            raise ValueError(f"plan empties {read[0]}, which {node.name} still needs")
+            raise PlanError(f"plan empties {read[0]}, which {node.name} still needs")
     logger.debug("deleted %d empty tensors and their nodes", len(empty))
 
 
@@ -249,9 +272,23 @@ def _drop_unused(graph: onnx.GraphProto) -> None:
     graph.input.extend(inputs)
 
 
+def _check_fingerprint(normal: onnx.ModelProto, plan: PruningPlan) -> None:
+    found = fingerprint(normal)
+    if found != plan.fingerprint:
+        raise PlanError(
+            f"the plan was made for another model (fingerprint {plan.fingerprint[:12] or 'none'}"
+            f" ≠ {found[:12]} of this one); make the plan from this model with find_groups"
+        )
+
+
 def prune(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
-    """A new model with the plan's units removed; ``model`` itself is left untouched."""
+    """A new model with the plan's units removed; ``model`` itself is left untouched.
+
+    Raises ``PlanError`` when ``plan`` was made for another model (or the same nodes in
+    another order).
+    """
     out = normalise(model)
+    _check_fingerprint(out, plan)
     index = GraphIndex.build(out)
     removed = plan.removed_atoms
     params = _Params(index)
