@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dsp_deploy.compress.calibrate import Probe, merge_stats, run_model
 from dsp_deploy.compress.folds import fold_indices
@@ -105,3 +107,51 @@ def test_merged_fold_statistics_equal_one_pass_over_all_samples() -> None:
         assert a.count == b.count and np.array_equal(a.active, b.active)
         for field in ("max_abs", "minimum", "maximum", "mean", "energy"):
             np.testing.assert_allclose(getattr(b, field), getattr(a, field), rtol=1e-10, atol=0)
+
+
+@st.composite
+def rare_nets(draw):
+    """A chain whose first conv has planted dead channels, rare channels that only a
+    spike past 6 wakes, and live ones; 1–2 of the n calibration samples spike, on the
+    input position each rare channel reads."""
+    width = draw(st.integers(3, 6))
+    roles = draw(st.lists(st.sampled_from("dlr"), min_size=width, max_size=width))
+    n = draw(st.integers(10, 60))
+    spiked = draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=2, unique=True))
+    holdout = draw(st.sampled_from([0.0, 0.2, 0.5]))
+    return roles, n, tuple(spiked), holdout, draw(st.integers(0, 2**16))
+
+
+def _rare_chain(roles: list[str], seed: int):
+    w = G.Weights(seed)
+    dead = [c for c, r in enumerate(roles) if r == "d"]
+    w.conv("c1", len(roles), 1, 3, dead=dead)
+    for c, role in enumerate(roles):
+        if role == "r":
+            w.values["c1_w"][c] = [[0.0, 1.0, 0.0]]
+            w.values["c1_b"][c] = -6.0
+    w.conv("c2", 3, len(roles), 3)
+    w.dense("fc", 3, 2)
+    body = """
+    a = Conv <pads = [1, 1]> (x, c1_w, c1_b)
+    r = Relu (a)
+    b = Conv <pads = [1, 1]> (r, c2_w, c2_b)
+    h = Relu (b)
+    """
+    return G.build(body + G.HEAD, w.values)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rare_nets())
+def test_dead_never_removes_a_channel_alive_on_one_or_two_samples(net) -> None:
+    roles, n, spiked, holdout, seed = net
+    model, x = _rare_chain(roles, seed), spiked_inputs(n, spiked)
+    result = compress(model, Calibration({"x": x}, None), holdout=holdout, folds=0)
+    assert result.verified and result.decision.samples == n
+    kept = dict((r.name, r.channels) for r in result.layers)["Conv_0"][1]
+    # every rare channel stays; of the planted dead ones all go, unless that empties
+    # the stage (then the strongest unit stays: 1 channel)
+    assert kept == max(len(roles) - roles.count("d"), 1)
+    np.testing.assert_allclose(
+        run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], atol=1e-5
+    )
