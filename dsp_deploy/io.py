@@ -22,12 +22,16 @@ Contract:
   single-input model also accepts exactly one array under any key. An optional ``y``
   holds integer labels; an optional ``classes`` (names, as ``train --calib-out`` writes
   them) is ignored. Every input array has the model input's rank, batch on axis 0,
-  the model's fixed dims elsewhere, at least one sample and only finite values; it is
-  returned as C-contiguous float32. Dtypes: float16/32/64 are cast to float32 (a value
-  beyond float32's range is refused, not turned into inf); integers are cast too, but
-  only when every value is exact in float32 (|v| <= 2**24), since sensor counts are
-  data while a silent rounding is not; bool, complex, string, object and structured
-  arrays are refused. Labels ``y``: one per sample, whole numbers >= 0 (integer or
+  the model's fixed dims elsewhere and at least one sample; it is returned as a
+  C-contiguous array of the model input's own element type (float16/32/64, int8…64,
+  uint8…64, bool, string), cast only where no value changes but by a float's rounding
+  (``dsp_deploy.dtypes``): floats finite and within the type's range (1e6 is refused for
+  float16, never turned into inf); integers into a float input only when exact there
+  (|v| <= 2**11 for float16, 2**24 for float32, 2**53 for float64), since sensor counts
+  are data while a silent rounding is not; floats into an integer input only when
+  integral and in range, integers in range (-1 is refused for uint8); bool inputs take
+  bool arrays or 0/1 values, and bool arrays feed nothing else; complex, structured and
+  object arrays are refused. Labels ``y``: one per sample, whole numbers >= 0 (integer or
   float dtype, not bool) and below the model's class count when the model declares it
   (``dsp.classes`` metadata, else a fixed last dim of its first output). Anything else
   raises ``CalibrationError`` saying what was expected and what the file holds.
@@ -59,13 +63,13 @@ import onnx
 from onnx import external_data_helper, numpy_helper
 
 from dsp_deploy import modelcheck
+from dsp_deploy.dtypes import cast_input
 from dsp_deploy.errors import CalibrationError, InputError, ModelError
 
 logger = logging.getLogger(__name__)
 
 LABELS_KEY = "y"
 CLASSES_KEY = "classes"  # class names beside the labels; not a model input
-_EXACT_INT = 2**24  # integers up to this magnitude are exact in float32
 
 __all__ = [
     "Calibration",
@@ -327,7 +331,8 @@ def save_calibration(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Calibration samples: float32 arrays keyed by model input name, batch on axis 0."""
+    """Calibration samples keyed by model input name, batch on axis 0, each array in its
+    model input's element type."""
 
     inputs: Mapping[str, np.ndarray]
     labels: np.ndarray | None
@@ -486,10 +491,7 @@ def _select(arrays: Mapping[str, np.ndarray], names: Sequence[str], path: Path) 
 
 def _check_input(array: np.ndarray, value: onnx.ValueInfoProto, key: str, path: Path) -> np.ndarray:
     where = f"calibration array '{key}' in {path}"
-    if array.dtype.kind not in "iuf":
-        raise CalibrationError(
-            f"{where} has dtype {array.dtype}; expected real numbers (float or integer)"
-        )
+    out = cast_input(array, value, where)
     dims = _dims(value)
     expected = "(N, " + ", ".join(str(d) if isinstance(d, int) else "?" for d in dims[1:]) + ")"
     if array.ndim != len(dims):
@@ -503,22 +505,6 @@ def _check_input(array: np.ndarray, value: onnx.ValueInfoProto, key: str, path: 
             )
     if array.size == 0:
         raise CalibrationError(f"{where} is empty (shape {array.shape}); expected samples")
-    if array.dtype.kind in "iu" and (array.max() > _EXACT_INT or array.min() < -_EXACT_INT):
-        raise CalibrationError(
-            f"{where} holds integers up to {max(abs(int(array.min())), int(array.max()))}, "
-            f"which float32 cannot hold exactly (limit 2**24); scale them or store floats"
-        )
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = int((~np.isfinite(array)).sum())
-        raise CalibrationError(f"{where} has {bad} NaN/inf values; expected finite numbers")
-    with np.errstate(over="ignore"):  # checked right below
-        out = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(out).all():
-        bad = int((~np.isfinite(out)).sum())
-        raise CalibrationError(
-            f"{where} has {bad} values beyond float32's range (|v| > 3.4e38); expected "
-            "values a float32 model can take"
-        )
     return out
 
 

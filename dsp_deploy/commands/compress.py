@@ -50,8 +50,8 @@ def _check_options(
     batch_size: int,
     threads: int | None,
     threshold: float,
-    atol: float,
-    rtol: float,
+    atol: float | None,
+    rtol: float | None,
     min_agreement: float,
     max_accuracy_drop: float,
     min_count: int | None,
@@ -82,8 +82,10 @@ def compress_command(
         typer.Option(
             "--calib",
             help="Calibration .npz: one array per model input, batch first, optional labels y. "
-            "Floats are cast to float32; integers too when exact (|v| <= 2**24); NaN/inf, "
-            "bool, string and object arrays are refused.",
+            "Each array is cast to its input's dtype when no value changes: floats finite and "
+            "in range (no overflow to inf); integers into float16/32/64 when exact (|v| <= "
+            "2**11/2**24/2**53); floats into integer inputs when whole and in range; bool "
+            "inputs take bool or 0/1. Anything else is refused.",
         ),
     ],
     output: Annotated[
@@ -120,8 +122,14 @@ def compress_command(
             "and max |Δ| there (a report, not a gate; 0: off).",
         ),
     ] = 5,
-    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance.")] = 1e-5,
-    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance.")] = 1e-4,
+    atol: Annotated[
+        float | None,
+        typer.Option("--atol", help="Absolute tolerance [1e-5; 1e-3 for float16 outputs]."),
+    ] = None,
+    rtol: Annotated[
+        float | None,
+        typer.Option("--rtol", help="Relative tolerance [1e-4; 1e-2 for float16 outputs]."),
+    ] = None,
     min_agreement: Annotated[
         float, typer.Option("--min-agreement", help="Held-out argmax agreement gate.")
     ] = 0.99,
@@ -286,6 +294,8 @@ def _render(result: CompressResult, model: str, out: Path, written: bool) -> Non
             f"{label}: {report.samples} samples, max |Δ| {report.max_abs_diff:.3g}, "
             f"agreement {report.agreement:.4f}{acc}"
         )
+        for note in report.skipped:
+            console.print(f"  {note}")
     if result.folds is not None:
         console.print(result.folds.summary())
     if not result.changed:

@@ -173,9 +173,13 @@ def session(model: onnx.ModelProto, threads: int | None = None) -> ort.Inference
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    try:
+        return ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as e:  # NotImplemented (no kernel for an op and dtype), Fail, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"onnxruntime's CPU provider cannot load the model: {first}") from e
 
 
 def batches(inputs: Mapping[str, np.ndarray], batch_size: int):

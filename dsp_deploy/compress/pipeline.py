@@ -158,14 +158,16 @@ def _random_report(
     **tol,
 ) -> ParityReport:
     # A report only, and a few samples say enough: random inputs wake channels that real
-    # data never does.
-    rng = np.random.default_rng(1)
-    feeds = {
-        k: rng.standard_normal((min(RANDOM_SAMPLES, len(v)), *v.shape[1:])).astype(np.float32)
-        for k, v in calibration.inputs.items()
-    }
-    reference = run_model(original, feeds, batch_size=tol["batch_size"])
-    return verify(reference, candidate, feeds, **tol)
+    # data never does. Drawn per dtype (``dtypes.random_feeds``); ``skipped`` notes inputs
+    # fed calibration samples instead.
+    from dataclasses import replace
+
+    from dsp_deploy.dtypes import random_feeds
+
+    drawn = random_feeds(calibration, RANDOM_SAMPLES, np.random.default_rng(1))
+    reference = run_model(original, drawn.feeds, batch_size=tol["batch_size"])
+    report = verify(reference, candidate, drawn.feeds, **tol)
+    return replace(report, skipped=drawn.skipped)
 
 
 def _gates(criterion, threshold, decision, holdout, min_agreement, max_drop) -> tuple[str, ...]:
@@ -221,8 +223,8 @@ def compress(
     reconstruct: bool = False,
     holdout: float = 0.2,
     folds: int = DEFAULT_FOLDS,
-    atol: float = 1e-5,
-    rtol: float = 1e-4,
+    atol: float | None = None,
+    rtol: float | None = None,
     min_agreement: float = 0.99,
     max_accuracy_drop: float = 0.01,
     batch_size: int = 64,
@@ -238,13 +240,16 @@ def compress(
     ``conv2d``: qualifying 1-D convs written in 2-D form (``compress.layout``); ``fuse``:
     BatchNormalization folded into, and Relu moved before, a Concat of Convs
     (``compress.fuse``; before ``conv2d``, which would hide the Convs). All are checked
-    by the same verification as the pruning.
+    by the same verification as the pruning. ``atol``/``rtol``: None takes
+    ``tolerance.default_tolerance(model)`` (float16 outputs get float16's).
     """
     from dsp_deploy.compress.fuse import fuse_concat
     from dsp_deploy.compress.layout import conv1d_as_conv2d
+    from dsp_deploy.compress.tolerance import resolve_tolerance
     from dsp_deploy.cost import model_cost
 
     start = time.perf_counter()
+    atol, rtol = resolve_tolerance(model, atol, rtol)
     batch_size = run_batch_size(model, batch_size)
     analysis = find_groups(model)
     exact = is_lossless(criterion, threshold)

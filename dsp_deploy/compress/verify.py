@@ -32,6 +32,7 @@ class ParityReport:
     within_tolerance: bool
     agreement: float
     accuracy: tuple[float, float] | None
+    skipped: tuple[str, ...] = ()  # inputs not drawn for a random-input report, and why
 
     def as_dict(self) -> dict:
         return {
@@ -40,6 +41,7 @@ class ParityReport:
             "within_tolerance": self.within_tolerance,
             "agreement": self.agreement,
             "accuracy": None if self.accuracy is None else list(self.accuracy),
+            "skipped": list(self.skipped),
         }
 
 
