@@ -94,6 +94,13 @@ class CompressResult:
         return bool(self.plan.remove or self.plan.compensations)
 
 
+def series_length(calibration: Calibration) -> int:
+    """The time length of the calibration series: the last axis of the first input with
+    (N, C, L…) rank, so a side input such as lengths (N,) is never taken for it."""
+    arrays = list(calibration.inputs.values())
+    return next((a for a in arrays if a.ndim >= 3), arrays[0]).shape[-1]
+
+
 def is_lossless(criterion: str, threshold: float) -> bool:
     """Whether ``criterion`` promises unchanged outputs: ``dead`` with threshold 0."""
     return criterion == "dead" and threshold == 0
@@ -315,7 +322,7 @@ def compress(
         rest_reference = run_model(original, rest.inputs, batch_size=batch_size)
         held_report = verify(rest_reference, candidate, rest.inputs, labels=rest.labels, **tol)
     random = _random_report(original, candidate, calibration, **tol)
-    length = next(iter(calibration.inputs.values())).shape[-1]
+    length = series_length(calibration)
     before, after = model_cost(model, length=length), model_cost(pruned, length=length)
     failures = _gates(criterion, threshold, decision, held_report, min_agreement, max_accuracy_drop)
     _stamp(
@@ -429,7 +436,7 @@ def inspect_model(
 
     analysis = find_groups(model)
     batch_size = run_batch_size(model, batch_size)
-    length = None if calibration is None else next(iter(calibration.inputs.values())).shape[-1]
+    length = None if calibration is None else series_length(calibration)
     cost = model_cost(model, length=length)
     units: tuple[UnitStats, ...] = ()
     plan = empty_plan(analysis)
