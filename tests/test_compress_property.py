@@ -2,7 +2,10 @@
 
 Each net is 1–3 stages; a stage is 1–3 parallel Convs (1–4 channels each, kernel 1/3/5)
 concatenated, or (after a stage of the first kind) one grouped Conv (g ≥ 2 groups,
-b_out = 1–3 outputs per group, never depthwise), then Relu. Planted channels have a
+b_out = 1–3 outputs per group, never depthwise), then Relu. The head is GAP → Flatten →
+Gemm, a Flatten over (C, L) → Gemm (C·L features), or GAP after a Mul by a 1-channel
+attention map (1×1 Conv → Sigmoid, > 0, so a live channel stays live through it; its
+Conv is a source of one channel, pinned, never removed). Planted channels have a
 zero weight row and bias −1, so they are 0 after the Relu on *every* input. Every other
 channel is provably live on the calibration set, which holds the all-zero series: on
 that series a stage-k value is at most V_k, so a live channel with bias
@@ -157,6 +160,24 @@ def _grouped_stage(draw, width: int, pending, label: str):
     return [(g * b_out, draw(st.sampled_from([1, 3, 5])), g)], dead, oracle, balanced
 
 
+HEADS = {
+    "gap": "h = Identity ({prev})" + G.HEAD,
+    "flatten": """
+    h = Identity ({prev})
+    f = Flatten (h)
+    z = Gemm <transB = 1> (f, fc_w, fc_b)
+    probabilities = Softmax <axis = 1> (z)
+    """,
+    "attention": """
+    h0 = Identity ({prev})
+    e = Conv (h0, att_w, att_b)
+    a = Sigmoid (e)
+    h = Mul (h0, a)
+    """
+    + G.HEAD,
+}
+
+
 @st.composite
 def conv_nets(draw) -> Net:
     seed = draw(st.integers(0, 2**32 - 1))
@@ -213,10 +234,17 @@ def conv_nets(draw) -> Net:
         if feeds is not None:
             positions = tuple((lbl, c) for lbl in labels for c in range(widths[lbl]))
             pending = (*feeds[:3], positions)
-    body.append(f"h = Identity ({prev})")
-    values["fc_w"] = rng.normal(0, 1 / np.sqrt(width), (2, width)) / max(1.0, bound)
+    head = draw(st.sampled_from(list(HEADS)))
+    features = width * G.L if head == "flatten" else width
+    values["fc_w"] = rng.normal(0, 1 / np.sqrt(features), (2, features)) / max(1.0, bound)
     values["fc_b"] = rng.normal(0, 0.1, 2)
-    model = G.build("\n".join(body) + G.HEAD, values)
+    if head == "attention":  # its Conv is a source of one channel, pinned, never removed
+        label = f"Conv_{len(body) + 1}"
+        planted[label], widths[label] = (), 1
+        values["att_w"] = rng.normal(0, 1 / np.sqrt(width), (1, width, 1))
+        values["att_b"] = rng.normal(0, 0.1, 1)
+    body.append(HEADS[head].format(prev=prev))
+    model = G.build("\n".join(body), values)
     for i, n in enumerate(model.graph.node):  # the names the pass would give them
         n.name = f"{n.op_type}_{i}"
     grouped_ = tuple(grouped)

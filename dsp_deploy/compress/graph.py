@@ -78,6 +78,18 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return values
 
 
+def _inferred(model: onnx.ModelProto) -> onnx.GraphProto:
+    """The graph with inferred shapes; with data propagation, which sees through
+    Shape → Concat → ConstantOfShape (tsai's AddCoords1d) where plain inference loses the
+    rank of everything after it. Shape inference is a hint here, not a requirement."""
+    for data_prop in (True, False):
+        try:
+            return onnx.shape_inference.infer_shapes(model, data_prop=data_prop).graph
+        except Exception as e:
+            logger.debug("shape inference (data_prop=%s) failed: %s", data_prop, e)
+    return model.graph
+
+
 @dataclass(frozen=True)
 class GraphIndex:
     """Who produces and who reads each tensor; constants; shapes (batch may be None)."""
@@ -92,11 +104,7 @@ class GraphIndex:
     @classmethod
     def build(cls, model: onnx.ModelProto) -> GraphIndex:
         graph = model.graph
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model).graph
-        except Exception as e:  # shape inference is a hint here, not a requirement
-            logger.debug("shape inference failed: %s", e)
-            inferred = graph
+        inferred = _inferred(model)
         shapes = {}
         for value in (*inferred.input, *inferred.value_info, *inferred.output):
             shape = _shape_of(value)

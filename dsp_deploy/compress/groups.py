@@ -123,6 +123,9 @@ class _Builder:
     def shape(self, name: str) -> Shape | None:
         return self.index.shapes.get(name)
 
+    def producer(self, name: str) -> int | None:
+        return self.index.producer.get(name)
+
     def readers(self, name: str) -> tuple[int, ...]:
         own = self.index.consumers.get(name, ())
         return own + ((-1,) if name in self.index.outputs else ())
@@ -175,8 +178,9 @@ def _step(b: _Builder, i: int, node: onnx.NodeProto) -> None:
     b.slices.extend(flow.slices)
     b.consumers.extend(flow.consumers)
     b.blocks.extend(flow.blocks)
-    if node.op_type in rules.ACTIVATIONS and flow.outputs[0] is not None:
-        b.taps[node.output[0]] = flow.outputs[0]
+    tap = flow.outputs[0] if node.op_type in rules.ACTIVATIONS else None
+    if tap is not None and len(set(tap)) == len(tap):  # a flattened tensor is no stage output
+        b.taps[node.output[0]] = tap
 
 
 def _subgraph_reads(node: onnx.NodeProto) -> set[str]:

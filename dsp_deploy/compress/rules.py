@@ -1,8 +1,9 @@
 """Per-op channel-flow rules: how the channel axis (axis 1) of a tensor passes through a node.
 
 A *layout* is a tuple of atom ids, one per position on axis 1: position p of the tensor
-carries atom ``layout[p]``. A Conv (group 1) creates fresh atoms for its output channels;
-every other rule says where its input atoms end up:
+carries atom ``layout[p]`` (``flow`` has the records, ``views`` the rules for Flatten,
+Reshape, Squeeze, Slice and Shape). A Conv (group 1) creates fresh atoms for its output
+channels; every other rule says where its input atoms end up:
 
 ==========================  ============================================================
 op                          rule
@@ -17,15 +18,23 @@ BatchNormalization,         same layout; per-channel parameters sliced
 InstanceNormalization
 elementwise unary ops       same layout (stats are taken where channels are mixed, so
                             f(0) != 0 needs no special case)
-Add/Sub/Mul/Div/...         two tracked inputs: their atoms are tied position-wise
-                            (a residual union); one tracked input and a constant
-                            broadcasting per channel: that constant is sliced
+Add/Sub/Mul/Div/...         two tracked inputs of equal width: their atoms are tied
+                            position-wise (a residual union); of widths C and 1 (same
+                            rank: an attention map): the C pass, the 1 is pinned; one
+                            tracked input and a constant or a computed tensor whose
+                            channel axis has size 1: passes; a constant broadcasting
+                            per channel: that constant is sliced
 Sum/Max/Min/Mean            all inputs tracked: tied
-MaxPool/AveragePool/Pad/    same layout (they act on the other axes only; Pad and Slice
-Slice/Global*Pool/Reduce*   are checked not to touch axes 0 and 1)
-Concat (axis 1)             layouts concatenated (offsets); untracked parts pinned
+MaxPool/AveragePool/Pad/    same layout (they act on the other axes only; Pad is
+Global*Pool/Reduce*         checked not to touch axes 0 and 1)
+Concat (axis 1)             layouts concatenated (offsets); untracked parts pinned (a
+                            width shape inference lacks: what the output's leaves)
+Slice, every opset          same layout when axes 0 and 1 are taken whole (``views``)
+Flatten/Reshape to (N, −1)  over (C, L), L static: each atom repeated L times (``views``)
 Flatten/Squeeze/Reshape     same layout when only size-1 axes after axis 1 go away
 Squeeze/Unsqueeze           same layout when the axes are all after axis 1
+Shape                       untracked output, nothing pinned, when no reader reads its
+                            entry 1 (the channel count); else pins (``views``)
 Gemm (transA 0), MatMul     consumer: B columns (transB 1) or rows (transB 0 / MatMul)
 anything else               ``Pin``: every channel it reads is kept, with the reason
 ==========================  ============================================================
@@ -63,20 +72,32 @@ blocks) or a ``Pin`` naming why the node cannot be followed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
-
 import numpy as np
 import onnx
 
-from dsp_deploy.compress.graph import Shape, attr
-
-Layout = tuple[int, ...]
-
-# Roles of a sliced parameter: which end of a group it belongs to.
-PRODUCER, PER_CHANNEL, CONSUMER, DEPTHWISE = "producer", "per-channel", "consumer", "depthwise"
-COUNT = "count"  # entry ``axis`` of a Reshape's shape constant: set to the channels kept
+from dsp_deploy.compress import views
+from dsp_deploy.compress.flow import (  # re-exported: groups, plan, prune import them here
+    CONSUMER,
+    COUNT,  # noqa: F401
+    DEPTHWISE,
+    PER_CHANNEL,
+    PRODUCER,
+    Blocks,
+    Consumer,
+    Context,
+    Flow,
+    Layout,
+    Pin,
+    Rule,
+    Slice,
+    axes_of,
+    input_name,
+    normalise_axes,
+    rank_of,
+    same,
+    tracked_elsewhere,
+)
+from dsp_deploy.compress.graph import attr
 
 ACTIVATIONS = frozenset(
     {
@@ -126,122 +147,19 @@ REDUCES = frozenset(
 )
 BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
 VARIADIC = frozenset({"Sum", "Max", "Min", "Mean"})
-
-
-@dataclass(frozen=True)
-class Slice:
-    """Parameter ``node.input[input]`` is sliced on ``axis`` at the positions of ``layout``."""
-
-    node: int
-    input: int
-    axis: int
-    layout: Layout
-    role: str
-
-
-@dataclass(frozen=True)
-class Consumer:
-    """A channel-mixing node reading ``tensor`` (layout ``layout``); kind conv|gemm|matmul.
-
-    ``foldable``: a constant input channel can go into its bias exactly (every output
-    position sees every tap: no padding). ``pointwise``: output = W x + b per position
-    (1×1 Conv without padding, Gemm, MatMul), so a least-squares refit on x's Gram
-    matrix applies. ``bias``: the (node, input) holding the bias — input 2 of the node
-    itself (added when missing) or the constant of the ``Add`` after a MatMul.
-    ``groups``: a grouped Conv's g (input block j feeds output block j only).
-    """
-
-    node: int
-    tensor: str
-    layout: Layout
-    kind: str
-    foldable: bool
-    pointwise: bool
-    bias: tuple[int, int] | None = None
-    groups: int = 1
-
-    @property
-    def bias_at(self) -> tuple[int, int]:
-        return self.bias if self.bias is not None else (self.node, 2)
-
-
-@dataclass(frozen=True)
-class Blocks:
-    """A grouped Conv (position ``node``, ``groups`` = g): output block j (``outputs``
-    split in g equal parts) reads input block j only; ``inputs`` None when untracked."""
-
-    node: int
-    groups: int
-    inputs: Layout | None
-    outputs: Layout
-
-    def input_block(self, j: int) -> Layout:
-        if self.inputs is None:
-            return ()
-        size = len(self.inputs) // self.groups
-        return self.inputs[j * size : (j + 1) * size]
-
-    def output_block(self, j: int) -> Layout:
-        size = len(self.outputs) // self.groups
-        return self.outputs[j * size : (j + 1) * size]
-
-
-@dataclass(frozen=True)
-class Flow:
-    outputs: tuple[Layout | None, ...]
-    slices: tuple[Slice, ...] = ()
-    ties: tuple[tuple[Layout, Layout], ...] = ()
-    consumers: tuple[Consumer, ...] = ()
-    pinned: tuple[tuple[Layout, str], ...] = field(default=())
-    blocks: tuple[Blocks, ...] = ()
-
-
-@dataclass(frozen=True)
-class Pin:
-    reason: str
-
-
-class Context(Protocol):
-    def layout(self, name: str) -> Layout | None: ...
-    def const(self, name: str) -> np.ndarray | None: ...
-    def shape(self, name: str) -> Shape | None: ...
-    def new_atoms(self, node: int, count: int) -> Layout: ...
-    def readers(self, name: str) -> tuple[int, ...]: ...  # node positions; -1: graph output
-    def node(self, position: int) -> onnx.NodeProto: ...
-
-
-Rule = Callable[[int, onnx.NodeProto, Context], Flow | Pin]
-
-
-def _input(node: onnx.NodeProto, i: int) -> str:
-    return node.input[i] if len(node.input) > i else ""
-
-
-def _tracked_elsewhere(node: onnx.NodeProto, ctx: Context, allowed: tuple[int, ...]) -> int | None:
-    for i, name in enumerate(node.input):
-        if name and i not in allowed and ctx.layout(name) is not None:
-            return i
-    return None
-
-
-def _rank(ctx: Context, name: str) -> int | None:
-    shape = ctx.shape(name)
-    return None if shape is None else len(shape)
-
-
-def _same(node: onnx.NodeProto, ctx: Context, slices: tuple[Slice, ...] = ()) -> Flow:
-    x = ctx.layout(node.input[0])
-    return Flow(outputs=(x,) + (None,) * (len(node.output) - 1), slices=slices)
+# A Gemm / MatMul refitted by least squares needs the (F + 1)² Gram matrix of its F input
+# features: F ≤ 4,096 (128 MiB). A Flatten over (C, L) can give far more; those get "mean".
+REFIT_FEATURES = 4096
 
 
 def conv(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    if _tracked_elsewhere(node, ctx, (0,)) is not None:
+    if tracked_elsewhere(node, ctx, (0,)) is not None:
         return Pin("weight or bias is computed from channels")
     w = ctx.const(node.input[1])
-    if w is None or (_input(node, 2) and ctx.const(node.input[2]) is None):
+    if w is None or (input_name(node, 2) and ctx.const(node.input[2]) is None):
         return Pin("weight or bias is not a constant")
     group, x = attr(node, "group", 1), ctx.layout(node.input[0])
-    bias = (2,) if _input(node, 2) else ()
+    bias = (2,) if input_name(node, 2) else ()
     if group == 1:
         out = ctx.new_atoms(i, w.shape[0])
         slices = tuple(Slice(i, k, 0, out, PRODUCER) for k in (1, *bias))
@@ -276,25 +194,25 @@ def _grouped(
 
 def per_channel_params(inputs: tuple[int, ...]) -> Rule:
     def rule(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-        if _tracked_elsewhere(node, ctx, (0,)) is not None:
+        if tracked_elsewhere(node, ctx, (0,)) is not None:
             return Pin("parameters are computed from channels")
         x = ctx.layout(node.input[0])
-        present = [k for k in inputs if _input(node, k)]
+        present = [k for k in inputs if input_name(node, k)]
         if any(ctx.const(node.input[k]) is None for k in present):
             return Pin("per-channel parameters are not constants")
-        return _same(node, ctx, tuple(Slice(i, k, 0, x, PER_CHANNEL) for k in present))
+        return same(node, ctx, tuple(Slice(i, k, 0, x, PER_CHANNEL) for k in present))
 
     return rule
 
 
 def unary(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    extra = _tracked_elsewhere(node, ctx, (0,))
+    extra = tracked_elsewhere(node, ctx, (0,))
     if extra is not None:
         return Pin(f"input {extra} is channel data")
     if node.op_type == "PRelu":
         slope = ctx.const(node.input[1])
         return _const_operand(i, node, ctx, 1, slope, node.input[0])
-    return _same(node, ctx)
+    return same(node, ctx)
 
 
 def _channel_axis(ndim: int, rank: int) -> int | None:
@@ -306,7 +224,7 @@ def _channel_axis(ndim: int, rank: int) -> int | None:
 def _const_operand(
     i: int, node: onnx.NodeProto, ctx: Context, k: int, value: np.ndarray | None, data: str
 ) -> Flow | Pin:
-    x, rank = ctx.layout(data), _rank(ctx, data)
+    x, rank = ctx.layout(data), rank_of(ctx, data)
     if value is None or rank is None or value.ndim > rank:
         return Pin("other operand is neither a constant nor a channel tensor")
     axis = _channel_axis(value.ndim, rank)
@@ -320,22 +238,36 @@ def _const_operand(
 def binary(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
     a, b = (ctx.layout(n) for n in node.input[:2])
     if a is not None and b is not None:
-        if len(a) != len(b) or _rank(ctx, node.input[0]) != _rank(ctx, node.input[1]):
-            return Pin("operands differ in channels or rank")
-        return Flow((a,), ties=((a, b),))
+        return _both_tracked(node, ctx, a, b)
     k = 1 if a is not None else 0
     if node.op_type in ("Sub", "Div", "Pow") and k == 0:
         return Pin("channel tensor on the right of a non-commutative op")
     value = ctx.const(node.input[k])
     if value is None:
         shape = ctx.shape(node.input[k])
-        data_rank = _rank(ctx, node.input[1 - k])
+        data_rank = rank_of(ctx, node.input[1 - k])
         if shape is not None and data_rank is not None and len(shape) <= data_rank:
             axis = _channel_axis(len(shape), data_rank)
             if axis is None or shape[axis] == 1:
                 return Flow((ctx.layout(node.input[1 - k]),))
         return Pin("other operand is computed and broadcasts over channels")
     return _const_operand(i, node, ctx, k, value, node.input[1 - k])
+
+
+def _both_tracked(node: onnx.NodeProto, ctx: Context, a: Layout, b: Layout) -> Flow | Pin:
+    """Equal widths: tied position-wise. One channel against C (same rank): it broadcasts,
+    y[c] = a[c] ∘ b[0]; the output carries the wide layout and the one channel is pinned:
+    it is a factor of every output channel, so it cannot go while any of them stays."""
+    ranks = (rank_of(ctx, node.input[0]), rank_of(ctx, node.input[1]))
+    if ranks[0] != ranks[1]:
+        return Pin("operands differ in rank")
+    if len(a) == len(b):
+        return Flow((a,), ties=((a, b),))
+    if 1 not in (len(a), len(b)) or ranks[0] is None:
+        return Pin("operands differ in channels (neither has one to broadcast)")
+    wide, one = (a, b) if len(b) == 1 else (b, a)
+    why = f"its one channel broadcasts over the {len(wide)} of the other operand"
+    return Flow((wide,), pinned=((one, why),))
 
 
 def variadic(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
@@ -345,135 +277,120 @@ def variadic(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
     return Flow((layouts[0],), ties=tuple((layouts[0], x) for x in layouts[1:]))
 
 
-def _axes(node: onnx.NodeProto, ctx: Context, position: int) -> list[int] | None:
-    value = attr(node, "axes")
-    if value is None and _input(node, position):
-        const = ctx.const(node.input[position])
-        value = None if const is None else const.tolist()
-    return None if value is None else list(value)
-
-
-def _norm(axes: list[int], rank: int) -> set[int]:
-    return {a + rank if a < 0 else a for a in axes}
-
-
 def pool(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    return _same(node, ctx)
+    return same(node, ctx)
 
 
 def reduce(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    axes, rank = _axes(node, ctx, 1), _rank(ctx, node.input[0])
-    if not axes or rank is None or _norm(axes, rank) & {0, 1}:
+    axes, rank = axes_of(node, ctx, 1), rank_of(ctx, node.input[0])
+    if not axes or rank is None or normalise_axes(axes, rank) & {0, 1}:
         return Pin("reduces over the batch or channel axis (or all axes)")
-    return _same(node, ctx)
+    return same(node, ctx)
 
 
 def pad(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
     pads = attr(node, "pads")
-    if pads is None and _input(node, 1):
+    if pads is None and input_name(node, 1):
         const = ctx.const(node.input[1])
         pads = None if const is None else const.tolist()
-    rank = _rank(ctx, node.input[0])
-    axes = _axes(node, ctx, 3) if _input(node, 3) else list(range(rank or 0))
+    rank = rank_of(ctx, node.input[0])
+    axes = axes_of(node, ctx, 3) if input_name(node, 3) else list(range(rank or 0))
     if pads is None or rank is None or axes is None:
         return Pin("pads are not constant")
     n, axes = len(axes), [a + rank if a < 0 else a for a in axes]
     touched = {a for a, lo, hi in zip(axes, pads[:n], pads[n:], strict=True) if lo or hi}
-    return Pin("pads the batch or channel axis") if touched & {0, 1} else _same(node, ctx)
-
-
-def slice_(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    rank = _rank(ctx, node.input[0])
-    axes = _axes(node, ctx, 3) if _input(node, 3) else None
-    if rank is None or axes is None or _norm(axes, rank) & {0, 1}:
-        return Pin("slices the batch or channel axis (or axes unknown)")
-    return _same(node, ctx)
+    return Pin("pads the batch or channel axis") if touched & {0, 1} else same(node, ctx)
 
 
 def concat(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    rank = _rank(ctx, node.output[0]) or _rank(ctx, node.input[0])
-    if rank is None:
+    # Shape inference loses the rank after ops it cannot see through (tsai's AddCoords1d
+    # builds its channel with Expand(…, ConstantOfShape(…)) and Tile): any known one does.
+    ranks = [r for r in (rank_of(ctx, n) for n in (node.output[0], *node.input)) if r]
+    if not ranks:
         return Pin("rank unknown")
-    axis = attr(node, "axis") % rank
+    axis = attr(node, "axis") % ranks[0]
     layouts = [ctx.layout(n) for n in node.input]
     if axis != 1:
         if any(x is None for x in layouts):
             return Pin("concatenates a channel tensor with an untracked one")
         return variadic(i, node, ctx)
+    widths = _concat_widths(node, ctx, layouts)
+    if widths is None:
+        return Pin("channel count of an untracked input unknown")
     parts, pinned = [], []
-    for name, x in zip(node.input, layouts, strict=True):
+    for name, x, width in zip(node.input, layouts, widths, strict=True):
         if x is None:
-            shape = ctx.shape(name)
-            if shape is None or shape[1] is None:
-                return Pin(f"channel count of input {name} unknown")
-            x = ctx.new_atoms(-1, shape[1])
+            x = ctx.new_atoms(-1, width)
             pinned.append((x, f"untracked input {name} of Concat"))
         parts.extend(x)
     return Flow((tuple(parts),), pinned=tuple(pinned))
 
 
-def _only_unit_axes_after_1(ctx: Context, src: str, dst: str) -> bool:
-    a, b = ctx.shape(src), ctx.shape(dst)
-    if a is None or b is None or len(a) < 2 or len(b) < 2 or a[1] is None:
-        return False
-    return a[1] == b[1] and all(d == 1 for d in (*a[2:], *b[2:]))
+def _dim1(ctx: Context, name: str) -> int | None:
+    shape = ctx.shape(name)
+    return shape[1] if shape is not None and len(shape) > 1 else None
 
 
-def reshape_like(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    if node.op_type == "Flatten" and attr(node, "axis", 1) != 1:
-        return Pin("Flatten with axis != 1 merges the batch and channel axes")
-    if not _only_unit_axes_after_1(ctx, node.input[0], node.output[0]):
-        return Pin("changes the channel axis (only size-1 axes after it may go)")
-    if node.op_type != "Reshape":
-        return _same(node, ctx)
-    # A literal channel count in a constant shape (the dynamo exporter writes [-1, C])
-    # follows the pruning; 0 (copy), -1 (inferred) and computed shapes need nothing.
-    target = ctx.const(node.input[1])
-    literal = target is not None and target.ndim == 1 and len(target) > 1 and target[1] > 0
-    count = (Slice(i, 1, 1, ctx.layout(node.input[0]), COUNT),) if literal else ()
-    return _same(node, ctx, count)
+def _concat_widths(
+    node: onnx.NodeProto, ctx: Context, layouts: list[Layout | None]
+) -> list[int] | None:
+    """Each input's channel count; one that shape inference lacks is what the output's
+    (inferred, or C_in of a Conv reading it) leaves."""
+    widths = [
+        _dim1(ctx, n) if x is None else len(x) for n, x in zip(node.input, layouts, strict=True)
+    ]
+    unknown = [k for k, w in enumerate(widths) if w is None]
+    if not unknown:
+        return widths
+    total = _dim1(ctx, node.output[0]) or _conv_input_width(ctx, node.output[0])
+    if len(unknown) != 1 or total is None:
+        return None
+    widths[unknown[0]] = total - sum(w for w in widths if w is not None)
+    return widths if widths[unknown[0]] > 0 else None
 
 
-def squeeze_like(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    """Squeeze / Unsqueeze of axes after the channel axis keep it (the dynamo exporter
-    writes adaptive_avg_pool1d as Unsqueeze → ReduceMean → Squeeze); else as Reshape."""
-    # Unsqueeze's axes index its output, Squeeze's its input.
-    ranked = node.output[0] if node.op_type == "Unsqueeze" else node.input[0]
-    axes, rank = _axes(node, ctx, 1), _rank(ctx, ranked)
-    if axes and rank is not None and not _norm(axes, rank) & {0, 1}:
-        return _same(node, ctx)
-    return reshape_like(i, node, ctx)
+def _conv_input_width(ctx: Context, name: str) -> int | None:
+    """C_in = W.shape[1] · group of a Conv reading ``name`` as its data input."""
+    for position in ctx.readers(name):
+        node = None if position < 0 else ctx.node(position)
+        if node is not None and node.op_type == "Conv" and node.input[0] == name:
+            w = ctx.const(node.input[1])
+            if w is not None:
+                return w.shape[1] * attr(node, "group", 1)
+    return None
 
 
 def softmax(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    rank = _rank(ctx, node.input[0])
+    rank = rank_of(ctx, node.input[0])
     if rank is None or attr(node, "axis", -1) % rank < 2:
         return Pin("normalises across channels")
-    return _same(node, ctx)
+    return same(node, ctx)
 
 
 def gemm(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    if _tracked_elsewhere(node, ctx, (0,)) is not None:
+    if tracked_elsewhere(node, ctx, (0,)) is not None:
         return Pin("weight or bias is channel data")
     x = ctx.layout(node.input[0])
-    if attr(node, "transA", 0) or _rank(ctx, node.input[0]) != 2:
+    # Gemm's A is 2-D by definition (old Reshapes infer no rank for a computed target).
+    if attr(node, "transA", 0) or rank_of(ctx, node.input[0]) not in (2, None):
         return Pin("A is transposed or not a (batch, features) matrix")
     w = ctx.const(node.input[1])
     if w is None or w.ndim != 2:
         return Pin("B is not a constant matrix")
     axis = 1 if attr(node, "transB", 0) else 0
-    read = Consumer(i, node.input[0], x, "gemm", True, True)
+    read = Consumer(i, node.input[0], x, "gemm", True, len(x) <= REFIT_FEATURES)
     return Flow((None,), (Slice(i, 1, axis, x, CONSUMER),), consumers=(read,))
 
 
 def matmul(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    if _tracked_elsewhere(node, ctx, (0,)) is not None or _rank(ctx, node.input[0]) != 2:
+    if tracked_elsewhere(node, ctx, (0,)) is not None or rank_of(ctx, node.input[0]) != 2:
         return Pin("channels are not the contracted axis of a (batch, features) matrix")
     w = ctx.const(node.input[1])
     if w is None or w.ndim != 2:
         return Pin("B is not a constant matrix")
     x = ctx.layout(node.input[0])
-    read = Consumer(i, node.input[0], x, "matmul", True, True, _bias_add(node, ctx, w.shape[1]))
+    bias = _bias_add(node, ctx, w.shape[1])
+    read = Consumer(i, node.input[0], x, "matmul", True, len(x) <= REFIT_FEATURES, bias)
     return Flow((None,), (Slice(i, 1, 0, x, CONSUMER),), consumers=(read,))
 
 
@@ -505,12 +422,13 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(POOLS, pool),
     **dict.fromkeys(REDUCES, reduce),
     "Pad": pad,
-    "Slice": slice_,
+    "Slice": views.slice_,
     "Concat": concat,
-    "Flatten": reshape_like,
-    "Squeeze": squeeze_like,
-    "Unsqueeze": squeeze_like,
-    "Reshape": reshape_like,
+    "Flatten": views.reshape_like,
+    "Squeeze": views.squeeze_like,
+    "Unsqueeze": views.squeeze_like,
+    "Reshape": views.reshape_like,
+    "Shape": views.shape,
     "Softmax": softmax,
     "LogSoftmax": softmax,
     "Gemm": gemm,
