@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnx.parser
@@ -199,6 +201,30 @@ def test_a_run_time_shape_is_counted_from_a_sample(length: int, padded: int) -> 
     sample = {"x": np.random.default_rng(0).standard_normal((5, 1, length))}
     cost = model_cost(model, length=length, sample=sample)
     assert (cost.macs, cost.unknown) == (4 * (padded - 2) * 3, ())  # out × C_in·k
+
+
+def test_inspect_shows_unknown_macs_and_counts_them_with_calibration(run_cli, tmp_path) -> None:
+    model, path, calib = build(PAD_TO_EVEN, "W"), tmp_path / "pad.onnx", tmp_path / "c.npz"
+    metadata.write_metadata(model, {metadata.INPUT_LENGTH: 33})
+    onnx.save(model, path)
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((6, 1, 33)).astype(np.float32))
+    plain = run_cli("inspect", path)
+    assert plain.code == 0, plain.stderr
+    text = " ".join(plain.stdout.split())  # rich wraps lines at the terminal width
+    assert "≥ 0 MACs/sample" in text
+    assert "MACs unknown (no static shape; --calib counts them from a sample) for: Conv_6" in text
+    doc = json.loads(run_cli("inspect", path, "--json").stdout)
+    assert (doc["macs"], doc["macs_unknown"], doc["params"], doc["weight_bytes"]) == (
+        0,
+        ["Conv_6"],
+        12,
+        48,
+    )
+    doc = json.loads(run_cli("inspect", path, "--calib", calib, "--json").stdout)
+    assert (doc["macs"], doc["macs_unknown"], doc["layers"][0]["macs"]) == (384, [], 384)
+    compressed = run_cli("compress", path, "--calib", calib, "-o", tmp_path / "out.onnx", "--json")
+    assert compressed.code == 0, compressed.stderr
+    assert json.loads(compressed.stdout)["macs"] == [384, 384]
 
 
 def test_a_fixed_batch_is_fed_by_repeating_the_sample() -> None:
