@@ -27,12 +27,11 @@ multiply-accumulate of learned weights. A model with a fixed batch B reports its
 divided by B.
 
 Shapes, in order, for a tensor a MAC rule reads: ONNX shape inference (with data
-propagation); then onnxruntime's own inference, which knows its contrib ops (a session
-that outputs the missing tensors, not run); then, given ``sample`` (calibration data,
-its first row), the shapes seen when that session runs it, which resolves what only run
-time knows (Pad amounts or Reshape targets computed from ``Shape``). A node whose shapes
-are still unknown counts 0 MACs and is listed in ``ModelCost.unknown``: ``macs`` is then
-a lower bound.
+propagation); then onnxruntime's own inference, which knows its contrib ops; then, given
+``sample`` (calibration data; its first rows), the shapes one run on it produces, which
+resolves what only run time knows (Pad amounts or Reshape targets computed from
+``Shape``); see ``dsp_deploy.observed``. A node whose shapes are still unknown counts 0
+MACs and is listed in ``ModelCost.unknown``: ``macs`` is then a lower bound.
 
 ``params`` is the number of elements of every weight-like initializer of the main graph:
 every numeric type but int64 (ONNX's type for shapes, axes, pads and indices) and bool
@@ -59,6 +58,7 @@ import onnx
 from dsp_deploy import metadata
 from dsp_deploy.errors import InputError, ModelError
 from dsp_deploy.modelcheck import tensor_bytes
+from dsp_deploy.observed import feeds_from, run_inputs, runtime_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def model_cost(
     shapes = _static_shapes(inferred.graph)
     missing = _missing(inferred.graph, shapes)
     if missing:
-        feeds = None if sample is None else _feeds(fixed, sample)
+        feeds = None if sample is None else feeds_from(fixed, sample)
         shapes = {**shapes, **runtime_shapes(fixed, missing, feeds)}
     weights = _weight_sizes(inferred.graph)
     nodes, unknown = _node_costs(inferred.graph, shapes, weights)
@@ -214,7 +214,7 @@ def _fix_input_dims(model: onnx.ModelProto, length: int | None) -> tuple[onnx.Mo
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
     batch = 1
-    for value in _run_inputs(fixed):
+    for value in run_inputs(fixed):
         dims = value.type.tensor_type.shape.dim
         for axis, dim in enumerate(dims):
             if not dim.HasField("dim_value"):
@@ -228,15 +228,6 @@ def _fix_input_dims(model: onnx.ModelProto, length: int | None) -> tuple[onnx.Mo
         if len(dims) >= 2:
             batch = max(batch, dims[0].dim_value)
     return fixed, batch
-
-
-def _run_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """Graph inputs fed at run time (not initializers), tensors only."""
-    initializers = {t.name for t in model.graph.initializer}
-    return [
-        v for v in model.graph.input
-        if v.name not in initializers and v.type.HasField("tensor_type")
-    ]  # fmt: skip
 
 
 def _static_shapes(graph: onnx.GraphProto) -> dict[str, Shape]:
@@ -274,70 +265,6 @@ def _missing(graph: onnx.GraphProto, shapes: Mapping[str, Shape]) -> tuple[str, 
     """Tensors of MAC-counted nodes whose shape static inference left unknown."""
     names = (v for n in graph.node if _rule(n) for v in (*n.input, *n.output))
     return tuple(dict.fromkeys(v for v in names if v and v not in shapes))
-
-
-def runtime_shapes(
-    model: onnx.ModelProto, names: tuple[str, ...], feeds: Mapping[str, np.ndarray] | None
-) -> dict[str, Shape]:
-    """Shapes of ``names`` as onnxruntime infers them for ``model`` (static inputs), and,
-    given ``feeds``, as one run on them produces; names neither knows are left out."""
-    session = _shape_session(model, names)
-    found: dict[str, Shape] = {}
-    for out in session.get_outputs():
-        if out.name in names and all(isinstance(d, int) for d in out.shape):
-            found[out.name] = tuple(out.shape)
-    fetch = [n for n in names if n not in found]
-    if feeds is not None and fetch:
-        try:
-            values = session.run(fetch, dict(feeds))
-        except Exception as e:  # onnxruntime's Fail, InvalidArgument, ... (pybind11 types)
-            raise ModelError(f"onnxruntime cannot run the model on the sample: {_first(e)}") from e
-        found.update((n, tuple(v.shape)) for n, v in zip(fetch, values, strict=True))
-    logger.debug("shapes from onnxruntime: %d of %d", len(found), len(names))
-    return found
-
-
-def _first(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _shape_session(model: onnx.ModelProto, names: tuple[str, ...]):
-    import onnxruntime as ort  # deferred: only models static inference cannot size need it
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    for out in probe.graph.output:  # a declared symbolic shape would mask the inferred one
-        if out.name in names:
-            out.type.tensor_type.ClearField("shape")
-    have = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(
-            probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as e:  # onnxruntime's pybind11 error types
-        raise ModelError(f"onnxruntime cannot load the model to infer shapes: {_first(e)}") from e
-
-
-def _feeds(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The first rows of ``sample`` per input, as many as its batch (fixed by then), in
-    the input's element type."""
-    feeds = {}
-    for value in _run_inputs(model):
-        if value.name not in sample:
-            raise InputError(f"the sample has no array for model input {value.name!r}")
-        tensor = value.type.tensor_type
-        rows = np.asarray(sample[value.name])
-        if len(tensor.shape.dim) >= 2:  # a fixed batch larger than the sample: repeat rows
-            batch = tensor.shape.dim[0].dim_value
-            rows = np.resize(rows[:batch], (batch, *rows.shape[1:]))
-        feeds[value.name] = rows.astype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
-    return feeds
 
 
 def _node_costs(
