@@ -446,3 +446,19 @@ def test_int64_initializers_are_not_params() -> None:
     model.graph.initializer.append(numpy_helper.from_array(np.array([-1, 6]), "unused"))
     cost = model_cost(model)
     assert (cost.params, cost.bytes) == (24, 96)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [
+        (onnx.TensorProto.INT64, 80),  # counted as 5 bytes once: "4" in its name
+        (onnx.TensorProto.FLOAT8E4M3FN, 10),  # likewise
+        (onnx.TensorProto.INT4, 5),  # packed two per byte
+        (onnx.TensorProto.FLOAT16, 20),
+        (onnx.TensorProto.STRING, None),
+    ],
+)
+def test_tensor_bytes_by_bit_width(dtype: int, expected: int | None) -> None:
+    from dsp_deploy.modelcheck import tensor_bytes
+
+    assert tensor_bytes(dtype, (2, 5)) == expected
