@@ -1,9 +1,10 @@
-"""Parameters and multiply-accumulates (MACs) of an ONNX model, per node, from shapes.
+"""Parameters, weight bytes and multiply-accumulates (MACs) of an ONNX model, per node.
 
 The counts are per sample: a dynamic batch dimension (axis 0 of every graph input of
 rank >= 2) is fixed to 1 before ONNX shape inference runs on a copy of the model; a
 dynamic time length (the last axis) takes ``length`` or the model's ``dsp.input_length``
-metadata. Any other dynamic dimension cannot be resolved and raises ``InputError``.
+metadata. A dimension neither resolves stays dynamic: the MACs that depend on it are
+unknown (below) unless ``sample`` sizes them.
 
 Per node, with ``Y`` the output and ``W`` the weight (shapes at batch 1)::
 
@@ -15,43 +16,57 @@ Per node, with ``Y`` the output and ``W`` the weight (shapes at batch 1)::
     MatMul         macs = |Y| · K            (K = last axis of A; numpy broadcasting)
     anything else  macs = 0
 
+The quantized and fused forms count as their float op, reading their own operand
+positions: QLinearConv (x 0, W 3), ConvInteger and com.microsoft FusedConv (x 0, W 1) as
+Conv; com.microsoft QGemm (A 0, B 3) as Gemm; QLinearMatMul and MatMulInteger (A 0) as
+MatMul. A QDQ graph's Conv reads its weight through DequantizeLinear and counts as a Conv.
+
 Everything else (BatchNormalization, Relu, pooling, Add, Concat, Softmax, ...) counts 0:
 it is O(|Y|) element-wise or data movement, small next to the contractions and not a
 multiply-accumulate of learned weights. A model with a fixed batch B reports its totals
 divided by B.
 
-``params`` is the number of elements of all floating-point initializers of the main
-graph, i.e. what the file stores (frozen filters included), each counted once. A node's
-``params`` are those of the float initializers it reads; one read by r nodes is shared
-out among them, n // r elements each and the remainder one by one to the first readers
-in graph order (two Convs sharing a 36-element W show 18 each, not 36 and 0). So the
-nodes sum to ``params`` less any initializer no node reads. Subgraphs (If/Loop) are not
-counted.
+Shapes, in order, for a tensor a MAC rule reads: ONNX shape inference (with data
+propagation); then onnxruntime's own inference, which knows its contrib ops; then, given
+``sample`` (calibration data; its first rows), the shapes one run on it produces, which
+resolves what only run time knows (Pad amounts or Reshape targets computed from
+``Shape``); see ``dsp_deploy.observed``. A node whose shapes are still unknown counts 0
+MACs and is listed in ``ModelCost.unknown``: ``macs`` is then a lower bound.
+
+``params`` is the number of elements of every weight-like initializer of the main graph:
+every numeric type but int64 (ONNX's type for shapes, axes, pads and indices) and bool
+(masks). So float weights and biases, int8/uint8/int4 quantized weights, int32 quantized
+biases, and the quantization scales and zero points, counted as params (they are stored
+beside the weights they decode: one value per tensor or per channel). ``bytes`` is what
+those initializers take by their types (sub-byte types packed). A node's ``params`` are
+those of the weight-like initializers it reads; one read by r nodes is shared out among
+them, n // r elements each and the remainder one by one to the first readers in graph
+order (two Convs sharing a 36-element W show 18 each, not 36 and 0). So the nodes sum to
+``params`` less any initializer no node reads (in a QDQ graph the DequantizeLinear nodes
+read them, not the Conv). Subgraphs (If/Loop) are not counted.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 from dsp_deploy import metadata
 from dsp_deploy.errors import InputError, ModelError
+from dsp_deploy.modelcheck import tensor_bytes
+from dsp_deploy.observed import feeds_from, run_inputs, runtime_shapes
 
 logger = logging.getLogger(__name__)
 
-_FLOAT_TYPES = frozenset(
-    {
-        onnx.TensorProto.FLOAT,
-        onnx.TensorProto.DOUBLE,
-        onnx.TensorProto.FLOAT16,
-        onnx.TensorProto.BFLOAT16,
-    }
-)
+# Not weights: int64 holds shapes, axes, pads and indices; bool masks; strings no numbers.
+_NOT_WEIGHTS = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.BOOL, onnx.TensorProto.STRING})
 
 Shape = tuple[int, ...]
 
@@ -70,16 +85,23 @@ class NodeCost:
 class ModelCost:
     """Cost of a whole model (see the module docstring for what is counted)."""
 
-    params: int  # elements of all float initializers (what the file stores)
-    macs: int  # multiply-accumulates per sample
+    params: int  # elements of all weight-like initializers (what the file stores)
+    macs: int  # multiply-accumulates per sample (of the nodes not in ``unknown``)
     per_node: tuple[NodeCost, ...]
+    bytes: int = 0  # storage of those initializers, by type
+    unknown: tuple[str, ...] = ()  # nodes whose MACs no shape source could tell
 
 
-def model_cost(model: onnx.ModelProto, *, length: int | None = None) -> ModelCost:
+def model_cost(
+    model: onnx.ModelProto,
+    *,
+    length: int | None = None,
+    sample: Mapping[str, np.ndarray] | None = None,
+) -> ModelCost:
     """Params and MACs per sample of ``model``; ``length`` resolves a dynamic time axis.
 
-    The model is not modified. Raises ``InputError`` when a dynamic dimension cannot be
-    resolved or shapes needed for a MAC count cannot be inferred.
+    ``sample`` (input name → batch-first array, e.g. the calibration inputs; its first
+    rows are used) gives the shapes static inference cannot. The model is not modified.
     """
     fixed, batch = _fix_input_dims(model, length)
     try:
@@ -87,13 +109,25 @@ def model_cost(model: onnx.ModelProto, *, length: int | None = None) -> ModelCos
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
         raise ModelError(f"shape inference failed on the model: {e}") from e
     shapes = _static_shapes(inferred.graph)
-    weights = _float_initializer_sizes(inferred.graph)
-    nodes = _node_costs(inferred.graph, shapes, weights)
+    missing = _missing(inferred.graph, shapes)
+    if missing:
+        feeds = None if sample is None else feeds_from(fixed, sample)
+        shapes = {**shapes, **runtime_shapes(fixed, missing, feeds)}
+    weights = _weight_sizes(inferred.graph)
+    nodes, unknown = _node_costs(inferred.graph, shapes, weights)
+    if unknown:
+        logger.info("MACs of %d nodes unknown (no static shape): %s", len(unknown), unknown)
     macs = sum(n.macs for n in nodes)
     if batch > 1:  # a fixed batch: report per sample
         macs //= batch
         nodes = tuple(NodeCost(n.name, n.op_type, n.params, n.macs // batch) for n in nodes)
-    cost = ModelCost(params=sum(weights.values()), macs=macs, per_node=nodes)
+    cost = ModelCost(
+        params=sum(weights.values()),
+        macs=macs,
+        per_node=nodes,
+        bytes=_weight_bytes(inferred.graph),
+        unknown=unknown,
+    )
     logger.debug("model cost: %d params, %d MACs per sample", cost.params, cost.macs)
     return cost
 
@@ -177,19 +211,25 @@ def _resolve_dims(value: onnx.ValueInfoProto, batch: int | None, length: int | N
 
 
 def _fix_input_dims(model: onnx.ModelProto, length: int | None) -> tuple[onnx.ModelProto, int]:
-    """A copy with every input dimension static; also the batch (fixed, or 1)."""
-    shapes = {s.name: s.shape for s in input_shapes(model, length=length)}
+    """A copy with the input dimensions made static where they can be (the batch always,
+    a dynamic last axis from ``length`` or metadata); also the batch (fixed, or 1)."""
+    hint = _length_hint(model, length)
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
     batch = 1
-    for value in fixed.graph.input:
-        if value.name not in shapes:
-            continue
-        shape = shapes[value.name]
-        if len(shape) >= 2:
-            batch = max(batch, shape[0])
-        for dim, size in zip(value.type.tensor_type.shape.dim, shape, strict=True):
-            dim.dim_value = size
+    for value in run_inputs(fixed):
+        dims = value.type.tensor_type.shape.dim
+        for axis, dim in enumerate(dims):
+            if not dim.HasField("dim_value"):
+                size = 1 if axis == 0 and len(dims) >= 2 else hint
+                size = size if axis == 0 or axis == len(dims) - 1 else None
+                if size is None:
+                    logger.info("input %r axis %d stays dynamic: MACs that depend on it "
+                                "are unknown", value.name, axis)  # fmt: skip
+                    continue
+                dim.dim_value = size
+        if len(dims) >= 2:
+            batch = max(batch, dims[0].dim_value)
     return fixed, batch
 
 
@@ -207,25 +247,49 @@ def _static_shapes(graph: onnx.GraphProto) -> dict[str, Shape]:
     return shapes
 
 
-def _float_initializer_sizes(graph: onnx.GraphProto) -> dict[str, int]:
-    return {t.name: math.prod(t.dims) for t in graph.initializer if t.data_type in _FLOAT_TYPES}
+def _weights(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    return [t for t in graph.initializer if t.data_type not in _NOT_WEIGHTS]
+
+
+def _weight_sizes(graph: onnx.GraphProto) -> dict[str, int]:
+    return {t.name: math.prod(t.dims) for t in _weights(graph)}
+
+
+def _weight_bytes(graph: onnx.GraphProto) -> int:
+    return sum(tensor_bytes(t.data_type, tuple(t.dims)) or 0 for t in _weights(graph))
+
+
+def _rule(node: onnx.NodeProto) -> Callable[[onnx.NodeProto, _Shapes], int] | None:
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    return _MAC_RULES.get((domain, node.op_type))
+
+
+def _missing(graph: onnx.GraphProto, shapes: Mapping[str, Shape]) -> tuple[str, ...]:
+    """Tensors of MAC-counted nodes whose shape static inference left unknown."""
+    names = (v for n in graph.node if _rule(n) for v in (*n.input, *n.output))
+    return tuple(dict.fromkeys(v for v in names if v and v not in shapes))
 
 
 def _node_costs(
     graph: onnx.GraphProto, shapes: Mapping[str, Shape], weights: Mapping[str, int]
-) -> tuple[NodeCost, ...]:
+) -> tuple[tuple[NodeCost, ...], tuple[str, ...]]:
+    """Each node's cost, and the names of the nodes whose MACs are unknown."""
     reads = [tuple(dict.fromkeys(i for i in n.input if i in weights)) for n in graph.node]
     readers = Counter(i for names in reads for i in names)
     seen: Counter[str] = Counter()
-    costs = []
+    costs, unknown = [], []
     for index, (node, names) in enumerate(zip(graph.node, reads, strict=True)):
         name = node.name or f"{node.op_type}_{index}"
         params = sum(_share(weights[i], readers[i], seen[i]) for i in names)
         seen.update(names)
-        rule = _MAC_RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        macs = rule(node, _Shapes(shapes, name)) if rule else 0
+        rule = _rule(node)
+        try:
+            macs = rule(node, _Shapes(shapes)) if rule else 0
+        except _UnknownShape:
+            macs = 0
+            unknown.append(name)
         costs.append(NodeCost(name, node.op_type, params, macs))
-    return tuple(costs)
+    return tuple(costs), tuple(unknown)
 
 
 def _share(size: int, readers: int, rank: int) -> int:
@@ -233,21 +297,21 @@ def _share(size: int, readers: int, rank: int) -> int:
     return size // readers + (rank < size % readers)
 
 
+class _UnknownShape(Exception):
+    """A shape a MAC rule needs that no source knows (never leaves this module)."""
+
+
 @dataclass(frozen=True)
 class _Shapes:
-    """Shape lookup that names the node when a shape it needs is unknown."""
+    """Shape lookup; an unknown shape makes the node's MACs unknown."""
 
     known: Mapping[str, Shape]
-    node: str
 
     def __call__(self, value: str) -> Shape:
         try:
             return self.known[value]
         except KeyError:
-            raise InputError(
-                f"cannot count MACs of node {self.node!r}: the shape of {value!r} is not "
-                "static after shape inference"
-            ) from None
+            raise _UnknownShape(value) from None
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -257,18 +321,18 @@ def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return default
 
 
-def _conv_macs(node: onnx.NodeProto, shape: _Shapes) -> int:
-    return math.prod(shape(node.output[0])) * math.prod(shape(node.input[1])[1:])
+def _conv_macs(node: onnx.NodeProto, shape: _Shapes, *, w: int = 1) -> int:
+    return math.prod(shape(node.output[0])) * math.prod(shape(node.input[w])[1:])
 
 
 def _conv_transpose_macs(node: onnx.NodeProto, shape: _Shapes) -> int:
     return math.prod(shape(node.input[0])) * math.prod(shape(node.input[1])[1:])
 
 
-def _gemm_macs(node: onnx.NodeProto, shape: _Shapes) -> int:
-    a, b = shape(node.input[0]), shape(node.input[1])
-    m, k = (a[1], a[0]) if _attr(node, "transA", 0) else a
-    n = b[0] if _attr(node, "transB", 0) else b[1]
+def _gemm_macs(node: onnx.NodeProto, shape: _Shapes, *, b: int = 1) -> int:
+    a_shape, b_shape = shape(node.input[0]), shape(node.input[b])
+    m, k = (a_shape[1], a_shape[0]) if _attr(node, "transA", 0) else a_shape
+    n = b_shape[0] if _attr(node, "transB", 0) else b_shape[1]
     return m * k * n
 
 
@@ -277,9 +341,16 @@ def _matmul_macs(node: onnx.NodeProto, shape: _Shapes) -> int:
     return math.prod(shape(node.output[0])) * a[-1]
 
 
-_MAC_RULES: Mapping[str, Callable[[onnx.NodeProto, _Shapes], int]] = {
-    "Conv": _conv_macs,
-    "ConvTranspose": _conv_transpose_macs,
-    "Gemm": _gemm_macs,
-    "MatMul": _matmul_macs,
+_MS = "com.microsoft"
+_MAC_RULES: Mapping[tuple[str, str], Callable[[onnx.NodeProto, _Shapes], int]] = {
+    ("", "Conv"): _conv_macs,
+    ("", "ConvTranspose"): _conv_transpose_macs,
+    ("", "Gemm"): _gemm_macs,
+    ("", "MatMul"): _matmul_macs,
+    ("", "QLinearConv"): functools.partial(_conv_macs, w=3),
+    ("", "ConvInteger"): _conv_macs,
+    (_MS, "FusedConv"): _conv_macs,
+    (_MS, "QGemm"): functools.partial(_gemm_macs, b=3),
+    ("", "QLinearMatMul"): _matmul_macs,
+    ("", "MatMulInteger"): _matmul_macs,
 }

@@ -10,11 +10,18 @@ what was found; none of them allocates memory in proportion to what the file *de
   message limit, and at most half the available memory (parsing holds the bytes and the
   message at once).
 * ``check_structure(model, path)`` — before the checker: at most ``MAX_NODES`` nodes,
-  subgraphs nested at most ``MAX_DEPTH`` deep, every node's domain one that onnx has
-  schemas for and onnxruntime runs without a custom-op library (``RUNNABLE_DOMAINS``)
-  or a function the model defines, ONNX opset from ``MIN_OPSET`` (onnxruntime's oldest)
-  to the newest this onnx knows, ``dsp.input_length``/``dsp.input_channels``
-  metadata (if any) whole numbers >= 1.
+  subgraphs nested at most ``MAX_DEPTH`` deep, every node either of a domain that onnx has
+  schemas for (``RUNNABLE_DOMAINS``: the checker and shape inference vet each node), or
+  an op the installed onnxruntime's CPU provider registers a kernel for
+  (``runtime_ops()``: ``com.microsoft`` QLinearConcat, QGemm, FusedConv, contrib
+  Quantize/DequantizeLinear, ``com.microsoft.nchwc`` ..., what onnxruntime's quantizer
+  and offline optimiser write), or a function the model defines; ONNX opset from
+  ``MIN_OPSET`` (onnxruntime's oldest) to the newest this onnx knows;
+  ``dsp.input_length``/``dsp.input_channels`` metadata (if any) whole numbers >= 1.
+  ``runtime_ops()`` asks onnxruntime (its kernel registry, read once per process), so
+  it follows the installed version; a domain it does not know is refused as needing a
+  custom-op library, an op it lacks in a domain it knows (a fuzzed ``com.microsoft:Relu``,
+  which onnxruntime refuses only when building the session) as having no kernel.
 * ``check_external_data(model, path)`` — every tensor stored outside the model file names
   a relative location inside the model's folder (no ``..`` escape, no absolute path, no
   symlink on the way), a regular file that holds the tensor's whole region; a declared
@@ -29,6 +36,10 @@ what was found; none of them allocates memory in proportion to what the file *de
   Rules onnxruntime enforces only when it builds a kernel (found by fuzzing): no
   ``auto_pad`` beside explicit ``pads``; a Conv ``group`` >= 1 that fits the channels.
 
+``quantized_reason(model)`` names the first quantized conv (QLinearConv, ConvInteger, or
+a Conv whose weight a DequantizeLinear produces), or None: ``compress`` refuses those
+(it prunes float convs; the order is compress, then quantize).
+
 Memory available is ``dsp_deploy.io.available_memory()`` (MemAvailable, capped by a cgroup
 v2 limit; ``None`` where the platform says neither: the memory checks are then skipped).
 The checks that use it take ``available=`` (bytes) to use another budget.
@@ -36,6 +47,7 @@ The checks that use it take ``available=`` (bytes) to use another budget.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -63,14 +75,16 @@ __all__ = [
     "check_structure",
     "external_tensors",
     "is_external",
+    "quantized_reason",
+    "runtime_ops",
+    "tensor_bytes",
 ]
 
 PROTOBUF_LIMIT = 2**31 - 1  # protobuf refuses to parse a larger message
 MAX_NODES = 200_000  # ~1000x our largest model; beyond it checks and sessions crawl
 MAX_DEPTH = 8  # nested If/Loop/Scan bodies; C++ recursion depth in checker and runtime
 # Domains whose every op onnx has a schema for, so the checker and shape inference vet
-# each node; onnxruntime's own com.microsoft ops have none here (and refused a fuzzed
-# com.microsoft:Relu only when building the session), so they are not let through.
+# each node; other domains' ops pass only where onnxruntime registers them (runtime_ops).
 RUNNABLE_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 MIN_OPSET = 7  # onnxruntime has no kernels for older ops (fuzzing: Relu-1 at opset 5)
 _FILE_MEMORY_FACTOR = 2  # bytes read + the parsed message
@@ -130,6 +144,40 @@ def _graphs(graph: onnx.GraphProto, depth: int = 1) -> Iterator[tuple[onnx.Graph
                 yield from _graphs(sub, depth + 1)
 
 
+@functools.cache
+def runtime_ops() -> frozenset[tuple[str, str]]:
+    """(domain, op) pairs the installed onnxruntime's CPU provider has kernels for
+    (the ONNX domain as ``""``); read from onnxruntime's kernel registry once."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+
+    defs = ort_c.get_all_opkernel_def()
+    ops = frozenset((d.domain, d.op_name) for d in defs if d.provider == "CPUExecutionProvider")
+    logger.debug("onnxruntime's CPU provider registers %d ops", len(ops))
+    return ops
+
+
+def _domain(node: onnx.NodeProto) -> str:
+    return "" if node.domain == "ai.onnx" else node.domain
+
+
+def _unrunnable(node: onnx.NodeProto, functions: set[tuple[str, str]]) -> str | None:
+    """Why onnxruntime cannot run ``node`` without a custom-op library, or None."""
+    domain = _domain(node)
+    if domain in RUNNABLE_DOMAINS or (node.domain, node.op_type) in functions:
+        return None
+    ops = runtime_ops()
+    if (domain, node.op_type) in ops:
+        return None
+    where = f"node {node.name or node.op_type!r} uses op {node.op_type!r} of domain {domain!r}"
+    domains = sorted(RUNNABLE_DOMAINS | {d for d, _ in ops})
+    if domain in domains:
+        return f"{where}; onnxruntime's CPU provider has no kernel for it in that domain"
+    return (
+        f"{where}; onnxruntime runs it only with a custom-op library (supported domains: "
+        f"{', '.join(repr(d) for d in domains)})"
+    )
+
+
 def check_structure(model: onnx.ModelProto, path: Path) -> None:
     """Node count, nesting depth, op domains and opset versions; ModelError if off."""
     functions = {(f.domain, f.name) for f in model.functions}
@@ -139,13 +187,8 @@ def check_structure(model: onnx.ModelProto, path: Path) -> None:
             raise ModelError(f"model file {path} nests subgraphs deeper than {MAX_DEPTH} levels")
         nodes += len(graph.node)
         for node in graph.node:
-            if node.domain not in RUNNABLE_DOMAINS and (node.domain, node.op_type) not in functions:
-                raise ModelError(
-                    f"model file {path}: node {node.name or node.op_type!r} uses op "
-                    f"{node.op_type!r} of domain {node.domain!r}; onnxruntime runs it only "
-                    f"with a custom-op library (supported domains: "
-                    f"{', '.join(repr(d) for d in sorted(RUNNABLE_DOMAINS))})"
-                )
+            if (reason := _unrunnable(node, functions)) is not None:
+                raise ModelError(f"model file {path}: {reason}")
     if nodes > MAX_NODES:
         raise ModelError(f"model file {path} has {nodes:,} nodes; expected at most {MAX_NODES:,}")
     _check_metadata(model, path)
@@ -198,15 +241,14 @@ def is_external(tensor: onnx.TensorProto) -> bool:
     return tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL
 
 
-def _nbytes(dtype: int, dims: list[int] | tuple[int, ...]) -> int | None:
-    """Bytes of a dense tensor; None for strings and unknown types."""
+def tensor_bytes(dtype: int, dims: list[int] | tuple[int, ...]) -> int | None:
+    """Bytes of a dense tensor, sub-byte types packed (onnx-ir's bit widths); None for
+    strings and unknown types."""
+    import onnx_ir  # deferred: only sizes need it
+
     try:
-        name = onnx.TensorProto.DataType.Name(dtype)
-        if name in ("STRING", "UNDEFINED"):
-            return None
-        bits = 4 if "4" in name.replace("FLOAT8", "") else 0  # INT4, UINT4, FLOAT4E2M1
-        bits = bits or onnx.helper.tensor_dtype_to_np_dtype(dtype).itemsize * 8
-    except (ValueError, KeyError, TypeError):
+        bits = onnx_ir.DataType(dtype).bitwidth
+    except (ValueError, TypeError):
         return None
     return math.ceil(math.prod(dims) * bits / 8)
 
@@ -256,7 +298,7 @@ def _check_region(tensor: onnx.TensorProto, info: dict[str, str], data: Path, wh
         raise ModelError(f"{where}: offset/length are not whole numbers ({info})") from e
     if tensor.dims and min(tensor.dims) < 0:
         raise ModelError(f"{where}: negative dims {list(tensor.dims)}")
-    need = _nbytes(tensor.data_type, tuple(tensor.dims))
+    need = tensor_bytes(tensor.data_type, tuple(tensor.dims))
     if need is None:
         raise ModelError(f"{where}: data type {tensor.data_type} cannot be stored externally here")
     if length is not None and length != need:
@@ -341,7 +383,7 @@ def _check_value(value: onnx.ValueInfoProto, path: Path, memory: int | None, kin
             f"model file {path}: {kind} {value.name!r} declares shape {shown}; "
             f"expected dims >= {least}"
         )
-    need = _nbytes(tensor.elem_type, dims) if tensor.elem_type else None
+    need = tensor_bytes(tensor.elem_type, dims) if tensor.elem_type else None
     if memory is not None and need is not None and need > memory:
         raise ModelError(
             f"model file {path}: {kind} {value.name!r} of shape {shown} needs "
@@ -398,3 +440,27 @@ def _check_conv_group(
             f"{list(w)}; expected input channels = weight dim 1 x group, and weight dim 0 "
             "divisible by group"
         )
+
+
+# --- quantized convs (compress prunes float convs only) -----------------------------------
+
+_QUANTIZED_CONVS = frozenset({"QLinearConv", "ConvInteger"})
+_FLOAT_CONVS = frozenset({"Conv", "ConvTranspose", "FusedConv"})
+
+
+def quantized_reason(model: onnx.ModelProto) -> str | None:
+    """The first quantized conv of the main graph, as "node 'c' is a QLinearConv", or None.
+
+    Quantized: a QLinearConv or ConvInteger (any domain), or a Conv/ConvTranspose/FusedConv
+    whose weight is the output of a DequantizeLinear (QDQ format, ONNX or contrib domain).
+    """
+    dequantized = {
+        out for n in model.graph.node if n.op_type == "DequantizeLinear" for out in n.output
+    }
+    for node in model.graph.node:
+        name = node.name or node.output[0]
+        if node.op_type in _QUANTIZED_CONVS:
+            return f"node {name!r} is a {node.op_type}"
+        if node.op_type in _FLOAT_CONVS and len(node.input) > 1 and node.input[1] in dequantized:
+            return f"node {name!r} is a {node.op_type} of DequantizeLinear weights (QDQ)"
+    return None

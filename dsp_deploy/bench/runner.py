@@ -146,11 +146,13 @@ def benchmark(
 
 def _prepare(path: Path, settings: BenchSettings) -> _Model:
     model = io.load_model(path)
-    cost = model_cost(model, length=settings.length)
     specs = {}
     for batch in settings.batches:
         shapes = input_shapes(model, batch=batch, length=settings.length)
         specs[batch] = [[s.name, s.dtype, list(s.shape)] for s in shapes]
+    # shapes static inference lacks (computed pads): those of the inputs the bench times
+    sample = worker.draw_inputs(specs[settings.batches[0]], settings.seed)
+    cost = model_cost(model, length=settings.length, sample=sample)
     return _Model(path.absolute(), cost.params, cost.macs, specs)
 
 

@@ -1,7 +1,10 @@
 """``dsp-deploy compress MODEL --calib NPZ``: prune dead or weak channels, verify, write atomically.
 
 Exit 0: written (and verified, or ``--force``); 1: a gate failed, nothing written;
-2: bad input (model, calibration file, options, output path).
+2: bad input (model, calibration file, options, output path). A quantized model
+(QLinearConv, ConvInteger, or a Conv of DequantizeLinear weights) is bad input: only
+float convs are pruned, so compress the float model, then quantize (exit 2, nothing
+written).
 """
 
 from __future__ import annotations
@@ -161,7 +164,10 @@ def compress_command(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Remove dead (or, with --criterion dsp, weak) channels and prove the outputs."""
+    """Remove dead (or, with --criterion dsp, weak) channels and prove the outputs.
+
+    Float convs only: a quantized model exits 2 (compress first, then quantize).
+    """
     from dsp_deploy import io
     from dsp_deploy.compress.pipeline import compress
     from dsp_deploy.errors import VerificationError

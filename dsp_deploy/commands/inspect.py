@@ -3,6 +3,11 @@
 With calibration: per-unit activation statistics at every channel-mixing consumer that
 reads the unit (one row per consumer and input position), and which units the lossless
 ``dead`` criterion would remove.
+
+MACs come from static shapes; where neither onnx's nor onnxruntime's shape inference
+knows one (a Pad or Reshape whose amounts are computed at run time), ``--calib`` counts
+them from the shapes seen on its first sample, and without it those nodes' MACs are
+shown as unknown ("?"; ``macs_unknown`` in ``--json``) and the total counts the rest.
 """
 
 from __future__ import annotations
@@ -49,7 +54,9 @@ def _as_dict(result: Inspection, model: str) -> dict:
     return {
         "model": model,
         "params": result.params,
+        "weight_bytes": result.bytes,
         "macs": result.macs,
+        "macs_unknown": list(result.unknown_macs),
         "layers": [
             {"name": r.name, "channels": r.channels[0], "params": r.params[0], "macs": r.macs[0]}
             for r in result.layers
@@ -101,14 +108,25 @@ def _render(result: Inspection, model: str) -> None:
     from dsp_deploy.render import console as make_console
 
     console = make_console()
-    layers = Table(title=f"{model}: {result.params:,} params, {result.macs:,} MACs/sample")
+    at_least = "≥ " if result.unknown_macs else ""
+    layers = Table(
+        title=f"{model}: {result.params:,} params ({result.bytes:,} bytes), "
+        f"{at_least}{result.macs:,} MACs/sample"
+    )
     for column in ("layer", "channels", "params", "MACs"):
         layers.add_column(column, justify="left" if column == "layer" else "right")
+    unknown = set(result.unknown_macs)
     for r in result.layers:
-        layers.add_row(r.name, str(r.channels[0]), f"{r.params[0]:,}", f"{r.macs[0]:,}")
+        macs_text = "?" if r.name in unknown else f"{r.macs[0]:,}"
+        layers.add_row(r.name, str(r.channels[0]), f"{r.params[0]:,}", macs_text)
     params, macs = _other(result)
     layers.add_row("(every other node)", "", f"{params:,}", f"{macs:,}", style="dim")
     console.print(layers)
+    if result.unknown_macs:
+        console.print(
+            f"MACs unknown (no static shape; --calib counts them from a sample) for: "
+            f"{', '.join(result.unknown_macs)}"
+        )
     groups = Table(title="channel groups")
     for column in ("#", "sources", "channels", "consumers", "dead", "pinned by"):
         groups.add_column(column)

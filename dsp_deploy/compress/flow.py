@@ -42,8 +42,9 @@ class Consumer:
     ``foldable``: a constant input channel can go into its bias exactly (every output
     position sees every tap: no padding). ``pointwise``: output = W x + b per position
     (1×1 Conv without padding, Gemm, MatMul of at most ``rules.REFIT_FEATURES``
-    features), so a least-squares refit on x's Gram matrix applies. ``bias``: the (node, input) holding the bias — input 2 of the node
-    itself (added when missing) or the constant of the ``Add`` after a MatMul.
+    features), so a least-squares refit on x's Gram matrix applies. ``bias``: the
+    (node, input) holding the bias — input 2 of the node itself (added when missing) or
+    the constant of the ``Add`` after a MatMul.
     ``groups``: a grouped Conv's g (input block j feeds output block j only).
     """
 

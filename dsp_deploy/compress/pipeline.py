@@ -54,6 +54,7 @@ from dsp_deploy.compress.prune import prune
 from dsp_deploy.compress.verify import ParityReport, compare, verify
 from dsp_deploy.errors import ModelError
 from dsp_deploy.io import Calibration, model_inputs
+from dsp_deploy.modelcheck import quantized_reason
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +256,8 @@ def compress(
     from dsp_deploy.compress.tolerance import resolve_tolerance
     from dsp_deploy.cost import model_cost
 
+    if reason := quantized_reason(model):
+        raise ModelError(f"{reason}; cannot prune quantized convs: compress, then quantize")
     start = time.perf_counter()
     atol, rtol = resolve_tolerance(model, atol, rtol)
     batch_size = run_batch_size(model, batch_size)
@@ -323,7 +326,8 @@ def compress(
         held_report = verify(rest_reference, candidate, rest.inputs, labels=rest.labels, **tol)
     random = _random_report(original, candidate, calibration, **tol)
     length = series_length(calibration)
-    before, after = model_cost(model, length=length), model_cost(pruned, length=length)
+    before = model_cost(model, length=length, sample=calibration.inputs)
+    after = model_cost(pruned, length=length, sample=calibration.inputs)
     failures = _gates(criterion, threshold, decision, held_report, min_agreement, max_accuracy_drop)
     _stamp(
         pruned,
@@ -388,6 +392,8 @@ class Inspection:
     params: int
     macs: int
     units: tuple[UnitStats, ...]
+    bytes: int = 0  # weight storage (``ModelCost.bytes``)
+    unknown_macs: tuple[str, ...] = ()  # nodes whose MACs no shape tells (no --calib)
 
     def dead_units(self, group: int) -> int:
         """Units of ``group`` that the lossless ``dead`` criterion removes."""
@@ -437,7 +443,8 @@ def inspect_model(
     analysis = find_groups(model)
     batch_size = run_batch_size(model, batch_size)
     length = None if calibration is None else series_length(calibration)
-    cost = model_cost(model, length=length)
+    sample = None if calibration is None else calibration.inputs
+    cost = model_cost(model, length=length, sample=sample)
     units: tuple[UnitStats, ...] = ()
     plan = empty_plan(analysis)
     if calibration is not None:
@@ -452,7 +459,9 @@ def inspect_model(
         plan = make_plan(analysis, stats, criterion="dead")
         units = _unit_stats(analysis, stats, plan)
     layers = _layers(analysis, empty_plan(analysis), cost, cost)
-    return Inspection(analysis.groups, layers, cost.params, cost.macs, units)
+    return Inspection(
+        analysis.groups, layers, cost.params, cost.macs, units, cost.bytes, cost.unknown
+    )
 
 
 __all__ = ["CompressResult", "Inspection", "LayerReport", "compare", "compress", "inspect_model"]
