@@ -143,8 +143,13 @@ class Slice:
 class Consumer:
     """A channel-mixing node reading ``tensor`` (layout ``layout``); kind conv|gemm|matmul.
 
-    ``foldable``: a constant input channel can go into its bias exactly (every output
-    position sees every tap: no padding). ``pointwise``: output = W x + b per position
+    ``foldable``: a constant input channel can go into its bias exactly. With x[p] = v
+    at every position, y[o, t] = b[o] + v · Σ_{taps j read at t} W[o, p, j]: that is
+    the constant ``b[o] + v · Σ_j W[o, p, j]`` only where every tap reads data, i.e. with
+    no padding at all (pads 0, auto_pad NOTSET/VALID: ``_unpadded``). Zero padding
+    makes the sum at the borders miss the taps that fall on it (they read 0, not v), so
+    a padded Conv keeps its constant channels (``plan`` says why); a zero channel is
+    exact through any zero padding. ``pointwise``: output = W x + b per position
     (1×1 Conv without padding, Gemm, MatMul), so a least-squares refit on x's Gram
     matrix applies. ``bias``: the (node, input) holding the bias — input 2 of the node
     itself (added when missing) or the constant of the ``Add`` after a MatMul.
@@ -234,6 +239,13 @@ def _same(node: onnx.NodeProto, ctx: Context, slices: tuple[Slice, ...] = ()) ->
     return Flow(outputs=(x,) + (None,) * (len(node.output) - 1), slices=slices)
 
 
+def _unpadded(node: onnx.NodeProto) -> bool:
+    """No output position of the Conv reads padding: every pad 0, and ``auto_pad``
+    NOTSET or VALID (a SAME that ``normalise`` could not make explicit pads)."""
+    auto_pad = attr(node, "auto_pad", "NOTSET")
+    return auto_pad in ("NOTSET", "VALID") and not any(attr(node, "pads", None) or ())
+
+
 def conv(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
     if _tracked_elsewhere(node, ctx, (0,)) is not None:
         return Pin("weight or bias is computed from channels")
@@ -247,7 +259,7 @@ def conv(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
         slices = tuple(Slice(i, k, 0, out, PRODUCER) for k in (1, *bias))
         if x is None:
             return Flow((out,), slices)
-        unpadded = not any(attr(node, "pads", []))
+        unpadded = _unpadded(node)
         pointwise = unpadded and int(np.prod(w.shape[2:])) == 1
         read = Consumer(i, node.input[0], x, "conv", unpadded, pointwise)
         return Flow((out,), (*slices, Slice(i, 1, 1, x, CONSUMER)), consumers=(read,))
@@ -269,8 +281,7 @@ def _grouped(
     blocks = (Blocks(i, group, x, out),)
     if x is None:
         return Flow((out,), blocks=blocks)
-    unpadded = not any(attr(node, "pads", []))
-    read = Consumer(i, node.input[0], x, "conv", unpadded, False, groups=group)
+    read = Consumer(i, node.input[0], x, "conv", _unpadded(node), False, groups=group)
     return Flow((out,), consumers=(read,), blocks=blocks)
 
 
