@@ -77,14 +77,17 @@ def model_cost(model: onnx.ModelProto, *, length: int | None = None) -> ModelCos
     The model is not modified. Raises ``InputError`` when a dynamic dimension cannot be
     resolved or shapes needed for a MAC count cannot be inferred.
     """
+    from dsp_deploy.compress.fold_constants import fold_constants
+
     fixed, batch = _fix_input_dims(model, length)
+    folded = fold_constants(fixed).model  # computed pads and shapes: static shapes behind
     try:
-        inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(folded, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
         raise ModelError(f"shape inference failed on the model: {e}") from e
     shapes = _static_shapes(inferred.graph)
-    weights = _float_initializer_sizes(inferred.graph)
-    nodes = _node_costs(inferred.graph, shapes, weights)
+    weights = _float_initializer_sizes(fixed.graph)  # what the file stores
+    nodes = _node_costs(fixed.graph, shapes, weights)
     macs = sum(n.macs for n in nodes)
     if batch > 1:  # a fixed batch: report per sample
         macs //= batch

@@ -171,10 +171,13 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
 
 
 def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of ``model``: unnamed nodes named ``<op>_<position>``, Conv ``auto_pad``
-    replaced by explicit ``pads`` where possible."""
+    """Copy of ``model``: unnamed nodes named ``<op>_<position>``, constant subgraphs
+    folded, Conv ``auto_pad`` replaced by explicit ``pads`` where possible."""
+    from dsp_deploy.compress.fold_constants import fold_constants  # it imports this module
+
     out = copy_model(model)
     _name_nodes(out.graph)
+    out = fold_constants(out).model
     index = GraphIndex.build(out)
     for position, node in enumerate(out.graph.node):
         if node.op_type != "Conv" or attr(node, "auto_pad", "NOTSET") == "NOTSET":
