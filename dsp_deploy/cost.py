@@ -103,18 +103,21 @@ def model_cost(
     ``sample`` (input name → batch-first array, e.g. the calibration inputs; its first
     rows are used) gives the shapes static inference cannot. The model is not modified.
     """
+    from dsp_deploy.compress.fold_constants import fold_constants
+
     fixed, batch = _fix_input_dims(model, length)
+    folded = fold_constants(fixed).model  # computed pads and shapes: static shapes behind
     try:
-        inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(folded, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
         raise ModelError(f"shape inference failed on the model: {e}") from e
     shapes = _static_shapes(inferred.graph)
-    missing = _missing(inferred.graph, shapes)
+    missing = _missing(fixed.graph, shapes)
     if missing:
         feeds = None if sample is None else feeds_from(fixed, sample)
         shapes = {**shapes, **runtime_shapes(fixed, missing, feeds)}
-    weights = _weight_sizes(inferred.graph)
-    nodes, unknown = _node_costs(inferred.graph, shapes, weights)
+    weights = _weight_sizes(fixed.graph)  # what the file stores
+    nodes, unknown = _node_costs(fixed.graph, shapes, weights)
     if unknown:
         logger.info("MACs of %d nodes unknown (no static shape): %s", len(unknown), unknown)
     macs = sum(n.macs for n in nodes)

@@ -224,7 +224,10 @@ def test_reshape_to_batch_by_minus_one_is_a_flatten(target: str) -> None:
 
 
 def test_shape_read_at_the_channel_entry_pins() -> None:
-    """Gather(Shape(h), 1) is the channel count, which pruning changes: h is pinned."""
+    """Gather(Shape(h), 1) is the channel count, which pruning changes: h is pinned.
+
+    The count is static, so constant folding turns it into the literal 4 first; the
+    Reshape to (-1, 4) then pins, as it must."""
     w = G.Weights(0)
     w.conv("c1", C, 1, 3, (1,))
     w.dense("fc", C * L, 2)
@@ -244,7 +247,8 @@ def test_shape_read_at_the_channel_entry_pins() -> None:
     (group,) = find_groups(build(body, w.values)).groups
     assert (group.pinned, group.blocked_by) == (
         C,
-        "Shape_2 (Shape): the channel count is read (only other dims may be)",
+        "Reshape_5 (Reshape): changes the channel axis (only size-1 axes after it may go, "
+        "or all: (N, -1))",
     )
 
 

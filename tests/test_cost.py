@@ -174,7 +174,8 @@ def test_dynamic_length_without_a_hint_leaves_the_macs_unknown() -> None:
 
 
 # A pad computed at run time: one zero at the end of odd lengths. Neither onnx's data
-# propagation nor onnxruntime's inference follows Mod, so only a run sizes the Conv.
+# propagation nor onnxruntime's inference follows Mod: with the length known, constant
+# folding computes the pads; with a dynamic length, only a run sizes the Conv.
 PAD_TO_EVEN = """
 pad_to_even (float[N,1,L] x, float[4,1,3] W) => (float[N,4,M] y) {
   s = Shape <start = 2> (x)
@@ -190,9 +191,10 @@ pad_to_even (float[N,1,L] x, float[4,1,3] W) => (float[N,4,M] y) {
 
 def test_a_run_time_shape_is_unknown_without_a_sample() -> None:
     model = build(PAD_TO_EVEN, "W")
-    cost = model_cost(model, length=33)
+    cost = model_cost(model)
     assert (cost.macs, cost.unknown) == (0, ("Conv_6",))
     assert cost.per_node[-1] == NodeCost("Conv_6", "Conv", 12, 0)
+    assert model_cost(model, length=33).macs == 4 * 32 * 3  # folded: pads [.., 1]
 
 
 @pytest.mark.parametrize(("length", "padded"), [(33, 34), (32, 32)])
@@ -205,8 +207,7 @@ def test_a_run_time_shape_is_counted_from_a_sample(length: int, padded: int) -> 
 
 def test_inspect_shows_unknown_macs_and_counts_them_with_calibration(run_cli, tmp_path) -> None:
     model, path, calib = build(PAD_TO_EVEN, "W"), tmp_path / "pad.onnx", tmp_path / "c.npz"
-    metadata.write_metadata(model, {metadata.INPUT_LENGTH: 33})
-    onnx.save(model, path)
+    onnx.save(model, path)  # no dsp.input_length: the length is known only from data
     np.savez(calib, x=np.random.default_rng(0).standard_normal((6, 1, 33)).astype(np.float32))
     plain = run_cli("inspect", path)
     assert plain.code == 0, plain.stderr

@@ -39,8 +39,13 @@ class Slice:
 class Consumer:
     """A channel-mixing node reading ``tensor`` (layout ``layout``); kind conv|gemm|matmul.
 
-    ``foldable``: a constant input channel can go into its bias exactly (every output
-    position sees every tap: no padding). ``pointwise``: output = W x + b per position
+    ``foldable``: a constant input channel can go into its bias exactly. With x[p] = v
+    at every position, y[o, t] = b[o] + v · Σ_{taps j read at t} W[o, p, j]: that is
+    the constant ``b[o] + v · Σ_j W[o, p, j]`` only where every tap reads data, i.e. with
+    no padding at all (pads 0, auto_pad NOTSET/VALID: ``rules._unpadded``). Zero padding
+    makes the sum at the borders miss the taps that fall on it (they read 0, not v), so
+    a padded Conv keeps its constant channels (``plan`` says why); a zero channel is
+    exact through any zero padding. ``pointwise``: output = W x + b per position
     (1×1 Conv without padding, Gemm, MatMul of at most ``rules.REFIT_FEATURES``
     features), so a least-squares refit on x's Gram matrix applies. ``bias``: the
     (node, input) holding the bias — input 2 of the node itself (added when missing) or

@@ -1,17 +1,22 @@
-"""A read-only index over an ONNX graph, and the one normalisation the pass applies first.
+"""A read-only index over an ONNX graph, and the normalisation the pass applies first.
 
 ``normalise(model)`` returns a copy in which unnamed nodes get the name
-``<op_type>_<position>`` (as ``dsp_deploy.cost`` labels them) and every ``Conv`` has
-explicit ``pads`` instead of ``auto_pad`` (onnxruntime rejects SAME auto_pad with
-dilation, and slicing needs the pads). For ``SAME_*`` along a spatial axis of length L
-(stride s, kernel k, dilation d)::
+``<op_type>_<position>`` (as ``dsp_deploy.cost`` labels them), every constant subgraph
+is folded into initializers (:mod:`dsp_deploy.compress.fold_constants`, after the naming,
+so names still follow the input's positions), and every ``Conv`` has explicit ``pads``
+instead of ``auto_pad`` where the length allows (onnxruntime rejects SAME auto_pad with
+dilation, slicing needs the pads, and a constant channel folds only into an unpadded
+Conv). For ``SAME_*`` along a spatial axis of length L (stride s, kernel k, dilation d,
+span = (k − 1)·d + 1)::
 
-    total = max((ceil(L / s) - 1) * s + (k - 1) * d + 1 - L, 0)
+    total = max((ceil(L / s) - 1) * s + span - L, 0) = max(span - s + r, 0),  r = (-L) mod s
     SAME_UPPER: begin = total // 2, end = total - begin     (SAME_LOWER: the other way round)
 
-With stride 1 the total is ``(k - 1) * d`` whatever L, so dynamic lengths are fine; with
-stride > 1 it needs a static L, else the node keeps its ``auto_pad`` (logged). Nodes keep
-their order, so node positions index the same nodes in the input and in the copy.
+With s = 1, r = 0 and the total is ``span − 1 = (k − 1)·d`` whatever L; with span = 1
+(k = 1) it is 0 whatever s. Otherwise (s ≥ 2, span ≥ 2) it depends on L: r = s − 1 gives
+``span − 1 ≥ 1``, r = 0 gives ``max(span − s, 0) < span − 1``; so a dynamic L leaves the
+node its ``auto_pad`` (logged), and ``rules`` treats such a Conv as padded. Node
+positions index the copy: ``find_groups`` and ``prune`` both work on ``normalise(model)``.
 
 ``GraphIndex`` maps tensor names to their producer node, consumer nodes, constant values
 (initializers and ``Constant`` nodes) and inferred shapes.
@@ -131,12 +136,12 @@ class GraphIndex:
 
 
 def _same_pads(auto_pad: str, length: Dim, kernel: int, stride: int, dilation: int):
-    if stride == 1:
-        total = (kernel - 1) * dilation
+    span = (kernel - 1) * dilation + 1
+    if stride == 1 or span == 1:  # the same for every length (module docstring)
+        total = span - 1
     elif length is None:
         return None
     else:
-        span = (kernel - 1) * dilation + 1
         total = max((math.ceil(length / stride) - 1) * stride + span - length, 0)
     small, big = total // 2, total - total // 2
     return (small, big) if auto_pad == "SAME_UPPER" else (big, small)
@@ -174,10 +179,13 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
 
 
 def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of ``model``: unnamed nodes named ``<op>_<position>``, Conv ``auto_pad``
-    replaced by explicit ``pads`` where possible."""
+    """Copy of ``model``: unnamed nodes named ``<op>_<position>``, constant subgraphs
+    folded, Conv ``auto_pad`` replaced by explicit ``pads`` where possible."""
+    from dsp_deploy.compress.fold_constants import fold_constants  # it imports this module
+
     out = copy_model(model)
     _name_nodes(out.graph)
+    out = fold_constants(out).model
     index = GraphIndex.build(out)
     for position, node in enumerate(out.graph.node):
         if node.op_type != "Conv" or attr(node, "auto_pad", "NOTSET") == "NOTSET":

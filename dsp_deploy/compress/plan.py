@@ -8,6 +8,9 @@ read by a channel-mixing consumer, with the statistics of k's input at p.
     max |x_k[p]| = 0                                     (the channel is zero), or
     min x_k[p] = max x_k[p] = v and k is foldable        (a constant: b_k += W_k[:, p]·v)
 
+(``foldable``: k has no padding, ``rules.Consumer``; a constant read by a padded Conv
+keeps its unit, and ``held`` says so.)
+
 and, with ``threshold`` T > 0, also when rms(x_k[p]) ≤ T · rms(x_k) (its root mean square
 is under T times that of the whole input of k): a near-dead channel, whose mean goes into
 the bias; the outputs then change a little and verification measures how much.
@@ -121,18 +124,41 @@ def _occurrences(analysis: ChannelAnalysis) -> list[list[tuple[Consumer, int]]]:
     return table
 
 
-def _removable_dead(occ: list[tuple[Consumer, int]], stats: ActivationStats, t: float) -> bool:
+def _removable_dead(
+    occ: list[tuple[Consumer, int]], stats: ActivationStats, t: float
+) -> tuple[bool, Consumer | None]:
+    """Whether ``dead`` removes the unit; else the padded consumer that alone keeps it
+    (a constant there, foldable everywhere else), or None."""
+    unfoldable = None
     for c, p in occ:
         s = stats.tensors[c.tensor]
         if s.max_abs[p] == 0:
             continue
-        if s.minimum[p] == s.maximum[p] and c.foldable:
+        constant = s.minimum[p] == s.maximum[p]
+        if constant and c.foldable:
             continue
         rms, whole = np.sqrt(s.energy[p]), np.sqrt(s.energy.mean())
         if t > 0 and rms <= t * whole:
             continue
-        return False
-    return True
+        if not constant:
+            return False, None
+        unfoldable = unfoldable or c
+    return unfoldable is None, unfoldable
+
+
+def _dead_candidates(
+    analysis: ChannelAnalysis, occurrences: list, stats: ActivationStats, t: float
+) -> tuple[set[int], dict[int, str]]:
+    """Units ``dead`` removes, and why constant units read by a padded Conv stay."""
+    candidates, held = set(), {}
+    for u, occ in enumerate(occurrences):
+        removable, padded = _removable_dead(occ, stats, t)
+        if removable:
+            candidates.add(u)
+        elif padded is not None and analysis.units[u].blocked_by is None:
+            name = analysis.node_names[padded.node]
+            held[u] = f"a constant that padded {name} cannot fold into its bias exactly"
+    return candidates, held
 
 
 def _tap_scores(analysis: ChannelAnalysis, stats: ActivationStats) -> list[float | None]:
@@ -270,10 +296,9 @@ def make_plan(
         raise OptionError(f"compensation {compensation!r}; expected one of {COMPENSATIONS}")
     occurrences = _occurrences(analysis)
     energy = [_energy(occ, stats) for occ in occurrences]
+    kept: dict[int, str] = {}
     if criterion == "dead":
-        candidates = {
-            u for u, occ in enumerate(occurrences) if _removable_dead(occ, stats, threshold)
-        }
+        candidates, kept = _dead_candidates(analysis, occurrences, stats, threshold)
         score = energy
         mode = "mean" if threshold > 0 else "none"
     else:
@@ -282,7 +307,7 @@ def make_plan(
         candidates = {u for u, t in enumerate(taps) if t is not None and t <= min_count}
         mode = compensation
     remove = {u for u in candidates if analysis.units[u].blocked_by is None}
-    held = _settle(analysis, remove, score, align)
+    held = {**kept, **_settle(analysis, remove, score, align)}
     plan = PruningPlan(
         analysis=analysis,
         criterion=criterion,

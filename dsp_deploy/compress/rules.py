@@ -152,6 +152,13 @@ VARIADIC = frozenset({"Sum", "Max", "Min", "Mean"})
 REFIT_FEATURES = 4096
 
 
+def _unpadded(node: onnx.NodeProto) -> bool:
+    """No output position of the Conv reads padding: every pad 0, and ``auto_pad``
+    NOTSET or VALID (a SAME that ``normalise`` could not make explicit pads)."""
+    auto_pad = attr(node, "auto_pad", "NOTSET")
+    return auto_pad in ("NOTSET", "VALID") and not any(attr(node, "pads", None) or ())
+
+
 def conv(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
     if tracked_elsewhere(node, ctx, (0,)) is not None:
         return Pin("weight or bias is computed from channels")
@@ -165,7 +172,7 @@ def conv(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
         slices = tuple(Slice(i, k, 0, out, PRODUCER) for k in (1, *bias))
         if x is None:
             return Flow((out,), slices)
-        unpadded = not any(attr(node, "pads", []))
+        unpadded = _unpadded(node)
         pointwise = unpadded and int(np.prod(w.shape[2:])) == 1
         read = Consumer(i, node.input[0], x, "conv", unpadded, pointwise)
         return Flow((out,), (*slices, Slice(i, 1, 1, x, CONSUMER)), consumers=(read,))
@@ -187,8 +194,7 @@ def _grouped(
     blocks = (Blocks(i, group, x, out),)
     if x is None:
         return Flow((out,), blocks=blocks)
-    unpadded = not any(attr(node, "pads", []))
-    read = Consumer(i, node.input[0], x, "conv", unpadded, False, groups=group)
+    read = Consumer(i, node.input[0], x, "conv", _unpadded(node), False, groups=group)
     return Flow((out,), consumers=(read,), blocks=blocks)
 
 
