@@ -450,3 +450,19 @@ def hybrid_sources(dead=(3, 4, 6), seed: int = 0):
     h = Relu (p)
     """
     return build(body + HEAD, w.values)
+
+
+def as_float(model: onnx.ModelProto, dtype: type) -> onnx.ModelProto:
+    """``model`` (float32 everywhere) with every float input, output and weight in ``dtype``."""
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for value in (*out.graph.input, *out.graph.output):
+        if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            value.type.tensor_type.elem_type = elem
+    for tensor in out.graph.initializer:
+        array = numpy_helper.to_array(tensor)
+        if array.dtype == np.float32:
+            tensor.CopyFrom(numpy_helper.from_array(array.astype(dtype), tensor.name))
+    onnx.checker.check_model(out, full_check=True)
+    return out
