@@ -127,7 +127,7 @@ def _parse(text: str) -> onnx.ModelProto:
 
 def test_fold_pad_into_conv() -> None:
     model = _parse(PAD_CONV)
-    folded = fold_pads_into_convs(fold_constants(model))
+    folded = fold_pads_into_convs(fold_constants(model).model).model
     assert [n.op_type for n in folded.graph.node] == ["Conv"]
     (pads,) = [a.ints for a in folded.graph.node[0].attribute if a.name == "pads"]
     assert list(pads) == [1, 2]
@@ -150,7 +150,7 @@ def test_pad_that_cannot_fold_stays(change: tuple[str, str]) -> None:
     text = PAD_CONV.replace(*change)
     if "Add" in change[1]:
         text = text.replace("float[N, 3, 10] y", "float[N, 2, 13] y")
-    folded = fold_pads_into_convs(fold_constants(_parse(text)))
+    folded = fold_pads_into_convs(fold_constants(_parse(text)).model).model
     assert "Pad" in [n.op_type for n in folded.graph.node]
 
 
