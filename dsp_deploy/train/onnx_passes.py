@@ -1,14 +1,16 @@
 """Two clean-up passes for graphs from ``torch.onnx.export`` (onnx-ir ``ModelPass``es).
 
 ``fold_constants``: ``Constant`` nodes become initializers (onnx-ir's
-``LiftConstantsToInitializersPass``), ``Identity`` nodes go (its
-``IdentityEliminationPass``: the TorchScript exporter deduplicates equal initializers
-through them, so a BatchNormalization would read a computed tensor), then every node of
-the default domain whose inputs are all constants (initializers no graph input
-overrides) is evaluated once with ``onnx.reference`` and replaced by initializers of the
-same names. The TorchScript exporter leaves such cones behind: the pads of ``F.pad`` are
-computed by a ConstantOfShape/Concat/Reshape/Slice(step −1)/Transpose/Cast chain its own
-folder skips. A node holding a subgraph or writing a graph output stays.
+``LiftConstantsToInitializersPass``), then every node of the default domain whose inputs
+are all constants (initializers no graph input overrides) is evaluated once with
+``onnx.reference`` and replaced by initializers of the same names. The TorchScript
+exporter leaves such cones behind: the pads of ``F.pad`` are computed by a
+ConstantOfShape/Concat/Reshape/Slice(step −1)/Transpose/Cast chain its own folder skips,
+and initializers with equal values are deduplicated through ``Identity`` nodes, which
+folding turns back into one initializer per reader (a BatchNormalization then reads its
+own parameters, as the network has them). A node holding a subgraph or writing a graph
+output stays. An ``Identity`` of a run-time value goes (onnx-ir's
+``IdentityEliminationPass``).
 
 ``fold_pads_into_convs``: ``Conv(Pad(x, p, 0), W)`` = ``Conv(x, W)`` with
 ``pads += p`` on the spatial axes, when the Pad is constant-mode with value 0, pads
@@ -44,11 +46,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FoldReport:
-    """How many Constant and Identity nodes onnx-ir's passes removed, and the op types of
-    the nodes evaluated into initializers, in graph order."""
+    """Constant nodes lifted to initializers; op types of the nodes evaluated into
+    initializers, in graph order; Identity nodes of run-time values eliminated."""
 
     lifted: int
     folded: tuple[str, ...]
+    identities: int
 
 
 @dataclass(frozen=True)
@@ -64,12 +67,14 @@ class FoldConstants(ModelPass[FoldReport]):
     def rewrite(self, model: ir.Model) -> tuple[bool, FoldReport]:
         before = len(model.graph)
         LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-        IdentityEliminationPass()(model)
-        lifted = before - len(model.graph)
         folded = [n.op_type for n in list(model.graph) if _fold(n)]
+        lifted = before - len(folded) - len(model.graph)
+        IdentityEliminationPass()(model)
+        identities = before - len(folded) - lifted - len(model.graph)
         RemoveUnusedNodesPass()(model)
-        logger.debug("%d Constant/Identity nodes lifted, %d nodes folded", lifted, len(folded))
-        return bool(lifted or folded), FoldReport(lifted, tuple(folded))
+        logger.debug("%d nodes folded, %d Identity gone", lifted + len(folded), identities)
+        modified = bool(lifted or folded or identities)
+        return modified, FoldReport(lifted, tuple(folded), identities)
 
 
 def _fold(node: ir.Node) -> bool:
