@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from dsp_deploy.compress.layout import conv1d_as_conv2d, qualifies
+from dsp_deploy.compress.layout import LayoutReport, conv1d_as_conv2d, qualifies
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -131,6 +131,7 @@ def test_the_rule_matches_onnxruntime(
 
 def test_a_relu_after_a_wrapped_conv_moves_inside_and_onnxruntime_fuses_it(tmp_path) -> None:
     model = conv_model(16, 32)
+    assert conv1d_as_conv2d(model).report == LayoutReport(("conv",), ("Relu#1",))
     wrapped, count = _wrap(model)
     assert count == 1
     ops = [n.op_type for n in wrapped.graph.node]

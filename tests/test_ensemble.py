@@ -22,7 +22,7 @@ from onnx.reference import ReferenceEvaluator
 
 from dsp_deploy import __version__, metadata
 from dsp_deploy.compress.calibrate import run_model
-from dsp_deploy.ensemble import combine, ensemble_arch, merge_training, verify
+from dsp_deploy.ensemble import build, combine, ensemble_arch, merge_training, verify
 from dsp_deploy.errors import InputError
 
 ATOL = 1e-6
@@ -134,7 +134,12 @@ def test_reference_evaluator_agrees_on_a_tiny_case() -> None:
 
 def test_logits_members_get_a_softmax() -> None:
     logit_member, prob_member = member(4, seed=6, logits=True), member(3, seed=7)
-    ensemble = combine([logit_member, prob_member])
+    built = build([logit_member, prob_member])
+    assert [(m.prefix, m.nodes, m.initializers, m.softmax) for m in built.report.members] == [
+        ("m0/", 6, 4, True),
+        ("m1/", 6, 4, False),
+    ]
+    ensemble = built.model
     x = og.inputs(n=32, seed=3)
     got = run_model(ensemble, {"x": x})[0]
     np.testing.assert_allclose(got, mean_probabilities([logit_member, prob_member], x), atol=ATOL)

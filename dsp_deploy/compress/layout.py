@@ -66,7 +66,8 @@ def qualifies(c_in: int, c_out: int, group: int, block: int = BLOCK) -> bool:
 
 @dataclass(frozen=True)
 class LayoutReport:
-    """The Convs wrapped as 2-D, and the Relus moved inside a wrapper (node names)."""
+    """The Convs wrapped as 2-D, and the Relus moved inside a wrapper (labels: name,
+    else ``op#position`` in the input)."""
 
     wrapped: tuple[str, ...]
     relus: tuple[str, ...]
@@ -98,12 +99,13 @@ class Conv2dLayout(ModelPass[LayoutReport]):
     def rewrite(self, model: ir.Model) -> tuple[bool, LayoutReport]:
         axes = initializer(np.array([2], np.int64), _AXIS) if opset(model) >= 13 else None
         state = _Wrapping(axes, {}, [] if axes is None else [axes], [])
+        labels = {node: node.name or f"{node.op_type}#{i}" for i, node in enumerate(model.graph)}
         convs = [n for n in model.graph if self._takes(n)]
-        relus = [r.name for r in (_wrap(conv, state) for conv in convs) if r is not None]
+        relus = [labels[r] for r in (_wrap(conv, state) for conv in convs) if r is not None]
         if convs:
             finish(model, state.new, state.expected)
         logger.info("%d Conv nodes wrapped as 2-D for blocked kernels", len(convs))
-        return bool(convs), LayoutReport(tuple(c.name for c in convs), tuple(relus))
+        return bool(convs), LayoutReport(tuple(labels[c] for c in convs), tuple(relus))
 
     def _takes(self, node: ir.Node) -> bool:
         weight = node.inputs[1] if is_op(node, "Conv") and len(node.inputs) > 1 else None
