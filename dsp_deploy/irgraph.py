@@ -53,7 +53,7 @@ def only_reader(value: ir.Value) -> bool:
 
 def initializer(array: np.ndarray, name: str) -> ir.Value:
     """A new constant value named ``name`` (``finish`` registers it, renamed if taken)."""
-    tensor = ir.tensor(array)
+    tensor = ir.Tensor(np.asarray(array))  # ir.tensor: slow runtime Protocol checks
     return ir.Value(
         name=name, shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor
     )

@@ -172,7 +172,7 @@ def _weight_2d(w: ir.Value, state: _Wrapping) -> ir.Value:
         return state.copies[w]
     lifted = w.const_value.numpy()[:, :, None, :]
     if len(w.uses()) == 1:
-        w.const_value = ir.tensor(lifted, name=w.name)
+        w.const_value = ir.Tensor(lifted, name=w.name)
         w.shape = w.const_value.shape
         return w
     copy = state.copies[w] = initializer(lifted, f"{w.name}_2d")
