@@ -66,9 +66,9 @@ def variants(model: onnx.ModelProto) -> tuple[dict[str, onnx.ModelProto], dict[s
     return {
         "original": model,
         "fused": fused.model,
-        "--conv2d": conv1d_as_conv2d(model)[0],
-        "fused --conv2d": conv1d_as_conv2d(fused.model)[0],
-    }, {"batchnorm": len(fused.batchnorms), "relu": len(fused.relus)}
+        "--conv2d": conv1d_as_conv2d(model).model,
+        "fused --conv2d": conv1d_as_conv2d(fused.model).model,
+    }, {"batchnorm": len(fused.report.batchnorms), "relu": len(fused.report.relus)}
 
 
 def with_logits(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -223,7 +223,7 @@ def variants(name: str) -> dict[str, onnx.ModelProto]:
 
     return {
         "dense": dense,
-        "dense --conv2d": conv1d_as_conv2d(dense)[0],
+        "dense --conv2d": conv1d_as_conv2d(dense).model,
         "pruned": pruned(),
         "pruned --conv2d": pruned(conv2d=True),
         "pruned --align 8": pruned(align=8),

@@ -3,7 +3,7 @@
 Numerics: the rewritten model against the original on onnxruntime and, for the small
 graphs, on ``onnx.reference`` too (an independent runtime), within rtol 1e-5 and
 atol 1e-5 · max(1, max|y|): float32 rounding of the folded weights (measured differences
-are ~1e-7 relative). "Untouched" means the graph serialises to the same bytes.
+are ~1e-7 relative). "Untouched" means ``modified`` is false and the nodes print the same.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from dsp_deploy import metadata
-from dsp_deploy.compress.fuse import fuse_concat
+from dsp_deploy.compress.fuse import FuseReport, fuse_concat
 from dsp_deploy.compress.graph import node_label
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -138,6 +138,11 @@ def x_for(model: onnx.ModelProto, n: int = 5, length: int = 16) -> np.ndarray:
     return np.random.default_rng(7).standard_normal((n, channels, length)).astype(np.float32)
 
 
+def texts(nodes) -> list[str]:
+    """Nodes as ONNX text: equal nodes, whether or not a default domain is spelled out."""
+    return [onnx.printer.to_text(n) for n in nodes]
+
+
 def read_from(model: onnx.ModelProto, node: onnx.NodeProto) -> list[str]:
     """Op types producing ``node``'s inputs ("initializer" / "input" for the others)."""
     made = {o: n.op_type for n in model.graph.node for o in n.output}
@@ -152,8 +157,8 @@ def test_inception_module_loses_its_bn_and_its_relu_moves_onto_each_conv() -> No
     assert model.SerializeToString() == before  # the input is not modified
     fused = result.model
     onnx.checker.check_model(fused, full_check=True)
-    assert result.batchnorms == ("BatchNormalization#5",) and result.relus == ("Relu#6",)
-    assert result.skipped == ()
+    assert result.modified
+    assert result.report == FuseReport(("BatchNormalization#5",), ("Relu#6",), ())
     ops = [n.op_type for n in fused.graph.node]
     assert ops == ["Conv", "Conv", "MaxPool", "Conv", "Relu", "Relu", "Relu", "Concat"]
     concat = fused.graph.node[-1]
@@ -172,7 +177,7 @@ def test_an_initializer_another_node_reads_keeps_its_values() -> None:
     model = inception_module(d_reads_wa=True)
     result = fuse_concat(model)
     fused = result.model
-    assert result.batchnorms == ("BatchNormalization#5",)
+    assert result.report.batchnorms == ("BatchNormalization#5",)
     original = {t.name: t for t in model.graph.initializer}
     kept = {t.name: t for t in fused.graph.initializer}
     assert kept["wa"] == original["wa"] and kept["ba"] == original["ba"]
@@ -216,11 +221,13 @@ def test_an_initializer_another_node_reads_keeps_its_values() -> None:
 def test_a_failed_precondition_leaves_the_graph_untouched(build, reason: str) -> None:
     model = build()
     result = fuse_concat(model)
-    assert result.model.graph.SerializeToString() == model.graph.SerializeToString()
-    assert result.batchnorms == result.relus == ()
+    assert not result.modified
+    assert texts(result.model.graph.node) == texts(model.graph.node)
+    assert result.model.graph.initializer == model.graph.initializer
+    assert result.report.batchnorms == result.report.relus == ()
     nodes = enumerate(model.graph.node)
     bn = next(node_label(n, i) for i, n in nodes if n.op_type == "BatchNormalization")
-    assert result.skipped == ((bn, reason),)
+    assert result.report.skipped == ((bn, reason),)
 
 
 @pytest.mark.parametrize(
@@ -236,7 +243,11 @@ def test_one_input_that_is_no_foldable_conv_keeps_a_bn_over_its_channels(build, 
     parameters, and the Relu moves onto every input (fused after each Conv)."""
     model = build()
     result = fuse_concat(model)
-    assert (len(result.batchnorms), len(result.relus), result.skipped) == (1, 1, ())
+    assert (len(result.report.batchnorms), len(result.report.relus), result.report.skipped) == (
+        1,
+        1,
+        (),
+    )
     fused = result.model
     onnx.checker.check_model(fused, full_check=True)
     (part,) = [n for n in fused.graph.node if n.op_type == "BatchNormalization"]
@@ -258,7 +269,7 @@ def test_one_input_that_is_no_foldable_conv_keeps_a_bn_over_its_channels(build, 
 def test_relu_moves_through_a_concat_along_any_axis() -> None:
     model = time_concat(bn=False)
     result = fuse_concat(model)
-    assert result.relus == ("Relu#3",)
+    assert result.report.relus == ("Relu#3",)
     assert [n.op_type for n in result.model.graph.node] == [
         "Conv",
         "Conv",
@@ -275,8 +286,8 @@ def test_lite_stage_keeps_a_bn_only_over_its_hand_crafted_channels() -> None:
     Relus move (the inner one onto the filters, the outer one onto every input)."""
     model = G.hybrid_sources()
     result = fuse_concat(model)
-    assert result.batchnorms == ("BatchNormalization#8",)
-    assert result.relus == ("Relu#6", "Relu#9") and result.skipped == ()
+    assert result.report.batchnorms == ("BatchNormalization#8",)
+    assert result.report.relus == ("Relu#6", "Relu#9") and result.report.skipped == ()
     bns = [n for n in result.model.graph.node if n.op_type == "BatchNormalization"]
     assert [n.input[0] for n in bns] == ["hr"]
     shapes = {t.name: tuple(t.dims) for t in result.model.graph.initializer}
@@ -352,7 +363,7 @@ def test_any_concat_of_convs_folds_its_bn_and_keeps_its_outputs(case) -> None:
     model, x = case
     result = fuse_concat(model)
     relu = any(n.op_type == "Relu" for n in model.graph.node)
-    assert len(result.batchnorms) == 1 and len(result.relus) == int(relu)
+    assert len(result.report.batchnorms) == 1 and len(result.report.relus) == int(relu)
     ops = [n.op_type for n in result.model.graph.node]
     pool = "MaxPool" in ops
     assert ops.count("BatchNormalization") == int(pool) and ops[-1] == "Concat"
@@ -389,7 +400,7 @@ def test_shipped_models_keep_their_outputs(name: str, folded: int, moved: int) -
     branches and stays over the 17 hand-crafted channels (Relu(Concat(filters)), no Conv)."""
     model = onnx.load(MODELS / f"{name}.onnx")
     result = fuse_concat(model)
-    assert (len(result.batchnorms), len(result.relus)) == (folded, moved)
+    assert (len(result.report.batchnorms), len(result.report.relus)) == (folded, moved)
     onnx.checker.check_model(result.model, full_check=True)
     left = bn_after_concat(result.model)  # LITE: its slice reads Concat(Relu(filters))
     assert all(set(ops) != {"Conv"} for ops in left)

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from dsp_deploy.compress.layout import conv1d_as_conv2d, qualifies
+from dsp_deploy.compress.layout import LayoutReport, conv1d_as_conv2d, qualifies
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -49,11 +49,18 @@ def conv_model(c_in: int, c_out: int, group: int = 1, k: int = 5, opset: int = 1
     return model
 
 
+def _wrap(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """The rewritten model and how many Convs it wrapped (``modified`` iff any)."""
+    result = conv1d_as_conv2d(model)
+    assert result.modified == bool(result.report.wrapped)
+    return result.model, len(result.report.wrapped)
+
+
 @pytest.mark.parametrize("name", ["lite_gunpoint", "inception_gunpoint.pruned"])
 def test_shipped_models_keep_their_outputs(name: str) -> None:
     model = onnx.load(MODELS / f"{name}.onnx")
     before = hashlib.sha256(model.SerializeToString()).hexdigest()
-    wrapped, count = conv1d_as_conv2d(model)
+    wrapped, count = _wrap(model)
     assert hashlib.sha256(model.SerializeToString()).hexdigest() == before  # input untouched
     assert count > 0
     onnx.checker.check_model(wrapped, full_check=True)
@@ -73,14 +80,14 @@ def test_which_convs_qualify() -> None:
 
 def test_other_convs_stay_one_dimensional() -> None:
     model = conv_model(111, 32)
-    wrapped, count = conv1d_as_conv2d(model)
+    wrapped, count = _wrap(model)
     assert count == 0
     assert [n.op_type for n in wrapped.graph.node] == ["Conv", "Relu"]
 
 
 def test_opset_11_uses_the_axes_attribute() -> None:
     model = conv_model(8, 8, group=8, opset=11)
-    wrapped, count = conv1d_as_conv2d(model)
+    wrapped, count = _wrap(model)
     assert count == 1
     onnx.checker.check_model(wrapped, full_check=True)
     assert [n.op_type for n in wrapped.graph.node] == ["Unsqueeze", "Conv", "Relu", "Squeeze"]
@@ -93,7 +100,7 @@ def _any(c_in: int, c_out: int, group: int) -> bool:
 
 
 def _blocks_depthwise(channels: int, tmp_path: Path) -> bool:
-    model, _ = conv1d_as_conv2d(conv_model(channels, channels, group=channels), select=_any)
+    model = conv1d_as_conv2d(conv_model(channels, channels, group=channels), select=_any).model
     out = tmp_path / "optimized.onnx"
     run(model, np.zeros((1, channels, 30), np.float32), optimized=out)
     return any(n.domain == "com.microsoft.nchwc" for n in onnx.load(out).graph.node)
@@ -113,7 +120,7 @@ def test_the_rule_matches_onnxruntime(
         pytest.skip("onnxruntime blocks channels (NCHWc) on x86 only")
     if not _blocks_depthwise(8, tmp_path):
         pytest.skip("this CPU's onnxruntime block is not 8 (AVX-512 uses 16)")
-    forced, _ = conv1d_as_conv2d(conv_model(c_in, c_out, group=group), select=_any)
+    forced = conv1d_as_conv2d(conv_model(c_in, c_out, group=group), select=_any).model
     out = tmp_path / "optimized.onnx"
     run(forced, np.zeros((1, c_in, 30), np.float32), optimized=out)
     blocked = any(n.domain == "com.microsoft.nchwc" for n in onnx.load(out).graph.node)
@@ -124,7 +131,8 @@ def test_the_rule_matches_onnxruntime(
 
 def test_a_relu_after_a_wrapped_conv_moves_inside_and_onnxruntime_fuses_it(tmp_path) -> None:
     model = conv_model(16, 32)
-    wrapped, count = conv1d_as_conv2d(model)
+    assert conv1d_as_conv2d(model).report == LayoutReport(("conv",), ("Relu#1",))
+    wrapped, count = _wrap(model)
     assert count == 1
     ops = [n.op_type for n in wrapped.graph.node]
     assert ops == ["Unsqueeze", "Conv", "Relu", "Squeeze"]
@@ -145,7 +153,7 @@ def test_a_relu_after_a_wrapped_conv_moves_inside_and_onnxruntime_fuses_it(tmp_p
 def test_a_relu_that_is_not_the_convs_only_reader_stays_outside() -> None:
     model = conv_model(16, 32)
     model.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
-    wrapped, count = conv1d_as_conv2d(model)
+    wrapped, count = _wrap(model)
     assert count == 1
     assert [n.op_type for n in wrapped.graph.node] == ["Unsqueeze", "Conv", "Squeeze", "Relu"]
     x = np.random.default_rng(3).standard_normal((2, 16, 30)).astype(np.float32)
@@ -166,7 +174,7 @@ def test_a_relu_stays_outside_when_a_subgraph_also_reads_the_conv() -> None:
         helper.make_node("If", ["cond"], ["u"], then_branch=then, else_branch=then)
     )
     model.graph.output.append(helper.make_tensor_value_info("u", TensorProto.FLOAT, ["N", 32, 30]))
-    wrapped, count = conv1d_as_conv2d(model)
+    wrapped, count = _wrap(model)
     assert count == 1
     ops = [n.op_type for n in wrapped.graph.node]
     assert ops == ["Unsqueeze", "Conv", "Squeeze", "Relu", "If"]  # "y" still exists

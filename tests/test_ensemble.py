@@ -22,8 +22,8 @@ from onnx.reference import ReferenceEvaluator
 
 from dsp_deploy import __version__, metadata
 from dsp_deploy.compress.calibrate import run_model
-from dsp_deploy.ensemble import combine, ensemble_arch, merge_training, verify
-from dsp_deploy.errors import InputError, VerificationError
+from dsp_deploy.ensemble import build, combine, ensemble_arch, merge_training, verify
+from dsp_deploy.errors import InputError
 
 ATOL = 1e-6
 
@@ -134,7 +134,12 @@ def test_reference_evaluator_agrees_on_a_tiny_case() -> None:
 
 def test_logits_members_get_a_softmax() -> None:
     logit_member, prob_member = member(4, seed=6, logits=True), member(3, seed=7)
-    ensemble = combine([logit_member, prob_member])
+    built = build([logit_member, prob_member])
+    assert [(m.prefix, m.nodes, m.initializers, m.softmax) for m in built.report.members] == [
+        ("m0/", 6, 4, True),
+        ("m1/", 6, 4, False),
+    ]
+    ensemble = built.model
     x = og.inputs(n=32, seed=3)
     got = run_model(ensemble, {"x": x})[0]
     np.testing.assert_allclose(got, mean_probabilities([logit_member, prob_member], x), atol=ATOL)
@@ -158,7 +163,7 @@ def test_members_with_one_fixed_batch() -> None:
     models = [member(3, seed=1, batch=4), member(5, seed=2, batch=4, logits=True)]
     ensemble = combine(models)
     assert ensemble.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
-    assert verify(models, ensemble) <= ATOL  # runs at the fixed batch, not 32
+    assert verify(models, ensemble).max_abs_diff <= ATOL  # runs at the fixed batch, not 32
 
 
 def test_names_are_prefixed_per_member_and_io_names_are_the_first_members() -> None:
@@ -379,7 +384,7 @@ def test_one_member_is_refused() -> None:
 def test_verify_catches_a_wrong_ensemble() -> None:
     models = [member(3, seed=1), member(4, seed=2, logits=True)]
     ensemble = combine(models)
-    assert verify(models, ensemble) <= ATOL
+    assert verify(models, ensemble).passed
     broken = onnx.ModelProto()
     broken.CopyFrom(ensemble)
     bias = next(t for t in broken.graph.initializer if t.name == "m1/fc_b")
@@ -388,8 +393,9 @@ def test_verify_catches_a_wrong_ensemble() -> None:
             (numpy_helper.to_array(bias) + [0.5, -0.5]).astype(np.float32), bias.name
         )
     )
-    with pytest.raises(VerificationError, match="differs from the mean"):
-        verify(models, broken)
+    check = verify(models, broken)
+    assert not check.passed and check.max_abs_diff > 0.01
+    assert "differs from the mean" in check.failure
 
 
 # --- command line ------------------------------------------------------------------------

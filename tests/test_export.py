@@ -17,7 +17,12 @@ from dsp_deploy.nets.ensemble import probability_model  # noqa: E402
 from dsp_deploy.nets.inception import Inception, InceptionConfig  # noqa: E402
 from dsp_deploy.nets.lite import Lite, LiteConfig  # noqa: E402
 from dsp_deploy.train.export import model_metadata, to_onnx  # noqa: E402
-from dsp_deploy.train.onnx_passes import fold_constants, fold_pads_into_convs  # noqa: E402
+from dsp_deploy.train.onnx_passes import (  # noqa: E402
+    FoldReport,
+    PadReport,
+    fold_constants,
+    fold_pads_into_convs,
+)
 
 pytestmark = pytest.mark.torch
 LENGTH = 48
@@ -127,7 +132,11 @@ def _parse(text: str) -> onnx.ModelProto:
 
 def test_fold_pad_into_conv() -> None:
     model = _parse(PAD_CONV)
-    folded = fold_pads_into_convs(fold_constants(model))
+    constants = fold_constants(model)
+    assert constants.modified and constants.report == FoldReport(1, ("Identity",), 0)
+    pads = fold_pads_into_convs(constants.model)
+    assert pads.modified and pads.report == PadReport(("Pad#0",))
+    folded = pads.model
     assert [n.op_type for n in folded.graph.node] == ["Conv"]
     (pads,) = [a.ints for a in folded.graph.node[0].attribute if a.name == "pads"]
     assert list(pads) == [1, 2]
@@ -150,8 +159,9 @@ def test_pad_that_cannot_fold_stays(change: tuple[str, str]) -> None:
     text = PAD_CONV.replace(*change)
     if "Add" in change[1]:
         text = text.replace("float[N, 3, 10] y", "float[N, 2, 13] y")
-    folded = fold_pads_into_convs(fold_constants(_parse(text)))
-    assert "Pad" in [n.op_type for n in folded.graph.node]
+    result = fold_pads_into_convs(fold_constants(_parse(text)).model)
+    assert "Pad" in [n.op_type for n in result.model.graph.node]
+    assert not result.modified and result.report.folded == ()
 
 
 @pytest.mark.parametrize("family", ["lite", "inception"])

@@ -44,7 +44,7 @@ def ensemble_command(
     from dsp_deploy import io
     from dsp_deploy.cost import model_cost
     from dsp_deploy.ensemble import combine, signature, verify
-    from dsp_deploy.errors import InputError
+    from dsp_deploy.errors import InputError, VerificationError
 
     if len(members) < 2:
         raise InputError(f"an ensemble needs at least 2 member models; got {len(members)}")
@@ -58,11 +58,13 @@ def ensemble_command(
             costs.append(model_cost(model))
         loaded.append(model)
     ensemble = combine(loaded, labels=members)
-    diff = verify(loaded, ensemble, samples=VERIFY_SAMPLES, atol=VERIFY_ATOL)
+    check = verify(loaded, ensemble, samples=VERIFY_SAMPLES, atol=VERIFY_ATOL)
+    if check.failure is not None:
+        raise VerificationError(check.failure)
     total = model_cost(ensemble)
     io.save_model(ensemble, out, inputs=members)
     classes = signature(ensemble, str(out)).classes
-    summary = _summary(members, costs, total, out, diff, classes)
+    summary = _summary(members, costs, total, out, check.max_abs_diff, classes)
     if as_json:
         typer.echo(json.dumps(summary))
     else:

@@ -299,7 +299,8 @@ def compress(
         pruned = fused.model
     wrapped = 0
     if conv2d:
-        pruned, wrapped = conv1d_as_conv2d(pruned)
+        layout = conv1d_as_conv2d(pruned)
+        pruned, wrapped = layout.model, len(layout.report.wrapped)
     candidate = session(pruned, threads)
     tol = {"atol": atol, "rtol": rtol, "batch_size": batch_size}
     reference = run_model(original, part.inputs, batch_size=batch_size)
@@ -340,8 +341,8 @@ def compress(
             "align": align,
             "conv2d": wrapped,
             "fuse": {
-                "batchnorm": len(fused.batchnorms) if fused else 0,
-                "relu": len(fused.relus) if fused else 0,
+                "batchnorm": len(fused.report.batchnorms) if fused else 0,
+                "relu": len(fused.report.relus) if fused else 0,
             },
             "params": [before.params, after.params],
             "macs": [before.macs, after.macs],

@@ -64,7 +64,8 @@ def to_onnx(
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
-    proto = fold_pads_into_convs(fold_constants(onnx.load_from_string(buffer.getvalue())))
+    exported = onnx.load_from_string(buffer.getvalue())
+    proto = fold_pads_into_convs(fold_constants(exported).model).model
     leftover = [n.op_type for n in proto.graph.node if n.op_type in ("Pad", "Constant", "Identity")]
     if leftover:
         raise ModelError(f"ONNX export left {sorted(set(leftover))} nodes that should fold away")
