@@ -56,6 +56,13 @@ class ModelPass(ir.passes.FunctionalPass, Generic[R]):
 
 
 def apply(transform: ModelPass[R], model: onnx.ModelProto) -> Rewrite[R]:
-    """Run ``transform`` on ``model`` (untouched) and return the result as a proto."""
-    result = cast(ReportedResult[R], transform(ir.from_proto(model)))
+    """Run ``transform`` on ``model`` (untouched) and return the result as a proto.
+
+    The pass reads a copy of the proto: onnx-ir's initializer tensors wrap the proto's
+    own ``TensorProto`` objects and ``Model.clone`` shares them, so renaming such a value
+    would rename the caller's tensor too (onnx-ir 1.1.0; a copy costs one memcpy).
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    result = cast(ReportedResult[R], transform(ir.from_proto(copy)))
     return Rewrite(ir.to_proto(result.model), result.modified, cast(R, result.report))
