@@ -10,6 +10,7 @@ module, else to ``P``.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +54,8 @@ def _targets(node: ast.AST, name: str, is_package: bool, files: dict[str, Path])
     return modules | ({base} & files.keys() if named - modules else set())
 
 
-def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+@functools.cache
+def import_graph(root: Path = ROOT) -> dict[str, frozenset[str]]:
     files = module_files(root)
     graph = {}
     for name, path in files.items():
@@ -63,11 +65,11 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
         for node in ast.walk(tree):
             if id(node) not in skipped:
                 edges |= _targets(node, name, path.name == "__init__.py", files)
-        graph[name] = edges - {name}
+        graph[name] = frozenset(edges - {name})
     return graph
 
 
-def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+def cycles(graph: dict[str, frozenset[str]] | dict[str, set[str]]) -> list[set[str]]:
     """The strongly connected components with more than one module (Tarjan)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
