@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -492,3 +493,46 @@ def test_plan_gives_each_task_its_gpu_share_and_device(tmp_path) -> None:
         assert len(plan.pending) == len(CPU_SMALL.seeds) * 2
     with pytest.raises(InputError, match="gpus per task"):
         SweepRequest(("UnitTest",), ("lite",), ("dense",), CPU_SMALL, gpus_per_task=1.5)
+
+
+def test_a_sweep_without_ray_names_the_extra(monkeypatch, tmp_path) -> None:
+    from dsp_deploy.errors import MissingExtraError
+    from dsp_experiments.runner import Plan, execute
+    from dsp_experiments.tasks import Task
+
+    task = Task("A", "lite", "dense", 1, "cpu-small", 10, 64, 0.0)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install 'dsp-deploy\[sweep\]'"):
+        execute(Plan((task,), (task,), ()), {}, ResultsStore(tmp_path))
+
+
+def test_the_local_executor_runs_ready_upstreams_first_within_its_slots() -> None:
+    from dsp_experiments.local import ready_tasks
+    from dsp_experiments.tasks import Task
+
+    def task(dataset: str, variant: str) -> Task:
+        return Task(dataset, "lite", variant, 1, "cpu-small", 10, 64, 0.0)
+
+    waiting = [task("A", "dense"), task("A", "dsp-retrain"), task("B", "narrow"),
+               task("B", "dsp-onnx"), task("C", "dsp-onnx-rule")]  # fmt: skip
+    unfinished = {t.key for t in waiting} | {task("B", "dsp-retrain").key}  # B's: running
+    failed = {task("C", "dsp-onnx").key}
+    # A's retrain: its dsp-onnx is not in this run (read from the folder, or trains its
+    # own); B's narrow waits on B's running retrain; C's rule on a failed upstream.
+    # Upstreams of others (dsp-onnx, dsp-retrain) first, then plan order.
+    ready = ready_tasks(waiting, unfinished, failed, 3)
+    assert [(t.dataset, t.variant) for t in ready] == [
+        ("A", "dsp-retrain"),
+        ("B", "dsp-onnx"),
+        ("A", "dense"),
+    ]
+    assert ready_tasks(waiting, unfinished, failed, 0) == []
+
+
+def test_the_local_executor_refuses_no_workers(tmp_path) -> None:
+    from dsp_deploy.errors import InputError
+    from dsp_experiments.local import execute_locally
+    from dsp_experiments.runner import Plan
+
+    with pytest.raises(InputError, match="workers must be >= 1, got 0"):
+        execute_locally(Plan((), (), ()), {}, ResultsStore(tmp_path), workers=0)
