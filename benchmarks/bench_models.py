@@ -3,6 +3,7 @@
     python benchmarks/bench_models.py                    # every models/*.onnx
     python benchmarks/bench_models.py a.onnx a.pruned.onnx --no-emulated
     python benchmarks/bench_models.py a.onnx a.pruned.onnx --merge   # add to stored results
+    python benchmarks/bench_models.py --list-groups      # which models are paired; no timing
 
 Each dense ``X.onnx`` is measured in one ``bench`` run together with ``X.pruned.onnx``
 (when it exists): x86 at batch 1 and 64, 1 and 2 threads, and an emulated Raspberry Pi 4
@@ -142,10 +143,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="keep the stored results of the groups not measured in this run",
     )
+    parser.add_argument(
+        "--list-groups", action="store_true", help="print the groups as JSON; measure nothing"
+    )
     args = parser.parse_args(argv)
     paths = args.models or sorted((ROOT / "models").glob("*.onnx"))
     if not paths:
         parser.error("no models given and none in models/")
+    if args.list_groups:
+        print(json.dumps([[str(p) for p in group] for group in groups(paths)]))
+        return 0
     targets = ("native",) if args.no_emulated else ("native", "pi4-emulated")
     args.out.mkdir(parents=True, exist_ok=True)
     plots = importlib.util.find_spec("matplotlib") is not None

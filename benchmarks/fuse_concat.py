@@ -13,7 +13,7 @@ report is the median ratio with its quartiles. Parity: max |Δ| between original
 on the logits (the Softmax inputs) and the outputs, on random standard-normal series.
 
 ``--emulated`` times LITE and Inception (dense and pruned; the ensembles are 5× slower)
-on the emulated Raspberry Pi 4 of ``dsp_deploy.bench.arm``, 200-300× slower than native:
+on the emulated Raspberry Pi 4 of ``dsp_deploy.emulator``, 200-300× slower than native:
 this host writes the variants into a temporary folder and ONE emulated, single-threaded
 python runs ``fuse_concat_worker.py`` over them all (the same timing loop, batch 1, LITE
 also 64; ~15 min on a busy 2-core host). It also counts the blocked (NCHWc) Convs in
@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from dsp_deploy.bench.arm import ensure_emulator
 from dsp_deploy.compress.fuse import fuse_concat
 from dsp_deploy.compress.layout import conv1d_as_conv2d
+from dsp_deploy.emulator import ensure_emulator
 from dsp_deploy.io import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -3,7 +3,7 @@
     python benchmarks/fuse_concat_worker.py JOBS.json     # what ``fuse_concat --emulated`` runs
 
 Imports only the standard library, numpy and onnxruntime, so this same file runs under the
-emulated Cortex-A72 python of ``dsp_deploy.bench.arm`` (which has nothing else installed).
+emulated Cortex-A72 python of ``dsp_deploy.emulator`` (which has nothing else installed).
 ``JOBS.json`` is a list of ``{"name", "batch", "rounds", "seconds", "variants": {key: path},
 "parity": {key: path}}``; the first variant is the reference, and ``parity`` holds the same
 variants with their logits as extra outputs, run once beside the timed ones.

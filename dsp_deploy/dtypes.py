@@ -39,7 +39,7 @@ import onnx
 from dsp_deploy.errors import CalibrationError
 
 if TYPE_CHECKING:
-    from dsp_deploy.io import Calibration
+    from dsp_deploy.calib_io import Calibration
 
 __all__ = ["RandomFeeds", "cast_input", "input_dtype", "random_feeds"]
 

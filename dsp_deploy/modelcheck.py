@@ -40,8 +40,8 @@ what was found; none of them allocates memory in proportion to what the file *de
 a Conv whose weight a DequantizeLinear produces), or None: ``compress`` refuses those
 (it prunes float convs; the order is compress, then quantize).
 
-Memory available is ``dsp_deploy.io.available_memory()`` (MemAvailable, capped by a cgroup
-v2 limit; ``None`` where the platform says neither: the memory checks are then skipped).
+Memory available is ``dsp_deploy.memory.available_memory()`` (MemAvailable, capped by a
+cgroup v2 limit; ``None`` where the platform says neither: the memory checks are then skipped).
 The checks that use it take ``available=`` (bytes) to use another budget.
 """
 
@@ -58,7 +58,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from dsp_deploy import metadata
+from dsp_deploy import memory, metadata
 from dsp_deploy.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -99,9 +99,7 @@ def _size(n: float) -> str:
 
 
 def _memory_default(available: int | None) -> int | None:
-    from dsp_deploy.io import available_memory  # deferred: io imports this module
-
-    return available_memory() if available is None else available
+    return memory.available_memory() if available is None else available
 
 
 # --- before reading ----------------------------------------------------------------------

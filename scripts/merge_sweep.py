@@ -1,10 +1,6 @@
-"""Merge the rows of one sweep folder into another: results run elsewhere (a machine
-that cannot reach the main folder) join the main sweep.
+"""Merge the rows of one sweep folder into another (:mod:`dsp_experiments.merge`).
 
-Every row of SOURCE whose key is not yet in TARGET is committed to TARGET through
-``ResultsStore.commit`` (artefacts first, then the row), with its probabilities and saved
-models; rows already in TARGET are left as they are. Both folders must hold the same
-protocol budget (seeds may differ: TARGET then lists both).
+A thin entry point: exit 0 when merged, 2 when a folder holds no sweep or another budget.
 
     python scripts/merge_sweep.py SOURCE TARGET
 """
@@ -15,30 +11,8 @@ import argparse
 import sys
 
 from dsp_deploy.errors import InputError
-from dsp_deploy.sweep.results import MODEL_KINDS, ResultsStore, row_key
-
-
-def merge(source: ResultsStore, target: ResultsStore) -> tuple[int, int]:
-    """(rows added, rows already there)."""
-    protocol = source.protocol()
-    if protocol is None:
-        raise InputError(f"{source.root} holds no sweep.json")
-    target.bind(protocol)  # refuses another budget
-    added = present = 0
-    done = target.done()
-    for row in source.rows():
-        key = row_key(row)
-        if key in done:  # its artefacts may not even be in SOURCE (a copied results.csv)
-            present += 1
-            continue
-        probabilities, labels = source.load_probs(key)
-        paths = {kind: source.model_path(key, kind) for kind in MODEL_KINDS}
-        models = {kind: path.read_bytes() for kind, path in paths.items() if path.exists()}
-        if target.commit(row, probabilities=probabilities, labels=labels, models=models):
-            added += 1
-        else:
-            present += 1
-    return added, present
+from dsp_experiments.merge import merge_folders
+from dsp_experiments.results import ResultsStore
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target")
     args = parser.parse_args(argv)
     try:
-        added, present = merge(ResultsStore(args.source), ResultsStore(args.target))
+        added, present = merge_folders(ResultsStore(args.source), ResultsStore(args.target))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,14 +1,9 @@
 """Run a sweep's pending tasks in local worker processes, without Ray.
 
-For a machine where Ray cannot be installed: the GPU machine lent to our development
-sessions has torch, onnx and onnxruntime but no package index. It plans exactly as
-``dsp-deploy sweep`` (``runner.plan_sweep``), runs the same ``tasks.run_task`` and commits
-through the same ``ResultsStore`` (only this driver writes), so its rows merge into a Ray
-sweep's folder like any other run's. What it lacks against Ray: no retries of a worker
-that dies (its task simply stays pending for the next run), no cluster.
-
-Scheduling: at most ``--workers`` tasks in flight; among the ready tasks (upstream done)
-those that others wait for (dsp-onnx, dsp-retrain) go first, then plan order.
+A thin entry point: it plans exactly as ``dsp-deploy sweep``
+(:func:`dsp_experiments.runner.plan_sweep`) and runs the plan with the local executor,
+:func:`dsp_experiments.local.execute_locally` (its docstring: scheduling, and what it
+lacks against Ray). Exit 0: every pending task committed; 1: some failed.
 
     python scripts/sweep_without_ray.py --datasets A,B --archs inception --seeds 9409 \\
         --workers 8 --cpus-per-task 2 --gpus-per-task 0.125 -o DIR
@@ -17,22 +12,14 @@ those that others wait for (dsp-onnx, dsp-retrain) go first, then plan order.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-from dsp_deploy.sweep.protocols import get_protocol
-from dsp_deploy.sweep.results import Key, ResultsStore, row_key
-from dsp_deploy.sweep.runner import (
-    SweepRequest,
-    _from_disk,
-    _log_failure,
-    load_datasets,
-    plan_sweep,
-    upstreams_first,
-)
-from dsp_deploy.sweep.tasks import UPSTREAM, VARIANTS, Task, TaskOutput, run_task
+from dsp_experiments.local import execute_locally
+from dsp_experiments.protocols import get_protocol
+from dsp_experiments.results import ResultsStore
+from dsp_experiments.runner import Event, SweepRequest, load_datasets, plan_sweep
+from dsp_experiments.tasks import VARIANTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,67 +38,27 @@ def main(argv: list[str] | None = None) -> int:
         gpus_per_task=args.gpus_per_task,
     )
     store = ResultsStore(args.out)
-    data = load_datasets(request.datasets)
+    data = load_datasets(request.datasets)  # before bind() creates the folder
     store.bind(protocol)
     plan = plan_sweep(request, data, store)
-    by_name = {pair[0].name: pair for pair in data.values()}
-    rows = {row_key(r): r for r in store.rows()}
-    waiting = upstreams_first(plan.pending)
-    outputs: dict[Key, TaskOutput] = {}
-    failed: set[Key] = set()
-    running: dict[Future[TaskOutput], Task] = {}
-    start, total = time.perf_counter(), len(waiting)
-    print(f"{total} tasks pending of {len(plan.tasks)}", flush=True)
-    context = multiprocessing.get_context("spawn")  # CUDA cannot follow a fork
-    with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-        while waiting or running:
-            unfinished = {t.key for t in waiting} | {t.key for t in running.values()}
-            for task in _ready(waiting, unfinished, failed, args.workers - len(running)):
-                waiting.remove(task)
-                upstream = outputs.get(task.upstream_key) if task.upstream_key else None
-                if upstream is None and task.upstream_key in rows:
-                    upstream = _from_disk(store, rows, task.upstream_key)
-                train, test = by_name[task.dataset]
-                running[pool.submit(run_task, task, train, test, upstream)] = task
-            if not running:  # every waiting task hangs on a failed upstream
-                for task in waiting:
-                    _log_failure(store, task, f"upstream {task.upstream_key} failed")
-                    failed.add(task.key)
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                task = running.pop(future)
-                try:
-                    output = future.result()
-                except Exception as e:  # the task's own error, or its worker's death
-                    _log_failure(store, task, f"{type(e).__name__}: {e}".splitlines()[0])
-                    failed.add(task.key)
-                    continue
-                store.commit(
-                    output.row,
-                    probabilities=output.probabilities,
-                    labels=output.labels,
-                    models=output.models,
-                )
-                outputs[task.key] = output
-                done = len(outputs) + len(failed)
-                print(
-                    f"[{done}/{total}] {'/'.join(task.key)}: accuracy "
-                    f"{output.row['accuracy']:.4f}, {output.row['task_seconds']:.0f} s "
-                    f"({time.perf_counter() - start:.0f} s elapsed)",
-                    flush=True,
-                )
-    print(f"done: {len(outputs)} committed, {len(failed)} failed", flush=True)
-    return 1 if failed else 0
+    print(f"{len(plan.pending)} tasks pending of {len(plan.tasks)}", flush=True)
+    summary = execute_locally(plan, data, store, workers=args.workers, progress=_printer())
+    print(f"done: {summary.completed} committed, {len(summary.failed)} failed", flush=True)
+    return 1 if summary.failed else 0
 
 
-def _ready(waiting: list[Task], unfinished: set[Key], failed: set[Key], slots: int) -> list[Task]:
-    """Up to ``slots`` waiting tasks whose upstream is not pending (done, or not part of
-    the sweep: the task then trains its own), upstreams of others first."""
-    feeds = set(UPSTREAM.values())
-    ready = [t for t in waiting if t.upstream_key not in unfinished | failed]
-    ready.sort(key=lambda t: t.variant not in feeds)  # stable: plan order within each
-    return ready[: max(0, slots)]
+def _printer():
+    start = time.perf_counter()
+
+    def show(event: Event) -> None:
+        outcome = f"failed: {event.error}" if event.error else "committed"
+        print(
+            f"[{event.done + event.failed}/{event.total}] {'/'.join(event.task.key)}: "
+            f"{outcome} ({time.perf_counter() - start:.0f} s elapsed)",
+            flush=True,
+        )
+
+    return show
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsp_deploy import io
+from dsp_deploy import io, memory
 from dsp_deploy.errors import CalibrationError, DatasetError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,15 +203,15 @@ def test_declared_size_is_refused_before_any_read(tmp_path: Path) -> None:
     need = _good_x().size * (4 + 8)
     assert io.read_npz(path)["x"].shape == (8, 1, L)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(io, "available_memory", lambda: need - 1)
+        mp.setattr(memory, "available_memory", lambda: need - 1)
         with pytest.raises(CalibrationError, match="needs about .* of memory"):
             io.read_npz(path)
-        mp.setattr(io, "available_memory", lambda: need)
+        mp.setattr(memory, "available_memory", lambda: need)
         assert io.read_npz(path)["x"].shape == (8, 1, L)
 
 
 def test_available_memory_is_a_plausible_byte_count() -> None:
-    available = io.available_memory()
+    available = memory.available_memory()
     assert available is not None and 2**20 < available < 2**50
 
 
@@ -459,7 +459,7 @@ def test_train_options(rejects, work, no_training, extra: list[str], problem: st
 
 def test_text_dataset_too_big_for_memory(tmp_path: Path, monkeypatch) -> None:
     path = _tsv([_line(i % 2, row) for i, row in enumerate(_series(10))])(tmp_path)
-    monkeypatch.setattr(io, "available_memory", lambda: path.stat().st_size)
+    monkeypatch.setattr(memory, "available_memory", lambda: path.stat().st_size)
     with pytest.raises(DatasetError, match="D_TRAIN.tsv .* needs about"):
         from dsp_deploy.data import load_train_test
 
@@ -523,10 +523,12 @@ def test_dataset_missing_offline_names_what_to_install(rejects, work: Path, offl
 
 
 def test_ucr_name_without_the_extra_names_the_extra(rejects, work, offline, monkeypatch) -> None:
-    from dsp_deploy import data
+    from dsp_deploy import dataset_files
 
-    real = data._package_dir
+    real = dataset_files._package_dir
     monkeypatch.setattr(
-        data, "_package_dir", lambda name: None if name.startswith("test_datasets") else real(name)
+        dataset_files,
+        "_package_dir",
+        lambda name: None if name.startswith("test_datasets") else real(name),
     )
     rejects(["eval", work / "m.onnx", "--dataset", "Adiac"], "'Adiac'", "dsp-deploy[ucr]")

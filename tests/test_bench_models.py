@@ -1,57 +1,52 @@
-"""benchmarks/bench_models.py: pairing dense with pruned models, and the files it writes."""
+"""benchmarks/bench_models.py: pairing dense with pruned models, and the files it writes.
+
+The benchmark runs as a subprocess, as a user runs it: tests do not import benchmarks.
+"""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from test_bench import conv_net
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_models.py"
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "bench_models.py"
 
 
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("bench_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run_script(*args: str | Path) -> str:
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    }
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
-def test_groups_pair_dense_with_pruned(script, tmp_path) -> None:
+def test_groups_pair_dense_with_pruned(tmp_path) -> None:
     names = ["lite.onnx", "lite.pruned.onnx", "inception.onnx", "orphan.pruned.onnx"]
-    paths = [tmp_path / n for n in names]
-    assert script.groups(paths) == [
-        (tmp_path / "inception.onnx",),
-        (tmp_path / "lite.onnx", tmp_path / "lite.pruned.onnx"),
-        (tmp_path / "orphan.pruned.onnx",),
+    listed = json.loads(run_script(*(tmp_path / n for n in names), "--list-groups"))
+    assert listed == [
+        [str(tmp_path / "inception.onnx")],
+        [str(tmp_path / "lite.onnx"), str(tmp_path / "lite.pruned.onnx")],
+        [str(tmp_path / "orphan.pruned.onnx")],
     ]
 
 
-def test_writes_json_csv_markdown_with_the_machine(script, tmp_path) -> None:
+def test_writes_json_csv_markdown_with_the_machine(tmp_path) -> None:
     dense = conv_net(tmp_path / "net.onnx", 16)
     pruned = conv_net(tmp_path / "net.pruned.onnx", 8)
     out = tmp_path / "results"
-    assert (
-        script.main(
-            [
-                str(dense),
-                str(pruned),
-                "--out",
-                str(out),
-                "--runs",
-                "6",
-                "--rounds",
-                "1",
-                "--no-emulated",
-            ]
-        )
-        == 0
-    )
+    run_script(dense, pruned, "--out", out, "--runs", 6, "--rounds", 1, "--no-emulated")
     doc = json.loads((out / "bench_models.json").read_text())
     assert doc["host"]["uname"] and len(doc["reports"]) == 1
     assert doc["reports"][0]["platform"]["machine"] == "x86_64"

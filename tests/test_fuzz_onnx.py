@@ -3,9 +3,11 @@
 The full run is ``benchmarks/fuzz_onnx.py --cases 1000`` (forked children, timeouts, and
 unvalidated onnxruntime beside it); its results showed no crash or hang once models
 pass validation, so this sample runs the commands in-process and checks the same
-contract (``fuzz_onnx.problems``): exit 0/1/2, on failure one ``error:`` line naming an
-input file, no traceback, nothing left behind, inputs unchanged. ``FUZZ_SEED`` picks
-another sample; a failure prints the seed and case so that it replays exactly.
+contract (``fuzz_runs.problems``). Both take the cases and the contract from
+``testkit/`` (``fuzz_cases``, ``fuzz_runs``); neither imports the other. Contract: exit
+0/1/2, on failure one ``error:`` line naming an input file, no traceback, nothing left
+behind, inputs unchanged. ``FUZZ_SEED`` picks another sample; a failure prints the seed
+and case so that it replays exactly.
 
 The regressions the fuzzer found are pinned below as plain tests.
 """
@@ -13,13 +15,13 @@ The regressions the fuzzer found are pinned below as plain tests.
 from __future__ import annotations
 
 import faulthandler
-import importlib.util
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
+import fuzz_cases
+import fuzz_runs
 import onnx
 import onnx_graphs
 import onnxruntime as ort
@@ -29,30 +31,19 @@ from onnx import helper
 from dsp_deploy import io
 from dsp_deploy.errors import ModelError
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "fuzz_onnx.py"
+ROOT = Path(__file__).resolve().parent.parent
 SEED = int(os.environ.get("FUZZ_SEED", "7"))
 CASES = 20
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("fuzz_onnx", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _load_script()
-
-
 @pytest.fixture(scope="module")
 def sources():
-    return fuzz.sources()
+    return fuzz_cases.sources()
 
 
 @pytest.fixture
 def in_process(capfd: pytest.CaptureFixture[str]):
-    """A ``fuzz_onnx.Runner`` calling the CLI here; fd-level capture sees onnxruntime's logs."""
+    """A ``fuzz_runs.Runner`` calling the CLI here; fd-level capture sees onnxruntime's logs."""
     from dsp_deploy.cli import main
 
     def run(argv: list[str], folder: Path):
@@ -60,14 +51,14 @@ def in_process(capfd: pytest.CaptureFixture[str]):
         start = time.perf_counter()
         code = main(argv)
         out, err = capfd.readouterr()
-        return fuzz.Run(argv[0], code, None, False, out, err, time.perf_counter() - start)
+        return fuzz_runs.Run(argv[0], code, None, False, out, err, time.perf_counter() - start)
 
     return run
 
 
 @pytest.mark.parametrize("index", range(CASES))
 def test_fuzz_sample(sources, in_process, index: int) -> None:
-    record = fuzz.run_case(sources, SEED, index, bench_share=0.0, raw=False, runner=in_process)
+    record = fuzz_runs.run_case(sources, SEED, index, bench_share=0.0, raw=False, runner=in_process)
     assert not record["problems"], (
         f"FUZZ_SEED={SEED} case {index} ({record['source']}: {record['mutations']}): "
         f"{record['problems']}"
@@ -75,8 +66,8 @@ def test_fuzz_sample(sources, in_process, index: int) -> None:
 
 
 def test_cases_replay_exactly_from_seed_and_index(sources) -> None:
-    first = [fuzz.make_case(sources, SEED, i)[0] for i in range(5)]
-    again = [fuzz.make_case(sources, SEED, i)[0] for i in range(5)]
+    first = [fuzz_cases.make_case(sources, SEED, i)[0] for i in range(5)]
+    again = [fuzz_cases.make_case(sources, SEED, i)[0] for i in range(5)]
     assert first == again
     assert len({c.model for c in first}) == 5  # and the cases differ
 
@@ -85,7 +76,7 @@ def test_the_sample_covers_valid_and_invalid_mutants(sources) -> None:
     # A sample where every mutant is rejected at load would never reach onnxruntime.
     outcomes = set()
     for index in range(CASES):
-        case, _ = fuzz.make_case(sources, SEED, index)
+        case, _ = fuzz_cases.make_case(sources, SEED, index)
         try:
             io.load_model(_write(case.model))
             outcomes.add("valid")
@@ -108,12 +99,12 @@ def test_the_harness_reports_a_crash_a_traceback_and_a_second_line() -> None:
     if pid == 0:
         faulthandler.disable()  # the crash is the point: no dump on stderr
         os.kill(os.getpid(), signal.SIGSEGV)
-    code, sig, timed_out = fuzz._wait(pid, timeout=30)
+    code, sig, timed_out = fuzz_runs.wait_child(pid, timeout=30)
     assert (code, sig, timed_out) == (None, signal.SIGSEGV, False)
-    crashed = fuzz.Run("inspect", None, sig, False, "", "", 0.0)
-    assert fuzz.problems(crashed, []) == ["crash: killed by SIGSEGV"]
-    noisy = fuzz.Run("inspect", 2, None, False, "", "error: m.onnx bad\nTraceback ...\n", 0.0)
-    found = fuzz.problems(noisy, [Path("m.onnx")])
+    crashed = fuzz_runs.Run("inspect", None, sig, False, "", "", 0.0)
+    assert fuzz_runs.problems(crashed, []) == ["crash: killed by SIGSEGV"]
+    noisy = fuzz_runs.Run("inspect", 2, None, False, "", "error: m.onnx bad\nTraceback ...\n", 0.0)
+    found = fuzz_runs.problems(noisy, [Path("m.onnx")])
     assert "traceback on stderr" in found
     assert any("not one 'error:' line" in p for p in found)
 
@@ -127,7 +118,7 @@ def test_the_harness_reports_a_crash_a_traceback_and_a_second_line() -> None:
 def _conv_edit(name: str, value) -> onnx.ModelProto:
     model = onnx_graphs.chain()
     conv = model.graph.node[0]
-    fuzz._set_attr(conv, helper.make_attribute(name, value))
+    fuzz_cases.set_attr(conv, helper.make_attribute(name, value))
     return model
 
 
@@ -194,7 +185,7 @@ def test_opsets_and_domains_onnxruntime_cannot_run_are_refused(
 
 
 def test_the_shipped_models_pass_validation() -> None:
-    for path in sorted((SCRIPT.parent.parent / "models").glob("*.onnx")):
+    for path in sorted((ROOT / "models").glob("*.onnx")):
         io.load_model(path)
 
 

@@ -46,7 +46,7 @@ import numpy as np
 import pytest
 
 from dsp_deploy import io
-from dsp_deploy.sweep.results import COLUMNS, ResultsStore
+from dsp_experiments.results import COLUMNS, ResultsStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMP = re.compile(r"\..+\.[0-9a-f]{16}\.tmp")

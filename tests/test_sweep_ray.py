@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dsp_deploy.sweep.results import ResultsStore, row_key
+from dsp_experiments.results import ResultsStore, row_key
 
 pytest.importorskip("ray")
 pytest.importorskip("torch")
@@ -183,7 +183,7 @@ def test_sweep_through_address_on_a_two_node_cluster(tmp_path) -> None:
 
 
 def _inception_task(variant: str, sparsity: float):
-    from dsp_deploy.sweep.tasks import Task
+    from dsp_experiments.tasks import Task
 
     return Task("UnitTest", "inception", variant, 1, "test", 1, 64, sparsity, 1, 5)
 
@@ -191,7 +191,7 @@ def _inception_task(variant: str, sparsity: float):
 def test_inception_sparse_task_and_its_rule_downstream() -> None:
     # Inception's dsp-onnx then dsp-onnx-rule on the sparse model, on the worker function.
     from dsp_deploy.data import load_train_test
-    from dsp_deploy.sweep.tasks import run_task
+    from dsp_experiments.tasks import run_task
 
     train, test = load_train_test("UnitTest")
     sparse = run_task(_inception_task("dsp-onnx", 1e-5), train, test)
@@ -213,7 +213,7 @@ def test_retrain_from_dsp_onnx_weights_gives_the_row_of_training_them() -> None:
     from dsp_deploy.data import load_train_test
     from dsp_deploy.errors import InputError
     from dsp_deploy.nets.registry import get_arch
-    from dsp_deploy.sweep.tasks import Task, run_task
+    from dsp_experiments.tasks import Task, run_task
 
     def task(variant: str, seed: int) -> Task:
         return Task("UnitTest", "lite", variant, seed, "test", 3, 64, get_arch("lite").sparsity)
@@ -242,7 +242,7 @@ def test_retrain_from_dsp_onnx_weights_gives_the_row_of_training_them() -> None:
 
 
 def test_paired_latency_ratio_is_of_the_model_against_the_reference() -> None:
-    from dsp_deploy.sweep.tasks import dense_model, paired_latency
+    from dsp_experiments.measure import dense_model, paired_latency
 
     lite, inception = dense_model("lite", 2, 150), dense_model("inception", 2, 150)
     # Inception does ~40x LITE's MACs: an inverted or unpaired ratio lands far outside.

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 
 import numpy as np
 import pytest
 
 from dsp_deploy.errors import InputError
-from dsp_deploy.sweep import stats
-from dsp_deploy.sweep.protocols import CPU_SMALL, PAPER, Protocol, get_protocol
-from dsp_deploy.sweep.results import COLUMNS, ResultsStore
+from dsp_experiments import stats
+from dsp_experiments.protocols import CPU_SMALL, PAPER, Protocol, get_protocol
+from dsp_experiments.results import COLUMNS, ResultsStore
 
 
 def test_paper_trains_1500_epochs_whatever_the_size() -> None:
@@ -126,7 +127,7 @@ def test_an_older_header_is_rewritten_once_with_the_new_columns_empty(tmp_path, 
     assert [r["variant"] for r in before] == ["dense", "dsp-onnx"]
     assert before[0]["failures"] == "a, b | c" and before[1]["accuracy_unpruned"] == ""
 
-    caplog.set_level("INFO", logger="dsp_deploy.sweep.results")
+    caplog.set_level("INFO", logger="dsp_experiments.results")
     assert _commit(store, {**_row("A", "dsp-exact", 1, 0.7), "accuracy_unpruned": 0.75})
     assert _commit(store, _row("B", "dense", 1, 0.8))
     rewrites = [r for r in caplog.records if "rewrote its header" in r.getMessage()]
@@ -312,7 +313,7 @@ def test_compensations_prefer_the_rule_rows_own_unpruned_accuracy() -> None:
 
 
 def test_dead_check_compares_dead_compression_with_the_unpruned_model() -> None:
-    from dsp_deploy.sweep.report import _dead_line
+    from dsp_experiments.report import _dead_line
 
     def row(variant: str, acc: str, unpruned: str) -> dict[str, str]:
         return {"variant": variant, "accuracy": acc, "accuracy_unpruned": unpruned}
@@ -331,8 +332,8 @@ def test_dead_check_compares_dead_compression_with_the_unpruned_model() -> None:
 
 
 def test_upstreams_are_submitted_before_the_tasks_that_read_them() -> None:
-    from dsp_deploy.sweep.runner import upstreams_first
-    from dsp_deploy.sweep.tasks import Task
+    from dsp_experiments.runner import upstreams_first
+    from dsp_experiments.tasks import Task
 
     def task(variant: str, dataset: str = "A") -> Task:
         return Task(dataset, "lite", variant, 1, "cpu-small", 10, 64, 0.0)
@@ -344,8 +345,8 @@ def test_upstreams_are_submitted_before_the_tasks_that_read_them() -> None:
 
 
 def test_a_chain_of_upstreams_is_submitted_from_its_root() -> None:
-    from dsp_deploy.sweep.runner import upstreams_first
-    from dsp_deploy.sweep.tasks import Task
+    from dsp_experiments.runner import upstreams_first
+    from dsp_experiments.tasks import Task
 
     def task(variant: str, dataset: str = "A") -> Task:
         return Task(dataset, "lite", variant, 1, "cpu-small", 10, 64, 0.0)
@@ -364,7 +365,7 @@ def test_a_chain_of_upstreams_is_submitted_from_its_root() -> None:
 
 
 def test_models_are_stored_by_kind_and_read_back_for_downstreams(tmp_path) -> None:
-    from dsp_deploy.sweep.runner import _from_disk
+    from dsp_experiments.runner import upstream_from_disk
 
     store = ResultsStore(tmp_path)
     row = _row("A", "dsp-onnx", 1, 0.5)
@@ -381,12 +382,12 @@ def test_models_are_stored_by_kind_and_read_back_for_downstreams(tmp_path) -> No
     ]
     rows = {key: store.rows()[0]}
     # only what downstream tasks read: the rule's sparse model, the retrain's state
-    assert _from_disk(store, rows, key).models == {
+    assert upstream_from_disk(store, rows, key).models == {
         "sparse": b"onnx bytes",
         "state": b"torch.save bytes",
     }
     store.model_path(key, "state").unlink()  # a row from before states were kept
-    assert _from_disk(store, rows, key).models == {"sparse": b"onnx bytes"}
+    assert upstream_from_disk(store, rows, key).models == {"sparse": b"onnx bytes"}
 
 
 def test_an_unknown_model_kind_is_refused_before_anything_is_written(tmp_path) -> None:
@@ -402,7 +403,7 @@ def test_an_unknown_model_kind_is_refused_before_anything_is_written(tmp_path) -
 
 
 def test_wall_time_rows_per_arch_and_variant() -> None:
-    from dsp_deploy.sweep.report import _wall_rows
+    from dsp_experiments.report import _wall_rows
 
     rows = [
         {"arch": "lite", "variant": "dense", "task_seconds": "10"},
@@ -426,7 +427,7 @@ def test_cd_diagram_needs_three_variants(tmp_path) -> None:
     pytest.importorskip("matplotlib")
     from types import SimpleNamespace
 
-    from dsp_deploy.sweep.plots import _critical_difference
+    from dsp_experiments.plots import _critical_difference
 
     rng = np.random.default_rng(0)
     datasets = [f"D{i}" for i in range(6)]
@@ -446,7 +447,7 @@ def test_cd_diagram_needs_three_variants(tmp_path) -> None:
 
 def test_a_figure_with_nothing_to_draw_replaces_an_older_one(tmp_path) -> None:
     pytest.importorskip("matplotlib")
-    from dsp_deploy.sweep.plots import plot_all
+    from dsp_experiments.plots import plot_all
 
     store = ResultsStore(tmp_path)
     for variant, params in (("dense", 100), ("dsp-onnx", 40)):
@@ -461,8 +462,8 @@ def test_a_figure_with_nothing_to_draw_replaces_an_older_one(tmp_path) -> None:
 
 def test_progress_off_a_terminal_prints_one_line_per_task(monkeypatch, capsys) -> None:
     from dsp_deploy.commands.sweep import _Progress
-    from dsp_deploy.sweep.runner import Event, Plan
-    from dsp_deploy.sweep.tasks import Task
+    from dsp_experiments.runner import Event, Plan
+    from dsp_experiments.tasks import Task
 
     tasks = tuple(Task(d, "lite", "dense", 1, "cpu-small", 10, 64, 0.0) for d in "ABC")
     clock = iter([100.0, 130.0, 190.0])  # enter, first task, second task
@@ -480,7 +481,7 @@ def test_progress_off_a_terminal_prints_one_line_per_task(monkeypatch, capsys) -
 
 def test_plan_gives_each_task_its_gpu_share_and_device(tmp_path) -> None:
     from dsp_deploy.data import load_train_test
-    from dsp_deploy.sweep.runner import SweepRequest, plan_sweep
+    from dsp_experiments.runner import SweepRequest, plan_sweep
 
     data = {"UnitTest": load_train_test("UnitTest")}
     for gpus, device in ((0.0, "cpu"), (0.25, "cuda")):
@@ -492,3 +493,46 @@ def test_plan_gives_each_task_its_gpu_share_and_device(tmp_path) -> None:
         assert len(plan.pending) == len(CPU_SMALL.seeds) * 2
     with pytest.raises(InputError, match="gpus per task"):
         SweepRequest(("UnitTest",), ("lite",), ("dense",), CPU_SMALL, gpus_per_task=1.5)
+
+
+def test_a_sweep_without_ray_names_the_extra(monkeypatch, tmp_path) -> None:
+    from dsp_deploy.errors import MissingExtraError
+    from dsp_experiments.runner import Plan, execute
+    from dsp_experiments.tasks import Task
+
+    task = Task("A", "lite", "dense", 1, "cpu-small", 10, 64, 0.0)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install 'dsp-deploy\[sweep\]'"):
+        execute(Plan((task,), (task,), ()), {}, ResultsStore(tmp_path))
+
+
+def test_the_local_executor_runs_ready_upstreams_first_within_its_slots() -> None:
+    from dsp_experiments.local import ready_tasks
+    from dsp_experiments.tasks import Task
+
+    def task(dataset: str, variant: str) -> Task:
+        return Task(dataset, "lite", variant, 1, "cpu-small", 10, 64, 0.0)
+
+    waiting = [task("A", "dense"), task("A", "dsp-retrain"), task("B", "narrow"),
+               task("B", "dsp-onnx"), task("C", "dsp-onnx-rule")]  # fmt: skip
+    unfinished = {t.key for t in waiting} | {task("B", "dsp-retrain").key}  # B's: running
+    failed = {task("C", "dsp-onnx").key}
+    # A's retrain: its dsp-onnx is not in this run (read from the folder, or trains its
+    # own); B's narrow waits on B's running retrain; C's rule on a failed upstream.
+    # Upstreams of others (dsp-onnx, dsp-retrain) first, then plan order.
+    ready = ready_tasks(waiting, unfinished, failed, 3)
+    assert [(t.dataset, t.variant) for t in ready] == [
+        ("A", "dsp-retrain"),
+        ("B", "dsp-onnx"),
+        ("A", "dense"),
+    ]
+    assert ready_tasks(waiting, unfinished, failed, 0) == []
+
+
+def test_the_local_executor_refuses_no_workers(tmp_path) -> None:
+    from dsp_deploy.errors import InputError
+    from dsp_experiments.local import execute_locally
+    from dsp_experiments.runner import Plan
+
+    with pytest.raises(InputError, match="workers must be >= 1, got 0"):
+        execute_locally(Plan((), (), ()), {}, ResultsStore(tmp_path), workers=0)

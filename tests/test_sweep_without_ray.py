@@ -1,5 +1,6 @@
-"""``scripts/sweep_without_ray.py``: the same plan and folder as ``dsp-deploy sweep``,
-run in local processes (for a machine without Ray); 1-epoch LITE on a tiny dataset."""
+"""``scripts/sweep_without_ray.py`` (:mod:`dsp_experiments.local`): the same plan and
+folder as ``dsp-deploy sweep``, run in local processes (for a machine without Ray);
+1-epoch LITE on a tiny dataset. And :mod:`dsp_experiments.merge`, and its script."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dsp_deploy.sweep.results import ResultsStore, row_key
+from dsp_experiments.results import ResultsStore, row_key
 
 pytest.importorskip("torch")
 
@@ -40,8 +41,7 @@ def test_script_runs_the_chain_and_a_rerun_adds_nothing(tmp_path) -> None:
 
 
 def test_merge_adds_only_new_rows_with_their_artefacts(tmp_path) -> None:
-    sys.path.insert(0, str(SCRIPT.parent))
-    from merge_sweep import merge
+    from dsp_experiments.merge import merge_folders as merge
 
     assert _run(tmp_path / "a", "dense,dsp-onnx").returncode == 0
     target = tmp_path / "b"
@@ -61,3 +61,7 @@ def test_merge_adds_only_new_rows_with_their_artefacts(tmp_path) -> None:
         == a.model_path(onnx_key, "sparse").read_bytes()
     )
     assert merge(a, b) == (0, 2)
+    script = SCRIPT.parent / "merge_sweep.py"
+    again = subprocess.run([sys.executable, str(script), str(a.root), str(b.root)],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert again.returncode == 0 and again.stdout == f"0 rows added to {b.root}, 2 already there\n"

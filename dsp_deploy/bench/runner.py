@@ -205,9 +205,9 @@ def _launcher(target: str) -> Launcher:
     script = str(Path(worker.__file__).absolute())
     if target == "native":
         return _subprocess_launcher([sys.executable, script], None)
-    from dsp_deploy.bench import arm
+    from dsp_deploy import emulator as pi4  # provisioning: only for --target pi4-emulated
 
-    emulator = arm.ensure_emulator()
+    emulator = pi4.ensure_emulator()
     return _subprocess_launcher(emulator.command([script]), emulator.env())
 
 

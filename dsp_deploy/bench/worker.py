@@ -2,7 +2,7 @@
 
 Run as ``python worker.py '<json spec>'`` (or ``python -m dsp_deploy.bench.worker``).
 This file imports only the standard library, numpy and onnxruntime, so the same file runs
-under an emulated aarch64 python (``dsp_deploy.bench.arm``) with nothing else installed.
+under an emulated aarch64 python (``dsp_deploy.emulator``) with nothing else installed.
 
 Spec (JSON object)::
 

@@ -19,7 +19,7 @@ from dsp_deploy.errors import InputError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from dsp_deploy.sweep.runner import Event, Plan, SweepSummary
+    from dsp_experiments.runner import Event, Plan, SweepSummary
 
 
 def register(app: typer.Typer) -> None:
@@ -88,10 +88,10 @@ def sweep_command(
 ) -> None:
     """Run the DSP experiment over datasets × archs × seeds × variants on Ray."""
     from dsp_deploy.errors import VerificationError
-    from dsp_deploy.sweep.protocols import get_protocol
-    from dsp_deploy.sweep.results import ResultsStore
-    from dsp_deploy.sweep.runner import SweepRequest, execute, load_datasets, plan_sweep
-    from dsp_deploy.sweep.tasks import VARIANTS
+    from dsp_experiments.protocols import get_protocol
+    from dsp_experiments.results import ResultsStore
+    from dsp_experiments.runner import SweepRequest, execute, load_datasets, plan_sweep
+    from dsp_experiments.tasks import VARIANTS
 
     positive("--epochs", epochs)
     positive("--num-cpus", num_cpus)
@@ -126,7 +126,7 @@ def sweep_command(
             progress=progress,
         )  # fmt: skip
     if report and store.rows():
-        from dsp_deploy.sweep.report import build_report, write_report
+        from dsp_experiments.report import build_report, write_report
 
         write_report(build_report(out), out / "report")
     _render(summary, out, as_json)
@@ -151,7 +151,7 @@ def report_command(
 
     require("scipy", "sweep")
     require("matplotlib", "sweep")
-    from dsp_deploy.sweep.report import build_report, markdown, write_report
+    from dsp_experiments.report import build_report, markdown, write_report
 
     target = output or folder / "report"
     if target.exists() and not target.is_dir():

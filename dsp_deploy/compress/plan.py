@@ -26,11 +26,10 @@ output the paper scores). Removed channels are compensated (``compensation``):
            refit of the kept columns K (and bias) to the original outputs, with
            G = E[x̃ x̃ᵀ] the calibration Gram matrix of the input x̃ = [x; 1]; others: mean
 
-``lstsq`` is the default: on the DSP-trained LITE models of 40 UCR datasets
-(``benchmarks/compress_ucr.py``, the ``cpu-small`` budget, 57% of the parameters removed)
-it changed test accuracy by −0.013 on average against the unpruned model, ``none`` by
-−0.026 and ``mean`` by −0.036; against ``none`` it won 27, tied 3 and lost 10 (Inception,
-7 datasets: −0.11 against −0.20 for both others, 5 wins and 2 losses against ``none``).
+``lstsq`` is the default: of the three it alone fits what the consumers output, not only
+their means, so the kept channels take over what the removed ones carried. How the three
+compare on trained models (test accuracy before and after, per dataset) is measured by
+``benchmarks/compress_ucr.py``; the numbers are in ``benchmarks/results/compensations.md``.
 
 Never empty a layer: the input of every channel-mixing consumer (a *stage*) keeps at
 least its strongest unit; a source whose every channel goes is deleted whole.

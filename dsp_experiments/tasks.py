@@ -28,14 +28,9 @@ what the training-side analysis calls dead; the test set is the held-out check.
 
 Every row's ``accuracy`` comes from the final ONNX model on onnxruntime (so the export is
 checked too); ``params``/``macs`` from :func:`dsp_deploy.cost.model_cost`, against those
-of the dense architecture for the same dataset (``params_dense``). ``latency_ratio`` is
-batch-1 latency against that dense architecture (the published net with its initial
-weights: time depends on shapes, not values), measured as ``dsp-deploy bench`` measures
-its ratios: both models back to back in paired rounds on one onnxruntime thread, timed on
-the thread's CPU clock, median of the per-round ratios. Tasks share the machine, and the
-pairing cancels that load, which separate timings of the variant and the dense task
-(minutes apart, beside other tasks) did not. ``latency_ms`` is the final model's median
-per-call CPU time in those rounds.
+of the dense architecture for the same dataset (``params_dense``). ``latency_ratio`` and
+``latency_ms`` are batch-1 timings paired with that dense architecture
+(:mod:`dsp_experiments.measure`).
 
 ``accuracy_unpruned`` (dsp-onnx, dsp-exact, dsp-onnx-rule; empty for the others) is the
 test accuracy of the sparse ONNX model the task compressed, before compression (the
@@ -53,13 +48,13 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dsp_deploy.errors import InputError
+from dsp_experiments.measure import accuracy, dense_cost, dense_model, paired_latency, predict
 
 if TYPE_CHECKING:
     import onnx
@@ -150,9 +145,9 @@ def run_task(
     torch.set_num_threads(task.threads)
     start = time.perf_counter()
     built = _BUILDERS[task.variant](task, train, upstream)
-    probs = _predict(built.model, test.X, task.threads)
+    probs = predict(built.model, test.X, task.threads)
     scored_accuracy = {
-        f"accuracy_{name}": _accuracy(_predict(model, test.X, task.threads), test.y)
+        f"accuracy_{name}": accuracy(predict(model, test.X, task.threads), test.y)
         for name, model in built.scored.items()
     }
     length, n_classes = int(train.X.shape[-1]), len(train.classes)
@@ -169,7 +164,7 @@ def run_task(
         "epochs": task.epochs,
         "steps": task.epochs * math.ceil(len(train.y) / task.batch_size),
         "sparsity": task.sparsity,
-        "accuracy": _accuracy(probs, test.y),
+        "accuracy": accuracy(probs, test.y),
         **scored_accuracy,
         "params": cost.params,
         "macs": cost.macs,
@@ -267,7 +262,7 @@ def _upstream_states(task: Task, upstream: TaskOutput | None) -> list[Mapping[st
 
 def _narrow(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
     from dsp_deploy.nets.registry import get_arch
-    from dsp_deploy.sweep.narrow import NarrowSpec, narrow_width
+    from dsp_experiments.narrow import NarrowSpec, narrow_width
 
     if upstream is None or not upstream.row.get("params_torch"):
         raise InputError(f"task {task.key} needs its dsp-retrain row (parameter target)")
@@ -402,72 +397,3 @@ def _compress(
         folds=0,  # the test set is the held-out check here
         threads=threads,
     )
-
-
-def _predict(model: onnx.ModelProto, X: np.ndarray, threads: int) -> np.ndarray:
-    from dsp_deploy.compress.calibrate import run_model
-    from dsp_deploy.train.export import INPUT_NAME
-
-    (probs,) = run_model(model, {INPUT_NAME: X}, batch_size=256, threads=threads)
-    return probs.astype(np.float32)
-
-
-def _accuracy(probs: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(probs.argmax(axis=1) == y))
-
-
-LATENCY_ROUNDS = 20
-LATENCY_BLOCK_MS = 10.0
-
-
-def paired_latency(
-    model: onnx.ModelProto, reference: onnx.ModelProto, length: int, runs: int
-) -> dict[str, float]:
-    """``latency_ratio`` (``model`` / ``reference``) and ``latency_ms`` at batch 1, one thread.
-
-    ``LATENCY_ROUNDS`` paired rounds (``bench``'s loop); each round times a block of at
-    least ``runs / LATENCY_ROUNDS`` calls and ``LATENCY_BLOCK_MS`` of the reference.
-    """
-    from dsp_deploy.bench.worker import block_size, paired_rounds
-    from dsp_deploy.compress.calibrate import session as ort_session
-    from dsp_deploy.train.export import INPUT_NAME
-
-    x = np.random.default_rng(0).standard_normal((1, 1, length), np.float32)
-    calls = []
-    for m in (reference, model):
-        s = ort_session(m, 1)
-        calls.append(lambda s=s: s.run(None, {INPUT_NAME: x}))
-        for _ in range(3):  # first calls allocate
-            calls[-1]()
-    per_block = block_size(calls[0], -(-runs // LATENCY_ROUNDS), LATENCY_BLOCK_MS)
-    ref_ns, model_ns = paired_rounds(calls, per_block, LATENCY_ROUNDS)
-    return {
-        "latency_ms": float(np.median(model_ns)) / 1e6,
-        "latency_ratio": float(np.median(np.divide(model_ns, ref_ns))),
-    }
-
-
-@lru_cache(maxsize=16)
-def _dense_bytes(arch: str, n_classes: int, length: int) -> bytes:
-    from dsp_deploy.nets.ensemble import probability_model
-    from dsp_deploy.nets.registry import get_arch
-    from dsp_deploy.train.export import to_onnx
-
-    net = probability_model([get_arch(arch).build(n_classes)])
-    return to_onnx(net, length=length).SerializeToString()
-
-
-def dense_model(arch: str, n_classes: int, length: int) -> onnx.ModelProto:
-    """The published ``arch`` as ONNX for this dataset's shape, with its initial weights."""
-    import onnx
-
-    return onnx.load_from_string(_dense_bytes(arch, n_classes, length))
-
-
-@lru_cache(maxsize=64)
-def dense_cost(arch: str, n_classes: int, length: int) -> tuple[int, int]:
-    """(params, MACs) of the published ``arch`` as ONNX, for this dataset's shape."""
-    from dsp_deploy.cost import model_cost
-
-    cost = model_cost(dense_model(arch, n_classes, length), length=length)
-    return cost.params, cost.macs

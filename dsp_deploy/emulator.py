@@ -1,5 +1,8 @@
 """An emulated Raspberry Pi 4 (Cortex-A72, aarch64) for benchmarks: qemu user mode.
 
+The provisioning (apt, dpkg-deb, pip downloads) lives here, apart from the timing in
+``bench/``: ``bench`` imports this module only when ``--target pi4-emulated`` is asked for.
+
 ``ensure_emulator()`` sets up, once, into ``$DSP_DEPLOY_CACHE/pi4`` (default
 ``~/.cache/dsp-deploy/pi4``), with no root, binfmt_misc or container:
 

@@ -58,7 +58,7 @@ import numpy as np
 
 from dsp_deploy.errors import InputError
 from dsp_deploy.io import write_atomic
-from dsp_deploy.sweep.protocols import Protocol
+from dsp_experiments.protocols import Protocol
 
 log = logging.getLogger(__name__)
 

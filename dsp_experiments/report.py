@@ -6,13 +6,13 @@ Files written:
   variant) with ≥ 2 seeds (the CLI contract's table);
 * ``per_dataset.csv``: one row per (arch, dataset, variant) — seed-mean and ensemble
   accuracy, change against dense, params, MACs, compression, batch-1 latency ratio to the
-  dense architecture (paired in the task, ``tasks.paired_latency``);
+  dense architecture (paired in the task, ``measure.paired_latency``);
 * ``summary.csv``: every variant against dense and each DSP variant against ``narrow``
-  (:mod:`dsp_deploy.sweep.stats`);
+  (:mod:`dsp_experiments.stats`);
 * ``published.csv``: our dense accuracies beside the published ensembles (resample 0 =
   the official split): InceptionTime from aeon's results fixture, LITETime from
   ``tsml-eval`` when it is installed (otherwise the report says it is missing);
-* ``report.md`` and the PNGs of :mod:`dsp_deploy.sweep.plots`.
+* ``report.md`` and the PNGs of :mod:`dsp_experiments.plots`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dsp_deploy.errors import InputError
-from dsp_deploy.sweep import stats
-from dsp_deploy.sweep.results import COLUMNS, ResultsStore
+from dsp_experiments import stats
+from dsp_experiments.results import COLUMNS, ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def published_accuracies() -> tuple[dict[str, dict[str, float]], tuple[str, ...]
 
 def write_report(report: SweepReport, out: str | Path) -> tuple[Path, ...]:
     """Write the CSVs, PNGs and ``report.md`` into ``out``; returns the files."""
-    from dsp_deploy.sweep.plots import plot_all
+    from dsp_experiments.plots import plot_all
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ compression and timing stay on the CPU); a task whose
 worker process dies is retried by Ray up to ``retries`` times (``max_retries``), while an
 exception raised by the task itself is not retried (it would fail again) but recorded in
 ``failures.jsonl`` and reported. Only the driver writes to the folder
-(:mod:`dsp_deploy.sweep.results`), so a retry never duplicates a row.
+(:mod:`dsp_experiments.results`), so a retry never duplicates a row.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dsp_deploy.errors import InputError, require
-from dsp_deploy.sweep.protocols import Protocol
-from dsp_deploy.sweep.results import Key, ResultsStore, row_key
-from dsp_deploy.sweep.tasks import ARCHS, UPSTREAM, VARIANTS, Task, TaskOutput, run_task
+from dsp_experiments.protocols import Protocol
+from dsp_experiments.results import Key, ResultsStore, row_key
+from dsp_experiments.tasks import ARCHS, UPSTREAM, VARIANTS, Task, TaskOutput, run_task
 
 if TYPE_CHECKING:
     from dsp_deploy.data import Dataset
@@ -183,8 +183,11 @@ def _check_upstreams(tasks: Sequence[Task], done: frozenset[Key]) -> None:
             )
 
 
-def _from_disk(store: ResultsStore, rows: Mapping[Key, Mapping[str, str]], key: Key) -> TaskOutput:
-    """A finished upstream's row and the saved models its downstreams read, if present."""
+def upstream_from_disk(
+    store: ResultsStore, rows: Mapping[Key, Mapping[str, str]], key: Key
+) -> TaskOutput:
+    """A finished upstream's row and the saved models its downstreams read, if present:
+    what a task gets for an upstream that finished in an earlier run (any executor)."""
     paths = {kind: store.model_path(key, kind) for kind in _UPSTREAM_MODELS}
     models = {kind: path.read_bytes() for kind, path in paths.items() if path.exists()}
     empty = np.zeros((0, 0), np.float32)
@@ -258,7 +261,7 @@ def execute(
             except ray.exceptions.RayError as e:
                 message = _first_line(e)
                 failed.append((task.key, message))
-                _log_failure(store, task, message)
+                log_failure(store, task, message)
                 if progress:
                     progress(Event(task, completed, len(failed), total, error=message))
                 continue
@@ -313,7 +316,7 @@ def _submissions(
         if task.upstream_key in submitted:
             upstream = submitted[task.upstream_key]
         elif task.upstream_key in rows:
-            upstream = _from_disk(store, rows, task.upstream_key)
+            upstream = upstream_from_disk(store, rows, task.upstream_key)
         ref = remote.options(
             num_cpus=task.threads,
             num_gpus=task.gpus,
@@ -331,7 +334,8 @@ def _first_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def _log_failure(store: ResultsStore, task: Task, message: str) -> None:
+def log_failure(store: ResultsStore, task: Task, message: str) -> None:
+    """Log ``task``'s failure and append it to ``failures.jsonl`` (any executor's record)."""
     log.error("task %s failed: %s", "/".join(task.key), message)
     store.root.mkdir(parents=True, exist_ok=True)
     entry = {"key": list(task.key), "error": message, "time": time.time()}

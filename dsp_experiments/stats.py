@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dsp_deploy.sweep.results import Key, row_key
-from dsp_deploy.sweep.tasks import DSP_VARIANTS, VARIANTS
+from dsp_experiments.results import Key, row_key
+from dsp_experiments.tasks import DSP_VARIANTS, VARIANTS
 
 LEVELS: tuple[str, ...] = ("single", "ensemble")
 # The paper's mean compression: LITETime 58%, InceptionTime 75% (PAPER.md); its members

@@ -7,9 +7,8 @@ the ``dsp-exact`` penalty is, and how latency is timed.
 Budget in optimiser steps, not epochs
 -------------------------------------
 DSP's penalty acts once per optimiser step, so how far channels die depends on the number
-of steps, not of epochs: LITE on GunPoint (50 series, one step per epoch, λ = 1e-5) has no
-channel exactly zero after 300 steps and 10/96, 18/32, 22/32 after 1500 (DESIGN.md). A
-set of 1,000 series takes 16 steps per epoch, so the same 1500 epochs are 24,000 steps
+of steps, not of epochs (``benchmarks/results/cpu_small_budget.md``). A set of 1,000
+series takes 16 steps per epoch, so the same 1500 epochs are 24,000 steps
 there. ``cpu-small`` therefore trains every network for about ``target_steps`` steps::
 
     steps_per_epoch(n) = ⌈n / batch_size⌉
@@ -24,36 +23,16 @@ Datasets chosen by size
 The cost of one step is proportional to ``min(n, batch_size) · L`` (series in the batch ×
 length), so, with a fixed number of steps, so is the cost of a training. ``cpu-small``
 admits a dataset when ``min(n_train, batch_size) · L ≤ max_step_cells[family]``: a bound
-per architecture family, since an InceptionTime step costs ~5× a LITE step (DESIGN.md:
-113 ms vs 576 ms at batch 64, L = 150, 2 threads).
+per architecture family, since an InceptionTime step costs ~5× a LITE step (measured in
+``benchmarks/results/cpu_small_budget.md``).
 
-Measured (``benchmarks/dsp_sparsity.py``, ``benchmarks/results/dsp_sparsity.jsonl``; LITE,
-seed 9409, one thread): channels die exactly once the network has fitted its training set,
-which takes more optimiser steps on larger sets. On GunPoint (50 series, one step per
-epoch) 1500 steps leave 10/96, 18/32, 22/32 channels dead at the paper's λ = 1e-5. On
-MiddlePhalanxOutlineCorrect (600 series, 10 steps per epoch)::
-
-    steps            380     750      1500     3000     7500
-    λ = 0     acc   0.729   0.636    0.780    0.852    0.873    dead 0 throughout
-    λ = 1e-5  acc   0.770   0.838    0.849    0.828    0.832
-              dead  0/0/0   0/0/0    0/0/0    0/0/5    11/4/14
-    λ = 1e-4  acc   0.581   0.797    0.832    0.794    0.787
-              dead  0/0/0   0/0/9    0/0/23   2/1/27   40/10/28
-
-So ``target_steps = 1500`` (≈ 100 s of LITE training on GunPoint here) is where the paper's
-λ already gives exact zeros on small sets (the first ``cpu-small`` sweep rows: Chinatown
-88/96, ECGFiveDays 54/96, MoteStrain 36/96 dead in the first stage) but not yet on sets
-of hundreds, where ``dsp-onnx`` therefore compresses little; ``dsp-exact`` (λ = 1e-4)
-does give exact zeros within the budget (23/32 in the last stage above) at the accuracy of
-the same-budget dense net. The dense accuracy is still rising at 1500 steps on the larger
-sets (0.780 → 0.873 at 7500), so ``cpu-small`` compares variants at one budget; its dense
-accuracies are not the published ones (``paper`` on a cluster is for that). Five times
-the steps would cost five times the ≈ 4 core-hours that one seed of the 40 cheapest
-LITE datasets takes at 1500 steps.
-
-Inception's ``dsp-exact`` λ (1e-4) is LITE's, not measured for Inception: its first
-``cpu-small`` rows show it can collapse a model (Chinatown 0.434 against dense 0.977,
-ItalyPowerDemand 0.845 against 0.964; GunPoint 0.953 against 0.993) where LITE's held.
+Why ``target_steps = 1500``: it is where the paper's λ already gives exact zeros on small
+sets but not yet on sets of hundreds, where ``dsp-onnx`` therefore compresses little;
+``dsp-exact`` (λ = 1e-4) gives exact zeros within that budget at the accuracy of the
+same-budget dense net. ``cpu-small`` compares variants at one budget; its dense accuracies
+are not the published ones (``paper`` on a cluster is for that). Inception's ``dsp-exact``
+λ is LITE's, not measured for Inception. The measurements behind these choices:
+``benchmarks/results/cpu_small_budget.md``.
 """
 
 from __future__ import annotations

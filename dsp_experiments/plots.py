@@ -16,8 +16,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from dsp_deploy.sweep.stats import Cell
-from dsp_deploy.sweep.tasks import VARIANTS
+from dsp_experiments.stats import Cell
+from dsp_experiments.tasks import VARIANTS
 
 log = logging.getLogger(__name__)
 
