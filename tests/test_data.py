@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dsp_deploy import data, dataset_files
+from dsp_deploy import dataset_files
 from dsp_deploy.data import Dataset, load_dataset, load_train_test, znormalise
 from dsp_deploy.errors import DatasetError
 
