@@ -62,7 +62,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from other_libraries_archs import (  # benchmarks/ is on sys.path: a script
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testkit"))
+from other_libraries_archs import (  # noqa: E402  benchmarks/ is on sys.path: a script
     ARCHS,
     LENGTH,
     SEED,
@@ -73,6 +75,8 @@ from other_libraries_archs import (  # benchmarks/ is on sys.path: a script
     seed_all,
     stub_torchvision,
 )
+from other_libraries_report import write  # noqa: E402  (testkit/ is not a package)
+from planted_channels import zero_channels  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OTHER_LENGTH = 160
@@ -161,36 +165,6 @@ def pins(inspection: dict | None) -> list[dict]:
         for g in inspection["groups"]
         if g["pinned"]
     ]
-
-
-def _constants(graph) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-        elif node.op_type == "Identity" and node.input[0] in values:
-            values[node.output[0]] = values[node.input[0]]
-    return values
-
-
-def zero_channels(path: Path) -> int:
-    """Planted channels a model holds: Conv weight rows that are all 0 (a conv plant, or a
-    BN plant the exporter folded into its Conv) and BatchNormalization scales that are 0.
-    Random init makes neither, so the count before and after ``compress`` says how many
-    planted channels it removed, whatever else it removed."""
-    import onnx
-
-    graph = onnx.load(str(path)).graph
-    values, count = _constants(graph), 0
-    for node in graph.node:
-        if node.op_type == "Conv" and node.input[1] in values:
-            w = values[node.input[1]]
-            count += int(np.sum(np.all(w.reshape(len(w), -1) == 0, axis=1)))
-        elif node.op_type == "BatchNormalization" and node.input[1] in values:
-            count += int(np.sum(values[node.input[1]] == 0))
-    return count
 
 
 def removed(result: dict | None) -> int | None:
@@ -372,7 +346,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out).with_suffix(".json")
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    from other_libraries_report import write  # benchmarks/ is on sys.path: a script
 
     print(write(out))
     return 0

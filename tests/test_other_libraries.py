@@ -1,4 +1,4 @@
-"""``benchmarks/other_libraries.py``'s own measures, without tsai or torch (issue 17, item 8).
+"""The measures of ``benchmarks/other_libraries.py`` (in ``testkit/``), without tsai or torch.
 
 The benchmark counts planted channels as all-zero Conv weight rows and zero
 BatchNormalization scales, before and after ``compress``; these tests pin that count on
@@ -7,23 +7,18 @@ small graphs (removed when removable, left where pinned) and the report's verdic
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphs
+import other_libraries_report as report  # testkit/, shared with the benchmark
 from onnx import numpy_helper
+from planted_channels import zero_channels
 
 from dsp_deploy.compress import compress
 from dsp_deploy.io import Calibration
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.append(str(BENCHMARKS))  # the scripts import each other as scripts do
-other_libraries = importlib.import_module("other_libraries")
-report = importlib.import_module("other_libraries_report")
 
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:
@@ -38,14 +33,14 @@ def _pruned(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def test_zero_rows_counted_then_removed_by_compress(tmp_path: Path) -> None:
     model = onnx_graphs.chain(dead1=(1,), dead2=(0, 2))
-    assert other_libraries.zero_channels(_save(model, tmp_path / "m.onnx")) == 3
-    assert other_libraries.zero_channels(_save(_pruned(model), tmp_path / "p.onnx")) == 0
+    assert zero_channels(_save(model, tmp_path / "m.onnx")) == 3
+    assert zero_channels(_save(_pruned(model), tmp_path / "p.onnx")) == 0
 
 
 def test_zero_rows_of_a_pinned_group_stay(tmp_path: Path) -> None:
     model = onnx_graphs.pinned()  # LpNormalization over channels pins the dead channel 1
     pruned = _pruned(model)
-    assert other_libraries.zero_channels(_save(pruned, tmp_path / "p.onnx")) == 1
+    assert zero_channels(_save(pruned, tmp_path / "p.onnx")) == 1
 
 
 def test_zero_batchnorm_scales_and_identity_fed_weights_count(tmp_path: Path) -> None:
@@ -59,7 +54,7 @@ def test_zero_batchnorm_scales_and_identity_fed_weights_count(tmp_path: Path) ->
     weight.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(weight)), "w0"))
     identity = onnx.helper.make_node("Identity", ["w0"], [conv.input[1]])
     model.graph.node.insert(0, identity)  # the TorchScript exporter's shared initializer
-    assert other_libraries.zero_channels(_save(model, tmp_path / "m.onnx")) == 4 + 2
+    assert zero_channels(_save(model, tmp_path / "m.onnx")) == 4 + 2
 
 
 def _row(**fields) -> dict:
