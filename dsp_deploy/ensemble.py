@@ -18,9 +18,9 @@ ensemble ``train --arch litetime --seed S`` gives, up to float32 rounding of the
   present and ``dsp.normalisation`` (absent = ``none``, as the runtime reads it). Members
   may differ in width and architecture. A disagreement raises ``InputError`` naming both
   members and both values.
-* A member whose ``dsp.output`` is ``logits`` gets a Softmax(axis=-1); one without
-  ``dsp.output`` must end in a Softmax (else it is refused: averaging logits as if they
-  were probabilities would give a different ensemble, silently).
+* A member whose output holds logits gets a Softmax(axis=-1): ``dsp.output``, or
+  without it the default every reader shares (``dsp_deploy.signature``): a final
+  Softmax means probabilities, any other last node logits.
 * Opsets: members at a lower default-domain opset are converted up to the highest with
   ``onnx.version_converter`` (upgrades are what its adapters cover well; downgrades are
   not, e.g. Relu 14 → 13). Other domains must agree on their version.
@@ -59,13 +59,13 @@ from onnx import compose, version_converter
 
 from dsp_deploy import __version__, metadata
 from dsp_deploy.errors import InputError, ModelError, VerificationError
+from dsp_deploy.signature import LOGITS, PROBABILITIES, softmax, tensor_spec
+from dsp_deploy.signature import from_model as read_model_signature
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MemberSignature", "combine", "ensemble_arch", "merge_training", "signature", "verify"]
 
-LOGITS, PROBABILITIES = "logits", "probabilities"
-_NO_NORMALISATION = "none"  # what the runtime assumes when dsp.normalisation is absent
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # dsp.training keys that hold one entry per member: concatenated, not compared
 _PER_MEMBER_KEYS = ("seeds", "kept_channels")
@@ -178,18 +178,12 @@ def signature(model: onnx.ModelProto, label: str) -> MemberSignature:
         raise InputError(
             f"{label}: output {y.name!r} has shape {_shape_text(y_dims)}; expected [batch, classes]"
         )
-    meta = metadata.read_metadata(model)
-    names = _class_names(meta, label)
-    classes = _static_int(y_dims[1])
-    if classes is None and names is None:
+    shared = read_model_signature(model, label)  # the runtime's reading, default included
+    classes, names = shared.class_count, shared.classes
+    if classes is None:
         raise InputError(
             f"{label}: output {y.name!r} has shape {_shape_text(y_dims)} and no "
             f"{metadata.CLASSES} metadata; expected a known class count"
-        )
-    if classes is not None and names is not None and len(names) != classes:
-        raise InputError(
-            f"{label}: output {y.name!r} has {classes} classes but {metadata.CLASSES} "
-            f"names {len(names)}"
         )
     domains = _opsets(model, label)
     return MemberSignature(
@@ -199,15 +193,15 @@ def signature(model: onnx.ModelProto, label: str) -> MemberSignature:
         elem_type=x.type.tensor_type.elem_type,
         output_elem_type=y.type.tensor_type.elem_type,
         batch=_static_int(x_dims[0]) or "dynamic",
-        channels=_static_int(x_dims[1]) or _meta_int(meta, metadata.INPUT_CHANNELS, label),
-        length=_static_int(x_dims[2]) or _meta_int(meta, metadata.INPUT_LENGTH, label),
-        classes=classes if classes is not None else len(names or ()),
+        channels=shared.channels,
+        length=shared.length,
+        classes=classes,
         class_names=names,
-        normalisation=meta.get(metadata.NORMALISATION, _NO_NORMALISATION),
-        output_kind=_output_kind(model, meta, label),
+        normalisation=shared.normalisation,
+        output_kind=shared.output_kind,
         opset=domains.pop(""),
         other_opsets=domains,
-        meta=meta,
+        meta=metadata.read_metadata(model),
     )
 
 
@@ -281,34 +275,6 @@ def _other_opsets(sigs: Sequence[MemberSignature]) -> dict[str, int]:
     return {d: v for d, (v, _) in merged.items()}
 
 
-def _output_kind(model: onnx.ModelProto, meta: Mapping[str, str], label: str) -> str:
-    kind = meta.get(metadata.OUTPUT)
-    if kind in (LOGITS, PROBABILITIES):
-        return kind
-    if kind is not None:
-        raise InputError(
-            f"{label}: {metadata.OUTPUT} is {kind!r}; expected {LOGITS!r} or {PROBABILITIES!r}"
-        )
-    name = model.graph.output[0].name
-    producer = next((n for n in model.graph.node if name in n.output), None)
-    if producer is not None and producer.op_type == "Softmax":
-        return PROBABILITIES
-    raise InputError(
-        f"{label}: has no {metadata.OUTPUT} metadata and its output {name!r} is not a "
-        f"Softmax; set {metadata.OUTPUT} to {LOGITS!r} or {PROBABILITIES!r}"
-    )
-
-
-def _class_names(meta: Mapping[str, str], label: str) -> tuple[str, ...] | None:
-    try:
-        return metadata.class_names(meta)
-    except (ValueError, TypeError) as e:
-        raise InputError(
-            f"{label}: {metadata.CLASSES} is not a JSON list of names: "
-            f"{meta.get(metadata.CLASSES)!r}"
-        ) from e
-
-
 def _meta_int(meta: Mapping[str, str], key: str, label: str) -> int | None:
     raw = meta.get(key)
     if raw is None:
@@ -320,12 +286,7 @@ def _meta_int(meta: Mapping[str, str], key: str, label: str) -> int | None:
 
 
 def _dims(value: onnx.ValueInfoProto) -> tuple[int | str | None, ...]:
-    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
-        return ()
-    return tuple(
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-        for d in value.type.tensor_type.shape.dim
-    )
+    return tensor_spec(value).shape or ()
 
 
 def _static_int(dim: int | str | None) -> int | None:
@@ -499,8 +460,8 @@ def verify(
     Raises ``VerificationError`` when the difference exceeds ``atol`` (or is not finite)
     or a member's output shape differs from the ensemble's.
     """
-    from dsp_deploy.compress.calibrate import run_model
     from dsp_deploy.cost import input_shapes
+    from dsp_deploy.inference import run_model
 
     fixed = _static_int(_dims(ensemble.graph.input[0])[0])
     (shape,) = input_shapes(ensemble, batch=fixed or samples)
@@ -514,7 +475,7 @@ def verify(
             raise VerificationError(
                 f"{sig.label} outputs shape {out.shape}; the ensemble outputs {got.shape}"
             )
-        probs.append(_softmax(out) if sig.output_kind == LOGITS else out)
+        probs.append(softmax(out) if sig.output_kind == LOGITS else out)
     diff = float(np.max(np.abs(got.astype(np.float64) - np.mean(probs, axis=0))))
     if not diff <= atol:  # NaN fails too
         raise VerificationError(
@@ -523,8 +484,3 @@ def verify(
         )
     logger.info("ensemble verified on %d inputs: max |diff| %.3g", samples, diff)
     return diff
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
