@@ -55,7 +55,7 @@ def _worker(task: str, model_path: str, n: int, threads: int, batch: int) -> dic
     model, calibration = _calibration(model_path, n)
     start = time.perf_counter()
     if task == "inference":
-        from dsp_deploy.compress.calibrate import run_model
+        from dsp_deploy.inference import run_model
 
         run_model(model, calibration.inputs, batch_size=batch, threads=threads)
         extra = {}

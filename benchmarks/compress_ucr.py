@@ -61,7 +61,7 @@ COLUMNS = (
 
 
 def _predict(model, X: np.ndarray) -> np.ndarray:
-    from dsp_deploy.compress.calibrate import run_model
+    from dsp_deploy.inference import run_model
     from dsp_deploy.train.export import INPUT_NAME
 
     (probs,) = run_model(model, {INPUT_NAME: X}, batch_size=256, threads=1)

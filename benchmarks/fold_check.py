@@ -20,8 +20,8 @@ import numpy as np
 
 from dsp_deploy import metadata
 from dsp_deploy.compress import compress
-from dsp_deploy.compress.calibrate import run_model
 from dsp_deploy.data import load_train_test
+from dsp_deploy.inference import run_model
 from dsp_deploy.io import Calibration, load_calibration, load_model
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,12 +14,15 @@ file that must run without this package; both follow the same settings.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from dsp_deploy.errors import ModelError
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["batches", "first_line", "run_batch", "run_model", "session", "session_options"]
 
@@ -32,9 +35,14 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def session_options(threads: int | None = None, *, log_level: int = 3) -> ort.SessionOptions:
-    """CPU session options: ``threads`` intra-op threads (None: onnxruntime's choice)."""
+def session_options(
+    threads: int | None = None, *, optimise: bool = True, log_level: int = 3
+) -> ort.SessionOptions:
+    """CPU session options: ``threads`` intra-op threads (None: onnxruntime's choice);
+    ``optimise=False`` runs the graph as written (no fusions, no constant folding)."""
     options = ort.SessionOptions()
+    if not optimise:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -43,13 +51,16 @@ def session_options(threads: int | None = None, *, log_level: int = 3) -> ort.Se
 
 
 def session(
-    model: onnx.ModelProto, threads: int | None = None, *, label: str = "the model"
+    model: onnx.ModelProto,
+    threads: int | None = None,
+    *,
+    label: str = "the model",
+    optimise: bool = True,
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session for an in-memory model; ``ModelError`` naming ``label``."""
+    options = session_options(threads, optimise=optimise)
     try:
-        return ort.InferenceSession(
-            model.SerializeToString(), session_options(threads), providers=list(PROVIDERS)
-        )
+        return ort.InferenceSession(model.SerializeToString(), options, providers=list(PROVIDERS))
     except Exception as e:  # NotImplemented (no kernel for an op and dtype), Fail, ...
         raise ModelError(f"onnxruntime's CPU provider cannot load {label}: {first_line(e)}") from e
 

@@ -21,9 +21,9 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from dsp_deploy import __version__, metadata
-from dsp_deploy.compress.calibrate import run_model
 from dsp_deploy.ensemble import combine, ensemble_arch, merge_training, verify
 from dsp_deploy.errors import InputError, VerificationError
+from dsp_deploy.inference import run_model
 
 ATOL = 1e-6
 

@@ -43,8 +43,6 @@ from dsp_deploy.compress.calibrate import (
     Probe,
     collect_stats,
     merge_stats,
-    run_model,
-    session,
 )
 from dsp_deploy.compress.folds import DEFAULT_FOLDS, FoldReport, fold_indices, fold_report
 from dsp_deploy.compress.graph import copy_model
@@ -53,6 +51,7 @@ from dsp_deploy.compress.plan import DEFAULT_COMPENSATION, PruningPlan, make_pla
 from dsp_deploy.compress.prune import prune
 from dsp_deploy.compress.verify import ParityReport, compare, verify
 from dsp_deploy.errors import ModelError
+from dsp_deploy.inference import run_model, session
 from dsp_deploy.io import Calibration, model_inputs
 from dsp_deploy.modelcheck import quantized_reason
 
