@@ -47,6 +47,7 @@ from dsp_deploy.compress.layout import conv1d_as_conv2d
 from dsp_deploy.cost import model_cost
 from dsp_deploy.inference import session_options
 from dsp_deploy.io import load_calibration, load_model
+from dsp_deploy.options import CompressOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -215,7 +216,7 @@ def variants(name: str) -> dict[str, onnx.ModelProto]:
     calibration = load_calibration(ROOT / "calibration" / f"{name}.npz", dense)
 
     def pruned(**options: object) -> onnx.ModelProto:
-        result = compress(dense, calibration, **options)
+        result = compress(dense, calibration, CompressOptions(**options))
         assert result.verified, result.failures
         return result.model
 

@@ -67,6 +67,7 @@ def logits_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]
     return path, net
 
 
+@pytest.mark.torch
 def test_every_reader_takes_a_bare_logits_model_as_raw_input_and_logits(logits_file) -> None:
     path, _ = logits_file
     model = onnx.load(path)
@@ -80,6 +81,7 @@ def test_every_reader_takes_a_bare_logits_model_as_raw_input_and_logits(logits_f
     assert (member.normalisation, member.output_kind) == (read.normalisation, read.output_kind)
 
 
+@pytest.mark.torch
 def test_predict_proba_of_a_logits_model_is_its_softmax(logits_file) -> None:
     torch = pytest.importorskip("torch")
     path, net = logits_file
@@ -93,6 +95,7 @@ def test_predict_proba_of_a_logits_model_is_its_softmax(logits_file) -> None:
     np.testing.assert_allclose(proba, expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.torch
 def test_eval_on_a_raw_file_counts_what_the_runtime_predicts(logits_file, tmp_path: Path) -> None:
     path, _ = logits_file
     x = raw_series(60)
@@ -116,6 +119,7 @@ def sig_znorm(x: np.ndarray) -> np.ndarray:
     return znormalise(x).astype(np.float32)
 
 
+@pytest.mark.torch
 def test_metadata_overrides_the_graph() -> None:
     model, _ = torch_logits_net()
     metadata.write_metadata(

@@ -3,7 +3,7 @@
 A copy of the model gets the tensors as extra graph outputs (the caller's model is not
 touched); samples run in batches and each batch updates float64 running sums, so memory
 is O(channels) (O(channels²) for the Gram matrices of the least-squares compensation:
-``--criterion dsp`` with ``--compensation lstsq``, its default, or ``--reconstruct``),
+``--criterion dsp`` with ``--compensation lstsq``, its default),
 whatever the number of samples. For a tensor x of shape (N, C, ...), channel c, over the
 n = N·T values x[i, c, t] seen:
 
