@@ -187,32 +187,9 @@ def compress(
     analysis = find_groups(model)
     decide, held = split(len(calibration), 0.0 if opts.lossless else opts.holdout, opts.seed)
     part, rest = calibration.take(decide), calibration.take(held)
-    # Gram matrices cost more than the whole inference pass; only the rule's lstsq reads them.
-    refit = opts.criterion == "dsp" and opts.compensation == "lstsq"
-    gram = [c.tensor for c in analysis.consumers if c.pointwise] if refit else []
-    tensors = probe_tensors(analysis)
-    probe = Probe(model, [*tensors, *gram], opts.threads)  # the original, with probe outputs
+    index, fold_stats, stats = _measure(model, analysis, part, opts, batch_size)
     original = session(model, opts.threads)  # the plain original: the reference outputs
-    measure = partial(
-        probe.statistics,
-        tensors=tensors,
-        gram=gram,
-        segments=probe_segments(analysis),
-        batch_size=batch_size,
-    )
-    folded = opts.lossless and opts.folds >= 2 and len(part) > 1
-    index = fold_indices(len(part), opts.folds, opts.seed) if folded else ()
-    fold_stats = [measure(part.take(i).inputs) for i in index]
-    stats = merge_stats(fold_stats) if fold_stats else measure(part.inputs)
-    plan_for = partial(
-        make_plan,
-        analysis,
-        criterion=opts.criterion,
-        threshold=opts.threshold,
-        min_count=default_min_count(model) if opts.min_count is None else opts.min_count,
-        compensation=opts.compensation,
-        align=opts.align,
-    )
+    plan_for = _planner(model, analysis, opts)
     plan = plan_for(stats)
     pruned, fused, wrapped = _rewrite(model, plan, opts)
     candidate = session(pruned, opts.threads)
@@ -222,19 +199,11 @@ def compress(
     decision = compare(reference, written, atol=atol, rtol=rtol, labels=part.labels)
     fold_check = None
     if index:
+        outputs_of = partial(_fold_outputs, model, part, batch_size, opts.threads)
         fold_check = fold_report(
-            fold_stats,
-            index,
-            plan,
-            reference,
-            written,
-            plan_for=plan_for,
-            outputs_of=lambda p, i: run_model(
-                prune(model, p), part.take(i).inputs, batch_size=batch_size, threads=opts.threads
-            ),
-            atol=atol,
-            rtol=rtol,
-        )
+            fold_stats, index, plan, reference, written, plan_for=plan_for,
+            outputs_of=outputs_of, atol=atol, rtol=rtol,
+        )  # fmt: skip
     held_report = None
     if len(rest):
         rest_reference = run_model(original, rest.inputs, batch_size=batch_size)
@@ -268,6 +237,61 @@ def compress(
         random=random,
         failures=gates(opts, decision, held_report),
         seconds=seconds,
+    )
+
+
+def _measure(
+    model: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    part: Calibration,
+    opts: CompressOptions,
+    batch_size: int,
+) -> tuple[tuple, list[ActivationStats], ActivationStats]:
+    """(fold indices, per-fold statistics, statistics of all of ``part``): one probe pass
+    over each fold (lossless, ``folds`` >= 2), else over ``part``."""
+    # Gram matrices cost more than the whole inference pass; only the rule's lstsq reads them.
+    refit = opts.criterion == "dsp" and opts.compensation == "lstsq"
+    gram = [c.tensor for c in analysis.consumers if c.pointwise] if refit else []
+    tensors = probe_tensors(analysis)
+    probe = Probe(model, [*tensors, *gram], opts.threads)  # the original, with probe outputs
+    measure = partial(
+        probe.statistics,
+        tensors=tensors,
+        gram=gram,
+        segments=probe_segments(analysis),
+        batch_size=batch_size,
+    )
+    folded = opts.lossless and opts.folds >= 2 and len(part) > 1
+    index = fold_indices(len(part), opts.folds, opts.seed) if folded else ()
+    fold_stats = [measure(part.take(i).inputs) for i in index]
+    stats = merge_stats(fold_stats) if fold_stats else measure(part.inputs)
+    return index, fold_stats, stats
+
+
+def _planner(model: onnx.ModelProto, analysis: ChannelAnalysis, opts: CompressOptions):
+    """``stats → PruningPlan`` under the options (``min_count`` None: the arch's rule)."""
+    return partial(
+        make_plan,
+        analysis,
+        criterion=opts.criterion,
+        threshold=opts.threshold,
+        min_count=default_min_count(model) if opts.min_count is None else opts.min_count,
+        compensation=opts.compensation,
+        align=opts.align,
+    )
+
+
+def _fold_outputs(
+    model: onnx.ModelProto,
+    part: Calibration,
+    batch_size: int,
+    threads: int | None,
+    plan: PruningPlan,
+    fold: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """The outputs of ``model`` pruned by a fold's ``plan`` on that fold's samples."""
+    return run_model(
+        prune(model, plan), part.take(fold).inputs, batch_size=batch_size, threads=threads
     )
 
 
