@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import glob
 import io
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +191,26 @@ def test_bad_metadata_is_one_model_error(meta: dict[str, str], message: str) -> 
     with pytest.raises(ModelError) as info:
         sig.from_model(model, "m")
     assert str(info.value).startswith(message)
+
+
+def test_runtime_without_onnx_reads_the_graph_from_the_bytes(tmp_path: Path) -> None:
+    # A vendored runtime beside onnxruntime alone: ``import onnx`` fails, the default holds.
+    model = softmax_text_model()
+    model.graph.node[-1].op_type = "Identity"  # the same net, its output now logits
+    del model.graph.node[-1].attribute[:]
+    onnx.save(model, tmp_path / "logits.onnx")
+    onnx.save(softmax_text_model(), tmp_path / "probs.onnx")
+    code = (
+        "import sys, json; sys.modules['onnx'] = None\n"
+        "from dsp_deploy.runtime import Classifier\n"
+        "out = {}\n"
+        f"for name in ('logits', 'probs'):\n"
+        f"    clf = Classifier(r'{tmp_path}/' + name + '.onnx')\n"
+        "    p = clf.predict_proba([[0.0, 1.0, 2.0, 3.0]])\n"
+        "    out[name] = [clf.signature.output_kind, round(float(p.sum()), 6)]\n"
+        "print(json.dumps([out, 'onnx' in sys.modules and sys.modules['onnx'] is not None]))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    kinds, onnx_loaded = json.loads(run.stdout)
+    assert kinds == {"logits": ["logits", 1.0], "probs": ["probabilities", 1.0]}
+    assert onnx_loaded is False
