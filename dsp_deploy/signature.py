@@ -1,7 +1,7 @@
 """The model contract, read once: what a classifier takes and what it returns.
 
-``ModelSignature`` is what the runtime (``runtime.Classifier``), ``evaluate``, ``ensemble``
-and ``bench`` know about a model: its inputs and outputs (name, element type, shape),
+``ModelSignature`` is what the runtime (``runtime.Classifier``), ``evaluate`` and
+``ensemble`` know about a model: its inputs and outputs (name, element type, shape),
 the series length L, channels C, class names, the normalisation its input needs and
 whether its first output holds probabilities or logits. One pure function,
 ``read_signature(metadata, inputs, outputs, ends_in_softmax)``, builds it; its two
@@ -26,6 +26,9 @@ The default for models without our metadata (one rule, for every reader)
   (``softmax``): the runtime's ``predict_proba`` and an ensemble's mean both apply it;
   argmax (``evaluate``, ``predict``) is the same either way. (An ensemble's final
   ``Mean`` of probabilities is no Softmax: ensembles carry ``dsp.output``.)
+
+``bench`` times any model, classifier or not, and needs only its input shapes
+(``cost.input_shapes``: the same ``dsp.input_length`` for a dynamic last axis).
 
 A value outside these choices, or metadata that disagrees with the graph, raises
 ``ModelError`` naming the model, the key and what was found.
