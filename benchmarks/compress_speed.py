@@ -55,14 +55,16 @@ def _worker(task: str, model_path: str, n: int, threads: int, batch: int) -> dic
     model, calibration = _calibration(model_path, n)
     start = time.perf_counter()
     if task == "inference":
-        from dsp_deploy.compress.calibrate import run_model
+        from dsp_deploy.inference import run_model
 
         run_model(model, calibration.inputs, batch_size=batch, threads=threads)
         extra = {}
     else:
         from dsp_deploy.compress.pipeline import compress
+        from dsp_deploy.options import CompressOptions
 
-        result = compress(model, calibration, batch_size=batch, threads=threads)
+        options = CompressOptions(batch_size=batch, threads=threads)
+        result = compress(model, calibration, options)
         extra = {"params": list(result.params), "units_removed": len(result.plan.remove)}
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

@@ -61,7 +61,7 @@ COLUMNS = (
 
 
 def _predict(model, X: np.ndarray) -> np.ndarray:
-    from dsp_deploy.compress.calibrate import run_model
+    from dsp_deploy.inference import run_model
     from dsp_deploy.train.export import INPUT_NAME
 
     (probs,) = run_model(model, {INPUT_NAME: X}, batch_size=256, threads=1)
@@ -73,6 +73,7 @@ def measure(path: Path) -> list[dict]:
     from dsp_deploy.compress import compress
     from dsp_deploy.data import load_train_test
     from dsp_deploy.io import Calibration, load_model
+    from dsp_deploy.options import CompressOptions
     from dsp_deploy.train.export import INPUT_NAME
 
     dataset, arch, _, seed = path.name.removesuffix(".sparse.onnx").split("__")
@@ -83,9 +84,8 @@ def measure(path: Path) -> list[dict]:
     rows = []
     for criterion, compensation in RUNS:
         start = time.perf_counter()
-        result = compress(
-            model, calibration, criterion=criterion, compensation=compensation, threads=1
-        )
+        options = CompressOptions(criterion=criterion, compensation=compensation, threads=1)
+        result = compress(model, calibration, options)
         seconds = time.perf_counter() - start
         after = _predict(result.model, test.X)
         rows.append(

@@ -20,9 +20,10 @@ import numpy as np
 
 from dsp_deploy import metadata
 from dsp_deploy.compress import compress
-from dsp_deploy.compress.calibrate import run_model
 from dsp_deploy.data import load_train_test
+from dsp_deploy.inference import run_model
 from dsp_deploy.io import Calibration, load_calibration, load_model
+from dsp_deploy.options import CompressOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -35,7 +36,7 @@ MODELS = {
 
 
 def _run(model, calibration: Calibration) -> dict:
-    result = compress(model, calibration, threads=1)
+    result = compress(model, calibration, CompressOptions(threads=1))
     return {
         "samples": len(calibration),
         "params": list(result.params),

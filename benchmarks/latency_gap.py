@@ -45,7 +45,9 @@ from onnx import TensorProto, helper, numpy_helper
 from dsp_deploy.compress import compress
 from dsp_deploy.compress.layout import conv1d_as_conv2d
 from dsp_deploy.cost import model_cost
+from dsp_deploy.inference import session_options
 from dsp_deploy.io import load_calibration, load_model
+from dsp_deploy.options import CompressOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -71,10 +73,7 @@ def machine() -> dict[str, object]:
 
 
 def session(model: onnx.ModelProto, profile: bool = False) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options = session_options(1)
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "dsp_latency_gap")
@@ -217,7 +216,7 @@ def variants(name: str) -> dict[str, onnx.ModelProto]:
     calibration = load_calibration(ROOT / "calibration" / f"{name}.npz", dense)
 
     def pruned(**options: object) -> onnx.ModelProto:
-        result = compress(dense, calibration, **options)
+        result = compress(dense, calibration, CompressOptions(**options))
         assert result.verified, result.failures
         return result.model
 

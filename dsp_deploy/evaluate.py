@@ -2,13 +2,14 @@
 
 Contract
 --------
-``evaluate(model, source, split)`` reads the model with ``dsp_deploy.io.load_model``,
-prepares the split with ``dsp_deploy.data`` the way the model's metadata asks
-(``dsp.normalisation``; z-normalisation when absent) and checks that it fits:
+``evaluate(model, source, split)`` reads the model with ``dsp_deploy.io.load_model`` and
+its contract with ``dsp_deploy.signature`` (the runtime's reading, default included),
+prepares the split with ``dsp_deploy.data`` the way that asks (``dsp.normalisation``;
+raw values when absent, as the runtime feeds them) and checks that it fits:
 
-* the model has one float32 input of rank 3, ``(N, C, L)``; each fixed dim — or, where
-  the dim is dynamic, ``dsp.input_channels`` / ``dsp.input_length`` — equals the data's,
-  else ``InputError`` naming both shapes;
+* the model has one float32 input of rank 3, ``(N, C, L)``; C and L (each fixed dim or,
+  where the dim is dynamic, ``dsp.input_channels`` / ``dsp.input_length``) equal the
+  data's, else ``InputError`` naming both shapes;
 * with ``dsp.classes`` the model's class names must be the dataset's (same set, any
   order; numeric names compare by value, "1" = "1.0"): output column j is mapped to the
   dataset class of the same name. Without it, column j is dataset class j, and the
@@ -33,10 +34,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from dsp_deploy import inference
 from dsp_deploy import metadata as meta
 from dsp_deploy.data import SPLITS, Dataset, label_key, load_dataset
 from dsp_deploy.errors import InputError, ModelError
 from dsp_deploy.io import load_model, model_inputs
+from dsp_deploy.signature import ModelSignature, from_model
 
 logger = logging.getLogger(__name__)
 
@@ -73,18 +76,6 @@ class EvalResult:
         return out
 
 
-@dataclass(frozen=True)
-class _Signature:
-    """What evaluation needs to know about a model."""
-
-    path: str
-    input_name: str
-    input_dims: tuple[Dim, ...]
-    output_name: str
-    classes: tuple[str, ...] | None
-    normalise: bool
-
-
 def evaluate(
     model_path: str | os.PathLike,
     source: str | os.PathLike,
@@ -100,27 +91,29 @@ def evaluate(
         raise InputError(f"batch size must be at least 1; got {batch_size}")
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1; got {threads}")
+    path = os.fspath(model_path)
     model = load_model(model_path)
-    signature = _signature(model, os.fspath(model_path))
-    data = load_dataset(source, split, normalise=signature.normalise)
-    _check_shape(signature, data)
-    columns = _column_classes(signature, data)
-    session = _session(model, signature.path, threads)
+    signature = _signature(model, path)
+    data = load_dataset(source, split, normalise=signature.normalises)
+    _check_shape(signature, data, path)
+    columns = _column_classes(signature, data, path)
+    session = inference.session(model, threads, label=f"model {path}")
     start = time.perf_counter()
-    scores = _predict(session, signature, data.X, batch_size)
+    scores = _predict(session, signature, data.X, batch_size, path)
     seconds = time.perf_counter() - start
     if columns is None:
-        columns = _index_order(scores.shape[1], data, signature.path)
+        columns = _index_order(scores.shape[1], data, path)
     elif scores.shape[1] != len(columns):
         raise ModelError(
-            f"model {signature.path} outputs {scores.shape[1]} scores per series but its "
+            f"model {path} outputs {scores.shape[1]} scores per series but its "
             f"{meta.CLASSES} names {len(columns)} classes"
         )
     predicted = columns[scores.argmax(axis=1)]
-    return _result(data, predicted, signature.path, seconds)
+    return _result(data, predicted, path, seconds)
 
 
-def _signature(model: onnx.ModelProto, path: str) -> _Signature:
+def _signature(model: onnx.ModelProto, path: str) -> ModelSignature:
+    """The shared signature (``dsp_deploy.signature``) of a one-input float32 model."""
     inputs = model_inputs(model)
     if len(inputs) != 1:
         names = [v.name for v in inputs]
@@ -129,45 +122,17 @@ def _signature(model: onnx.ModelProto, path: str) -> _Signature:
     if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         kind = onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)
         raise ModelError(f"model {path} input '{value.name}' has type {kind}; expected FLOAT")
-    info = meta.read_metadata(model)
-    normalisation = info.get(meta.NORMALISATION, meta.ZNORM)
-    if normalisation not in (meta.ZNORM, "none"):
-        raise ModelError(
-            f"model {path} asks for normalisation {normalisation!r}; "
-            f"supported: {meta.ZNORM!r}, 'none'"
-        )
-    try:
-        classes = meta.class_names(info)
-    except ValueError as e:
-        raise ModelError(f"model {path} has unreadable {meta.CLASSES} metadata: {e}") from e
-    return _Signature(
-        path=path,
-        input_name=value.name,
-        input_dims=_expected_dims(_dims(value), info, path),
-        output_name=model.graph.output[0].name,
-        classes=classes,
-        normalise=normalisation == meta.ZNORM,
-    )
-
-
-def _dims(value: onnx.ValueInfoProto) -> tuple[Dim, ...]:
-    shape = value.type.tensor_type
-    if not shape.HasField("shape"):
-        return (None, None, None)  # unknown rank: let the data decide
-    return tuple(
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shape.shape.dim
-    )
-
-
-def _expected_dims(dims: tuple[Dim, ...], info: dict[str, str], path: str) -> tuple[Dim, ...]:
-    """Model input dims, with metadata channels/length filling dynamic ones."""
-    if len(dims) != 3:
+    sig = from_model(model, f"model {path}")
+    dims = sig.inputs[0].shape
+    if dims is not None and len(dims) != 3:
         raise ModelError(f"model {path} input has shape {_format(dims)}; expected rank 3 (N, C, L)")
-    filled = list(dims)
-    for axis, key in ((1, meta.INPUT_CHANNELS), (2, meta.INPUT_LENGTH)):
-        if not isinstance(filled[axis], int) and info.get(key, "").strip().isdigit():
-            filled[axis] = int(info[key])
-    return tuple(filled)
+    return sig
+
+
+def _expected_dims(signature: ModelSignature) -> tuple[Dim, ...]:
+    """(N, C, L): the batch dim as the graph has it, C and L from the signature."""
+    dims = signature.inputs[0].shape or (None, None, None)
+    return (dims[0], signature.channels, signature.length)
 
 
 def _format(dims: tuple[Dim, ...]) -> str:
@@ -175,28 +140,28 @@ def _format(dims: tuple[Dim, ...]) -> str:
     return "(" + ", ".join(str(d) if d is not None else "?" for d in names) + ")"
 
 
-def _check_shape(signature: _Signature, data: Dataset) -> None:
+def _check_shape(signature: ModelSignature, data: Dataset, path: str) -> None:
+    dims = _expected_dims(signature)
     for axis in (1, 2):
-        want = signature.input_dims[axis]
-        if isinstance(want, int) and want != data.X.shape[axis]:
+        want = dims[axis]
+        if want is not None and want != data.X.shape[axis]:
             raise InputError(
-                f"model {signature.path} input '{signature.input_name}' expects "
-                f"{_format(signature.input_dims)}; dataset {data.name} ({data.split}) has "
-                f"{data.X.shape}"
+                f"model {path} input '{signature.input_name}' expects {_format(dims)}; "
+                f"dataset {data.name} ({data.split}) has {data.X.shape}"
             )
 
 
-def _column_classes(signature: _Signature, data: Dataset) -> np.ndarray | None:
+def _column_classes(signature: ModelSignature, data: Dataset, path: str) -> np.ndarray | None:
     """Dataset class index of each model output column (None: decide by index order)."""
     if signature.classes is None:
-        logger.info("model %s has no %s; assuming index order", signature.path, meta.CLASSES)
+        logger.info("model %s has no %s; assuming index order", path, meta.CLASSES)
         return None
     key = label_key((*signature.classes, *data.classes))
     index = {key(c): i for i, c in enumerate(data.classes)}
     model_keys = [key(c) for c in signature.classes]
     if len(set(model_keys)) != len(model_keys) or set(model_keys) != set(index):
         raise InputError(
-            f"model {signature.path} predicts classes {list(signature.classes)}; "
+            f"model {path} predicts classes {list(signature.classes)}; "
             f"dataset {data.name} has classes {list(data.classes)}"
         )
     return np.array([index[k] for k in model_keys], dtype=np.int64)
@@ -211,46 +176,36 @@ def _index_order(width: int, data: Dataset, path: str) -> np.ndarray:
     return np.arange(width, dtype=np.int64)
 
 
-def _session(model: onnx.ModelProto, path: str, threads: int | None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: warnings would go to stderr
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(
-            model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as e:  # onnxruntime raises its own exception types, not exported stably
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"onnxruntime cannot load model {path}: {first}") from e
-
-
 def _predict(
-    session: ort.InferenceSession, signature: _Signature, X: np.ndarray, batch_size: int
+    session: ort.InferenceSession,
+    signature: ModelSignature,
+    X: np.ndarray,
+    batch_size: int,
+    path: str,
 ) -> np.ndarray:
-    fixed = signature.input_dims[0]
-    step = fixed if isinstance(fixed, int) and fixed > 0 else batch_size
+    fixed = signature.batch
+    step = fixed or batch_size
     chunks = []
     for start in range(0, len(X), step):
         batch = X[start : start + step]
         n = len(batch)
         if n < step and step == fixed:  # a fixed batch dim: pad the last chunk
             batch = np.concatenate([batch, np.zeros((step - n, *X.shape[1:]), X.dtype)])
-        chunks.append(_run(session, signature, batch)[:n])
+        chunks.append(_run(session, signature, batch, path)[:n])
     return np.concatenate(chunks)
 
 
-def _run(session: ort.InferenceSession, signature: _Signature, batch: np.ndarray) -> np.ndarray:
-    try:
-        (scores,) = session.run([signature.output_name], {signature.input_name: batch})
-    except Exception as e:  # onnxruntime's runtime errors (shape, type) are not exported
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"model {signature.path} failed on onnxruntime: {first}") from e
+def _run(
+    session: ort.InferenceSession, signature: ModelSignature, batch: np.ndarray, path: str
+) -> np.ndarray:
+    feed = {signature.input_name: batch}
+    (scores,) = inference.run_batch(
+        session, [signature.output_name], feed, f"the dataset (model {path})"
+    )
     scores = np.asarray(scores)
     if scores.ndim != 2 or scores.shape[0] != len(batch):
         raise ModelError(
-            f"model {signature.path} output '{signature.output_name}' has shape "
+            f"model {path} output '{signature.output_name}' has shape "
             f"{scores.shape} for a batch of {len(batch)}; expected (N, classes)"
         )
     return scores

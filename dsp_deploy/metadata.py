@@ -17,6 +17,10 @@ dsp.version           dsp-deploy version that wrote the file
 dsp.compress          JSON object added by ``compress``: source sha256, criterion,
                       params/MACs before and after, ...
 ====================  ==========================================================
+
+Without ``dsp.normalisation`` a model takes raw input; without ``dsp.output`` its first
+output is ``probabilities`` when a Softmax produces it, else ``logits``: the one default
+every reader shares (:mod:`dsp_deploy.signature`).
 """
 
 from __future__ import annotations

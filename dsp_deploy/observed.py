@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from dsp_deploy.errors import InputError, ModelError
+from dsp_deploy.errors import InputError
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -59,23 +59,15 @@ def runtime_shapes(
             found[out.name] = tuple(out.shape)
     fetch = [n for n in names if n not in found]
     if feeds is not None and fetch:
-        try:
-            values = session.run(fetch, dict(feeds))
-        except Exception as e:  # onnxruntime's Fail, InvalidArgument, ... (pybind11 types)
-            raise ModelError(f"onnxruntime cannot run the model on the sample: {_first(e)}") from e
+        from dsp_deploy.inference import run_batch
+
+        values = run_batch(session, fetch, dict(feeds), "the sample")
         found.update((n, tuple(v.shape)) for n, v in zip(fetch, values, strict=True))
     logger.debug("shapes from onnxruntime: %d of %d", len(found), len(names))
     return found
 
 
-def _first(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _shape_session(model: onnx.ModelProto, names: tuple[str, ...]) -> ort.InferenceSession:
-    import onnxruntime as ort  # deferred: only models static inference cannot size need it
-
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     for out in probe.graph.output:  # a declared symbolic shape would mask the inferred one
@@ -83,16 +75,9 @@ def _shape_session(model: onnx.ModelProto, names: tuple[str, ...]) -> ort.Infere
             out.type.tensor_type.ClearField("shape")
     have = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(
-            probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as e:  # onnxruntime's pybind11 error types
-        raise ModelError(f"onnxruntime cannot load the model to infer shapes: {_first(e)}") from e
+    from dsp_deploy.inference import session  # onnxruntime: only models static inference
+
+    return session(probe, 1, label="the model to infer shapes", optimise=False)  # cannot size
 
 
 def feeds_from(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

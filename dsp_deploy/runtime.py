@@ -31,25 +31,28 @@ the L time steps, in float64 then rounded to float32:
 — bit for bit :func:`dsp_deploy.data.znormalise`, which prepared the training data (the
 last clause makes constant series zeros, never NaN, despite round-off in σ).
 
-*Output.* ``predict_proba`` returns float32 ``(n, K)``: the model's output, with a
-softmax applied when ``dsp.output = logits``. ``predict`` returns its argmax per row as
-class names from ``dsp.classes`` (a numpy string array), or as int64 indices when the
-model carries no class names.
+*Output.* ``predict_proba`` returns float32 ``(n, K)``: the model's output, with one
+softmax applied when it holds logits. ``predict`` returns its argmax per row as class
+names from ``dsp.classes`` (a numpy string array), or as int64 indices when the model
+carries no class names.
 
-*Models without our metadata* work too: the input goes in as raw float32 (no
-normalisation), ``predict_proba`` returns the first output as float32, ``predict`` the
-argmax indices. A fixed batch dim b is honoured by running chunks of b (the last one
-padded with zeros). A missing, unreadable or unsupported model raises ``ModelError``.
+*Models without our metadata* work too, under the one default every reader of a model
+shares (:mod:`dsp_deploy.signature`): no ``dsp.normalisation`` → the input goes in as
+raw float32; no ``dsp.output`` → the first output is probabilities when a Softmax
+produces it, else logits (and gets the softmax); ``predict`` then gives argmax indices.
+The graph is read with onnx when it is installed, else from the file's bytes, so a
+vendored copy of this file (with ``signature``, ``metadata`` and ``errors``) beside
+numpy and onnxruntime alone reads the same. A fixed batch dim b is honoured by running
+chunks of b (the last one padded with zeros). A missing, unreadable or unsupported model
+raises ``ModelError``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -57,15 +60,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from dsp_deploy import metadata as meta  # key names only; imports no onnx
+from dsp_deploy import signature as contract  # imports no onnx
 from dsp_deploy.errors import InputError, ModelError
+from dsp_deploy.signature import ModelSignature
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Classifier", "ModelSignature", "SeriesError", "SeriesTypeError", "znormalise"]
 
-_LOGITS, _PROBABILITIES = "logits", "probabilities"
-_NO_NORMALISATION = "none"
 _MAX_ABS = 1e150  # larger values overflow float64 sums of squares
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _FLOAT_OUTPUTS = ("tensor(float)", "tensor(double)", "tensor(float16)")
@@ -88,20 +90,6 @@ class SeriesTypeError(SeriesError, TypeError):
     """Input that is not numbers: a string, a mapping, objects, complex values."""
 
 
-@dataclass(frozen=True)
-class ModelSignature:
-    """What the runtime needs to know about a model, from its graph and metadata."""
-
-    input_name: str
-    output_name: str
-    channels: int | None  # C, None when neither a fixed dim nor metadata says
-    length: int | None  # L, likewise
-    batch: int | None  # a fixed batch dim, None when dynamic
-    classes: tuple[str, ...] | None  # dsp.classes, in output order
-    normalisation: str | None  # meta.ZNORM or None
-    logits: bool  # dsp.output == "logits": predict_proba applies a softmax
-
-
 class Classifier:
     """Classify raw time series with an ONNX model; see the module docstring.
 
@@ -112,9 +100,9 @@ class Classifier:
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
         self._path = Path(path)
-        self._session = _open_session(self._path, threads)
+        self._session, softmax = _open_session(self._path, threads)
         self._metadata = MappingProxyType(dict(self._session.get_modelmeta().custom_metadata_map))
-        self._signature = sig = _signature(self._session, self._metadata, self._path)
+        self._signature = sig = _signature(self._session, self._path, softmax)
         self._outputs = [sig.output_name]
         self._names = None if sig.classes is None else np.asarray(sig.classes, dtype=str)
         logger.debug(
@@ -158,7 +146,7 @@ class Classifier:
         x = self._prepare(series)
         out = self._run(x)
         if self.signature.logits:
-            out = _softmax(out)
+            out = contract.softmax(out)
         return out
 
     def predict(self, series: Any) -> np.ndarray:
@@ -170,7 +158,7 @@ class Classifier:
         sig = self.signature
         x = _as_batch(_as_array(series), sig.channels)
         _check_shape(x, sig.channels, sig.length)
-        if sig.normalisation is None:
+        if not sig.normalises:
             _check_values(x, limit=_FLOAT32_MAX)
             return np.ascontiguousarray(x, dtype=np.float32)
         return znormalise(x)
@@ -241,7 +229,8 @@ def _znormalise_many(z: np.ndarray, length: int) -> np.ndarray:
 # --- model -----------------------------------------------------------------------------
 
 
-def _open_session(path: Path, threads: int | None) -> ort.InferenceSession:
+def _open_session(path: Path, threads: int | None) -> tuple[ort.InferenceSession, bool]:
+    """The session, and whether the graph's first output comes from a Softmax."""
     if not path.is_file():
         found = "a folder" if path.is_dir() else "nothing"
         raise ModelError(f"model file {path}: expected an ONNX file, found {found}")
@@ -251,22 +240,28 @@ def _open_session(path: Path, threads: int | None) -> ort.InferenceSession:
             raise InputError(f"threads must be a whole number ≥ 1; got {threads!r}")
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    softmax = _ends_in_softmax(path)
+    options.log_severity_level = 4  # its errors come back as the exception below
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own pybind exception types
+        raise ModelError(f"model file {path} cannot be loaded by onnxruntime: {e}") from e
+    return session, softmax
+
+
+def _ends_in_softmax(path: Path) -> bool:
+    """Read the graph with onnx's checks when onnx is installed, from the bytes otherwise."""
     try:  # onnx comes with dsp-deploy; an app that vendors this file beside onnxruntime
         from dsp_deploy.io import load_model  # alone gets onnxruntime's own checks only
     except ImportError:
         logger.debug("onnx is not installed: %s goes to onnxruntime unchecked", path)
-    else:
-        load_model(path)  # ModelError for what onnxruntime could crash or allocate on
-    options.log_severity_level = 4  # its errors come back as the exception below
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own pybind exception types
-        raise ModelError(f"model file {path} cannot be loaded by onnxruntime: {e}") from e
+        return contract.file_ends_in_softmax(path.read_bytes())
+    model = load_model(path)  # ModelError for what onnxruntime could crash or allocate on
+    return contract.graph_ends_in_softmax(model.graph)
 
 
-def _signature(
-    session: ort.InferenceSession, metadata: Mapping[str, str], path: Path
-) -> ModelSignature:
+def _signature(session: ort.InferenceSession, path: Path, softmax: bool) -> ModelSignature:
+    """The shared signature, for one float input (N, C, L) and float scores (N, K) first."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 3:
         found = ", ".join(f"{i.name}: {i.type} {i.shape}" for i in inputs)
@@ -278,72 +273,7 @@ def _signature(
             f"model {path}: expected a first output of float scores (N, K); "
             f"found {out.name}: {out.type} {out.shape}"
         )
-    batch, channels, length = inputs[0].shape
-    classes = _classes(metadata, path)
-    width = shape[1]
-    if classes is not None and isinstance(width, int) and width != len(classes):
-        raise ModelError(
-            f"model {path}: {meta.CLASSES} names {len(classes)} classes; "
-            f"output {out.name} has {width} columns"
-        )
-    return ModelSignature(
-        input_name=inputs[0].name,
-        output_name=out.name,
-        channels=_dim(channels, metadata, meta.INPUT_CHANNELS, path),
-        length=_dim(length, metadata, meta.INPUT_LENGTH, path),
-        batch=batch if isinstance(batch, int) and batch > 0 else None,
-        classes=classes,
-        normalisation=_normalisation(metadata, path),
-        logits=_output_kind(metadata, path) == _LOGITS,
-    )
-
-
-def _dim(fixed: int | str | None, metadata: Mapping[str, str], key: str, path: Path) -> int | None:
-    """A fixed input dim, else the metadata's value; both present must agree."""
-    fixed = fixed if isinstance(fixed, int) and fixed > 0 else None
-    text = metadata.get(key)
-    if text is None:
-        return fixed
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ModelError(f"model {path}: {key} must be a whole number ≥ 1; found {text!r}")
-    if fixed is not None and fixed != value:
-        raise ModelError(f"model {path}: {key} says {value}; the input's dim is {fixed}")
-    return value
-
-
-def _classes(metadata: Mapping[str, str], path: Path) -> tuple[str, ...] | None:
-    try:
-        classes = meta.class_names(metadata)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ModelError(
-            f"model {path}: {meta.CLASSES} must be a JSON list of names; "
-            f"found {metadata.get(meta.CLASSES)!r}"
-        ) from e
-    return classes
-
-
-def _normalisation(metadata: Mapping[str, str], path: Path) -> str | None:
-    value = metadata.get(meta.NORMALISATION, _NO_NORMALISATION)
-    if value not in (meta.ZNORM, _NO_NORMALISATION):
-        raise ModelError(
-            f"model {path}: unknown {meta.NORMALISATION} {value!r}; "
-            f"this runtime knows {meta.ZNORM!r} and {_NO_NORMALISATION!r}"
-        )
-    return None if value == _NO_NORMALISATION else value
-
-
-def _output_kind(metadata: Mapping[str, str], path: Path) -> str:
-    value = metadata.get(meta.OUTPUT, _PROBABILITIES)
-    if value not in (_PROBABILITIES, _LOGITS):
-        raise ModelError(
-            f"model {path}: unknown {meta.OUTPUT} {value!r}; expected {_PROBABILITIES!r} "
-            f"or {_LOGITS!r}"
-        )
-    return value
+    return contract.from_session(session, f"model {path}", ends_in_softmax=softmax)
 
 
 # --- input -----------------------------------------------------------------------------
@@ -424,8 +354,3 @@ def _as_scores(out: np.ndarray) -> np.ndarray:
     if out.ndim != 2:
         raise ModelError(f"the model returned scores of shape {out.shape}; expected (n, K)")
     return out if out.dtype == np.float32 else out.astype(np.float32)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)

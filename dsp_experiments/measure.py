@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def predict(model: onnx.ModelProto, X: np.ndarray, threads: int) -> np.ndarray:
-    from dsp_deploy.compress.calibrate import run_model
+    from dsp_deploy.inference import run_model
     from dsp_deploy.train.export import INPUT_NAME
 
     (probs,) = run_model(model, {INPUT_NAME: X}, batch_size=256, threads=threads)
@@ -44,7 +44,7 @@ def paired_latency(
     least ``runs / LATENCY_ROUNDS`` calls and ``LATENCY_BLOCK_MS`` of the reference.
     """
     from dsp_deploy.bench.worker import block_size, paired_rounds
-    from dsp_deploy.compress.calibrate import session as ort_session
+    from dsp_deploy.inference import session as ort_session
     from dsp_deploy.train.export import INPUT_NAME
 
     x = np.random.default_rng(0).standard_normal((1, 1, length), np.float32)

@@ -47,13 +47,14 @@ import math
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dsp_deploy.errors import InputError
+from dsp_deploy.options import CompressOptions
 from dsp_experiments.measure import accuracy, dense_cost, dense_model, paired_latency, predict
 
 if TYPE_CHECKING:
@@ -200,7 +201,7 @@ def _dense(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
 def _dead_pruned(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
     outcome = _fit(task, train)
     sparse = _export(outcome.model, task, train)
-    result = _compress(sparse, train, "dead", task.threads)
+    result = _compress(sparse, train, replace(SWEEP_COMPRESS, threads=task.threads))
     fields = {**_trained(outcome), **_compressed(result)}
     models = {"sparse": sparse.SerializeToString()}
     if task.variant == UPSTREAM["dsp-retrain"]:  # the weights dsp-retrain starts from
@@ -211,7 +212,7 @@ def _dead_pruned(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Bu
 def _rule(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
     import onnx
 
-    from dsp_deploy.compress.plan import COMPENSATIONS, DEFAULT_COMPENSATION
+    from dsp_deploy.options import COMPENSATIONS, DEFAULT_COMPENSATION
 
     if upstream is not None and "sparse" in upstream.models:
         sparse = onnx.load_from_string(upstream.models["sparse"])
@@ -222,9 +223,9 @@ def _rule(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
         outcome = _fit(task, train)
         sparse, fields = _export(outcome.model, task, train), _trained(outcome)
     # The same removal under each compensation, so a sweep can check the default one.
+    rule = replace(SWEEP_COMPRESS, criterion="dsp", threads=task.threads)
     results = {
-        mode: _compress(sparse, train, "dsp", task.threads, compensation=mode)
-        for mode in COMPENSATIONS
+        mode: _compress(sparse, train, replace(rule, compensation=mode)) for mode in COMPENSATIONS
     }
     result = results[DEFAULT_COMPENSATION]
     scored = {**{mode: r.model for mode, r in results.items()}, "unpruned": sparse}
@@ -374,26 +375,14 @@ def _export(model: Any, task: Task, train: Dataset) -> onnx.ModelProto:
     return to_onnx(model, length=length, channels=channels, meta=meta)
 
 
-def _compress(
-    model: onnx.ModelProto,
-    train: Dataset,
-    criterion: str,
-    threads: int,
-    *,
-    compensation: str | None = None,
-) -> CompressResult:
+# The test set is the held-out check here: decide on all training samples, no k-fold report.
+SWEEP_COMPRESS = CompressOptions(holdout=0.0, folds=0)
+
+
+def _compress(model: onnx.ModelProto, train: Dataset, options: CompressOptions) -> CompressResult:
     from dsp_deploy.compress import compress
-    from dsp_deploy.compress.plan import DEFAULT_COMPENSATION
     from dsp_deploy.io import Calibration
     from dsp_deploy.train.export import INPUT_NAME
 
     calibration = Calibration(MappingProxyType({INPUT_NAME: train.X}), train.y)
-    return compress(
-        model,
-        calibration,
-        criterion=criterion,
-        compensation=compensation or DEFAULT_COMPENSATION,
-        holdout=0.0,
-        folds=0,  # the test set is the held-out check here
-        threads=threads,
-    )
+    return compress(model, calibration, options)

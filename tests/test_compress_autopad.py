@@ -15,9 +15,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from dsp_deploy.compress.calibrate import run_model
 from dsp_deploy.compress.graph import normalise
 from dsp_deploy.compress.pipeline import compress
+from dsp_deploy.inference import run_model
 from dsp_deploy.io import Calibration
 
 L = 32

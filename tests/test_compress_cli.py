@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from dsp_deploy import io, metadata
-from dsp_deploy.compress.calibrate import run_model
+from dsp_deploy.inference import run_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 import onnx_graphs as G  # noqa: E402

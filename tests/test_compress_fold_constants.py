@@ -14,10 +14,10 @@ import pytest
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from dsp_deploy.compress.calibrate import run_model
 from dsp_deploy.compress.fold_constants import fold_constants
 from dsp_deploy.compress.groups import find_groups
 from dsp_deploy.compress.pipeline import compress
+from dsp_deploy.inference import run_model
 from dsp_deploy.io import Calibration
 
 HEAD = """

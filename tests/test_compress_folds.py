@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsp_deploy.compress.calibrate import Probe, merge_stats, run_model
+from dsp_deploy.compress.calibrate import Probe, merge_stats
 from dsp_deploy.compress.folds import fold_indices
 from dsp_deploy.compress.pipeline import compress
+from dsp_deploy.inference import run_model
 from dsp_deploy.io import Calibration
 
 sys.path.insert(0, str(Path(__file__).parent))

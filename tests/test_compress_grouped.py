@@ -18,13 +18,14 @@ import onnx
 import onnx.reference
 import pytest
 
-from dsp_deploy.compress.calibrate import collect_stats, run_model
+from dsp_deploy.compress.calibrate import collect_stats
 from dsp_deploy.compress.groups import ChannelGroup, find_groups
 from dsp_deploy.compress.pipeline import compress, probe_tensors
 from dsp_deploy.compress.plan import PruningPlan, make_plan
 from dsp_deploy.compress.prune import prune
 from dsp_deploy.compress.rules import Blocks
 from dsp_deploy.compress.verify import compare
+from dsp_deploy.inference import run_model
 from dsp_deploy.io import Calibration
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -9,12 +9,13 @@ import numpy as np
 import onnx
 import pytest
 
-from dsp_deploy.compress.calibrate import collect_stats, run_model
+from dsp_deploy.compress.calibrate import collect_stats
 from dsp_deploy.compress.groups import ChannelGroup, find_groups
 from dsp_deploy.compress.pipeline import probe_tensors
 from dsp_deploy.compress.plan import make_plan
 from dsp_deploy.compress.prune import prune
 from dsp_deploy.compress.verify import compare
+from dsp_deploy.inference import run_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 import onnx_graphs as G  # noqa: E402

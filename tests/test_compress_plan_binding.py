@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 from dsp_deploy.compress.align import align_removal
-from dsp_deploy.compress.calibrate import collect_stats, run_model
+from dsp_deploy.compress.calibrate import collect_stats
 from dsp_deploy.compress.graph import normalise, set_ints
 from dsp_deploy.compress.groups import find_groups
 from dsp_deploy.compress.pipeline import probe_tensors
@@ -23,6 +23,7 @@ from dsp_deploy.compress.plan import PruningPlan, make_plan
 from dsp_deploy.compress.prune import prune
 from dsp_deploy.compress.verify import compare
 from dsp_deploy.errors import DspDeployError, OptionError, PlanError
+from dsp_deploy.inference import run_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 import onnx_graphs as G  # noqa: E402

@@ -45,12 +45,12 @@ import onnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dsp_deploy.compress.calibrate import run_model
 from dsp_deploy.compress.groups import find_groups
 from dsp_deploy.compress.pipeline import compress
 from dsp_deploy.compress.plan import empty_plan
 from dsp_deploy.compress.prune import prune
 from dsp_deploy.compress.verify import compare
+from dsp_deploy.inference import run_model
 from dsp_deploy.io import Calibration
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -11,13 +11,13 @@ import onnx.reference
 import pytest
 
 from dsp_deploy import metadata
-from dsp_deploy.compress.calibrate import run_model
 from dsp_deploy.compress.graph import normalise
 from dsp_deploy.compress.groups import find_groups
 from dsp_deploy.compress.pipeline import compress
 from dsp_deploy.compress.plan import empty_plan
 from dsp_deploy.compress.prune import prune
 from dsp_deploy.compress.verify import compare
+from dsp_deploy.inference import run_model
 from dsp_deploy.io import Calibration
 
 sys.path.insert(0, str(Path(__file__).parent))

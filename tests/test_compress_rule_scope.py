@@ -14,7 +14,8 @@ import onnx_graphs as G
 import pytest
 
 from dsp_deploy.compress import compress
-from dsp_deploy.compress.calibrate import _active, run_model, with_outputs
+from dsp_deploy.compress.calibrate import _active, with_outputs
+from dsp_deploy.inference import run_model
 from dsp_deploy.io import Calibration
 
 # hybrid_sources' tap r: positions 0–2 come from conv ca (node Conv_0), 3–4 from cb

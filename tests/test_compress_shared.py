@@ -17,10 +17,10 @@ import onnx
 import onnx.reference
 import pytest
 
-from dsp_deploy.compress.calibrate import run_model
 from dsp_deploy.compress.pipeline import CompressResult, compress
 from dsp_deploy.compress.verify import compare
 from dsp_deploy.cost import model_cost
+from dsp_deploy.inference import run_model
 from dsp_deploy.io import Calibration
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 import onnx.reference
 
-from dsp_deploy.compress.calibrate import run_model
 from dsp_deploy.compress.groups import ChannelGroup, find_groups
 from dsp_deploy.compress.pipeline import compress
 from dsp_deploy.compress.verify import compare
+from dsp_deploy.inference import run_model
 from dsp_deploy.io import Calibration
 
 sys.path.insert(0, str(Path(__file__).parent))

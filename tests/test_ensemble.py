@@ -21,9 +21,9 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from dsp_deploy import __version__, metadata
-from dsp_deploy.compress.calibrate import run_model
 from dsp_deploy.ensemble import build, combine, ensemble_arch, merge_training, verify
 from dsp_deploy.errors import InputError
+from dsp_deploy.inference import run_model
 
 ATOL = 1e-6
 
@@ -346,11 +346,10 @@ def _other_domain(version: int) -> onnx.ModelProto:
             'dsp.classes is ["a", "c"] but member 0 has ["a", "b"]',
         ),
         (
-            lambda: member(3, meta={metadata.INPUT_LENGTH: "40"}),
-            "dsp.input_length is 40 but member 0 has 32",
+            lambda: member(3, meta={metadata.INPUT_LENGTH: "40"}),  # its own input has 32
+            "dsp.input_length says 40; the input's dim is 32",
         ),
         (lambda: member(3, meta={metadata.OUTPUT: "scores"}), "dsp.output is 'scores'"),
-        (_no_output_kind, "no dsp.output metadata and its output 'logits' is not a Softmax"),
         (_two_inputs, "has 2 inputs and 1 outputs"),
         (_rank2_input, "has shape [N, 1]; expected [batch, channels, length]"),
         (_with_subgraph, "node 'pick' (If) holds a subgraph"),

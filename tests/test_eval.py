@@ -82,7 +82,12 @@ def gunpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray
     model = linear_classifier(
         W,
         b,
-        metadata={meta.CLASSES: ["1", "2"], meta.INPUT_LENGTH: "150", meta.DATASET: "GunPoint"},
+        metadata={
+            meta.CLASSES: ["1", "2"],
+            meta.INPUT_LENGTH: "150",
+            meta.DATASET: "GunPoint",
+            meta.NORMALISATION: meta.ZNORM,  # ridge_fit's data; absent would mean raw input
+        },
     )
     return save(model, path), W, b
 

@@ -16,7 +16,7 @@ import pytest
 from onnx import numpy_helper
 
 from dsp_deploy import io
-from dsp_deploy.compress.calibrate import Probe, run_model
+from dsp_deploy.compress.calibrate import Probe
 from dsp_deploy.compress.groups import find_groups
 from dsp_deploy.compress.pipeline import compress, probe_tensors
 from dsp_deploy.compress.tolerance import (
@@ -28,6 +28,7 @@ from dsp_deploy.compress.tolerance import (
 from dsp_deploy.compress.verify import compare
 from dsp_deploy.dtypes import random_feeds
 from dsp_deploy.errors import CalibrationError
+from dsp_deploy.inference import run_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 import onnx_graphs as G  # noqa: E402

@@ -196,12 +196,17 @@ def test_logits_output_gets_a_softmax(tmp_path: Path) -> None:
 
 
 def test_model_without_metadata_gets_raw_float32_and_returns_indices(plain: Classifier) -> None:
+    # No dsp.* keys and no final Softmax: raw input, the output read as logits (one softmax).
     x = raw_series(3, length=33)
     assert plain.classes is None and plain.input_length is None
-    assert np.array_equal(plain.predict_proba(x), x.reshape(3, 33))
+    assert (plain.signature.normalisation, plain.signature.output_kind) == ("none", "logits")
+    raw = x.reshape(3, 33).astype(np.float64)
+    expected = np.exp(raw - raw.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(plain.predict_proba(x), expected, rtol=1e-5, atol=1e-30)
     best = plain.predict(x)
     assert best.dtype == np.int64 and best.tolist() == x[:, 0].argmax(axis=1).tolist()
-    assert plain.predict_proba(np.arange(5)).tolist() == [[0, 1, 2, 3, 4]]
+    assert plain.predict_proba(np.arange(3)).argmax() == 2
 
 
 def test_fixed_batch_dim_runs_in_chunks(tmp_path: Path) -> None:

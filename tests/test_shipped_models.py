@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from dsp_deploy.compress import compress
-from dsp_deploy.compress.calibrate import run_model
 from dsp_deploy.cost import model_cost
+from dsp_deploy.inference import run_model
 from dsp_deploy.io import load_calibration, load_model
 
 ROOT = Path(__file__).resolve().parent.parent

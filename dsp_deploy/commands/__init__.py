@@ -7,10 +7,9 @@ This package module also holds the checks every command runs on its options *bef
 doing any work, so a bad value fails in milliseconds, not after a training run, and is
 one ``InputError`` line naming the option (exit 2):
 
-* ``positive`` / ``at_least``: integers (batch sizes, runs, threads, epochs);
-* ``finite_at_least`` / ``fraction``: floats, which must also be finite (``nan`` slips
-  through every ``<`` comparison);
-* ``choice``: a word from a fixed list;
+* ``positive`` / ``at_least``, ``finite_at_least`` / ``fraction``, ``choice``: the value
+  checks of ``dsp_deploy.checks`` (shared with the library's option objects, such as
+  ``compress.options.CompressOptions``);
 * ``check_output``: an output file path is not a directory, its folder exists and is
   writable, and it is none of the run's input files (also through a symlink or a hard
   link), so a run can never write over what it reads.
@@ -21,12 +20,12 @@ one ``InputError`` line naming the option (exit 2):
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from dsp_deploy.checks import at_least, choice, finite_at_least, fraction, positive
 from dsp_deploy.errors import InputError, ModelError
 
 __all__ = [
@@ -49,37 +48,6 @@ def naming(path: str | os.PathLike) -> Iterator[None]:
         if str(path) in str(e):
             raise
         raise type(e)(f"{path}: {e}") from e
-
-
-def at_least(option: str, value: int | None, low: int) -> None:
-    """``value`` (when given) is an integer ``>= low``."""
-    if value is not None and value < low:
-        raise InputError(f"{option} {value}: expected an integer >= {low}")
-
-
-def positive(option: str, *values: int | None) -> None:
-    """Every given value is an integer ``>= 1``."""
-    for value in values:
-        at_least(option, value, 1)
-
-
-def finite_at_least(option: str, value: float | None, low: float = 0.0) -> None:
-    """``value`` (when given) is a finite number ``>= low``."""
-    if value is not None and not (math.isfinite(value) and value >= low):
-        raise InputError(f"{option} {value}: expected a finite number >= {low:g}")
-
-
-def fraction(option: str, value: float, *, closed: bool = True) -> None:
-    """``value`` lies in [0, 1] (``closed``) or [0, 1)."""
-    inside = 0 <= value <= 1 if closed else 0 <= value < 1
-    if not inside:  # also catches NaN
-        raise InputError(f"{option} {value}: expected a fraction in [0, 1{']' if closed else ')'}")
-
-
-def choice(option: str, value: str, choices: Sequence[str]) -> None:
-    """``value`` is one of ``choices``."""
-    if value not in choices:
-        raise InputError(f"{option} {value!r}: expected one of {', '.join(choices)}")
 
 
 def check_output(

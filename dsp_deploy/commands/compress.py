@@ -10,20 +10,17 @@ written).
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dsp_deploy.commands import (
-    at_least,
-    check_output,
-    choice,
-    finite_at_least,
-    fraction,
-    naming,
-    positive,
-)
+from dsp_deploy.commands import check_output, naming
+from dsp_deploy.options import COMPENSATIONS, CRITERIA, CompressOptions, with_changes
+
+DEFAULTS = CompressOptions()  # the library's defaults, shown and used as the CLI's
+OPTION_KEYS = frozenset({*(f.name for f in fields(CompressOptions)), "reconstruct"})
 
 if TYPE_CHECKING:
     from dsp_deploy.compress.pipeline import CompressResult
@@ -47,37 +44,6 @@ def default_output(model: str) -> Path:
     return p.with_name(f"{p.stem}.pruned.onnx")
 
 
-def _check_options(
-    *,
-    holdout: float,
-    batch_size: int,
-    threads: int | None,
-    threshold: float,
-    atol: float | None,
-    rtol: float | None,
-    min_agreement: float,
-    max_accuracy_drop: float,
-    min_count: int | None,
-    criterion: str,
-    compensation: str,
-    align: int = 1,
-    folds: int = 0,
-) -> None:
-    """Every option value usable, or ``InputError`` naming the first that is not."""
-    choice("--criterion", criterion, ("dead", "dsp"))
-    choice("--compensation", compensation, ("none", "mean", "lstsq"))
-    fraction("--holdout", holdout, closed=False)
-    fraction("--min-agreement", min_agreement)
-    fraction("--max-accuracy-drop", max_accuracy_drop)
-    positive("--batch-size", batch_size)
-    positive("--threads", threads)
-    at_least("--min-count", min_count, 0)
-    at_least("--folds", folds, 0)
-    positive("--align", align)
-    for option, value in (("--threshold", threshold), ("--atol", atol), ("--rtol", rtol)):
-        finite_at_least(option, value)
-
-
 def compress_command(
     model: Annotated[str, typer.Argument(help="ONNX model (.onnx).", show_default=False)],
     calib: Annotated[
@@ -95,19 +61,24 @@ def compress_command(
         str | None, typer.Option("-o", "--output", help="Output path [<stem>.pruned.onnx].")
     ] = None,
     criterion: Annotated[
-        str, typer.Option("--criterion", help="dead (lossless) | dsp (paper's rule).")
-    ] = "dead",
+        str, typer.Option("--criterion", help=f"{' | '.join(CRITERIA)}: lossless | paper's rule.")
+    ] = DEFAULTS.criterion,
     threshold: Annotated[
         float, typer.Option("--threshold", help="dead: also drop channels with rms <= T·layer rms.")
-    ] = 0.0,
+    ] = DEFAULTS.threshold,
     min_count: Annotated[
         int | None, typer.Option("--min-count", help="dsp: keep n_c > this [1 LITE, else 0].")
     ] = None,
     compensation: Annotated[
-        str, typer.Option("--compensation", help="dsp: none | mean | lstsq.")
-    ] = "lstsq",
+        str, typer.Option("--compensation", help=f"dsp: {' | '.join(COMPENSATIONS)}.")
+    ] = DEFAULTS.compensation,
     reconstruct: Annotated[
-        bool, typer.Option("--reconstruct", help="Least-squares refit (= --compensation lstsq).")
+        bool,
+        typer.Option(
+            "--reconstruct",
+            help="Deprecated alias of --compensation lstsq (the default); an error with "
+            "another --compensation.",
+        ),
     ] = False,
     holdout: Annotated[
         float,
@@ -116,7 +87,7 @@ def compress_command(
             help="Lossy criteria (dsp, --threshold > 0): fraction held out to gate on. "
             "The lossless default decides on, and reproduces, every sample.",
         ),
-    ] = 0.2,
+    ] = DEFAULTS.holdout,
     folds: Annotated[
         int,
         typer.Option(
@@ -124,7 +95,7 @@ def compress_command(
             help="Lossless: report channels that wake on a fold left out of the decision, "
             "and max |Δ| there (a report, not a gate; 0: off).",
         ),
-    ] = 5,
+    ] = DEFAULTS.folds,
     atol: Annotated[
         float | None,
         typer.Option("--atol", help="Absolute tolerance [1e-5; 1e-3 for float16 outputs]."),
@@ -135,18 +106,20 @@ def compress_command(
     ] = None,
     min_agreement: Annotated[
         float, typer.Option("--min-agreement", help="Held-out argmax agreement gate.")
-    ] = 0.99,
+    ] = DEFAULTS.min_agreement,
     max_accuracy_drop: Annotated[
         float, typer.Option("--max-accuracy-drop", help="Accuracy drop gate (with labels).")
-    ] = 0.01,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per run.")] = 64,
+    ] = DEFAULTS.max_accuracy_drop,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Samples per run.")
+    ] = DEFAULTS.batch_size,
     threads: Annotated[
         int | None, typer.Option("--threads", help="onnxruntime intra-op threads.")
     ] = None,
     align: Annotated[
         int,
         typer.Option("--align", help="Round kept channels per conv up to a multiple (8: x86)."),
-    ] = 1,
+    ] = DEFAULTS.align,
     conv2d: Annotated[
         bool,
         typer.Option("--conv2d", help="Write 1-D convs that x86 blocked kernels take as 2-D."),
@@ -168,50 +141,19 @@ def compress_command(
 
     Float convs only: a quantized model exits 2 (compress first, then quantize).
     """
+    given = dict(locals())  # first: the parameters, named as CompressOptions' fields
     from dsp_deploy import io
     from dsp_deploy.compress.pipeline import compress
     from dsp_deploy.errors import VerificationError
 
-    _check_options(
-        holdout=holdout,
-        batch_size=batch_size,
-        threads=threads,
-        threshold=threshold,
-        atol=atol,
-        rtol=rtol,
-        min_agreement=min_agreement,
-        max_accuracy_drop=max_accuracy_drop,
-        min_count=min_count,
-        criterion=criterion,
-        compensation=compensation,
-        align=align,
-        folds=folds,
-    )
+    # Validated before any file is read: a bad value costs no model load.
+    options = with_changes(None, {k: v for k, v in given.items() if k in OPTION_KEYS})
     loaded = io.load_model(model)
     # Before the calibration pass, not after it: a bad -o must not cost a whole run.
     out = check_output(output or default_output(model), "--output", inputs=[model, calib])
     calibration = io.load_calibration(calib, loaded)
     with naming(model):
-        result = compress(
-            loaded,
-            calibration,
-            criterion=criterion,
-            threshold=threshold,
-            min_count=min_count,
-            compensation=compensation,
-            reconstruct=reconstruct,
-            holdout=holdout,
-            folds=folds,
-            atol=atol,
-            rtol=rtol,
-            min_agreement=min_agreement,
-            max_accuracy_drop=max_accuracy_drop,
-            batch_size=batch_size,
-            threads=threads,
-            align=align,
-            conv2d=conv2d,
-            fuse=fuse,
-        )
+        result = compress(loaded, calibration, options)
     write = result.verified or force
     if write:
         io.save_model(result.model, out, inputs=[model, calib])

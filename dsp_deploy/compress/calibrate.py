@@ -3,7 +3,7 @@
 A copy of the model gets the tensors as extra graph outputs (the caller's model is not
 touched); samples run in batches and each batch updates float64 running sums, so memory
 is O(channels) (O(channels²) for the Gram matrices of the least-squares compensation:
-``--criterion dsp`` with ``--compensation lstsq``, its default, or ``--reconstruct``),
+``--criterion dsp`` with ``--compensation lstsq``, its default),
 whatever the number of samples. For a tensor x of shape (N, C, ...), channel c, over the
 n = N·T values x[i, c, t] seen:
 
@@ -35,10 +35,21 @@ from types import MappingProxyType
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from dsp_deploy.compress.graph import copy_model
 from dsp_deploy.errors import ModelError
+from dsp_deploy.inference import batches, run_batch, run_model, session
+
+# ``session``, ``run_model``, ``batches`` and ``run_batch`` live in ``dsp_deploy.inference``;
+# the names stay importable from here for code written against earlier versions.
+__all__ = [
+    "ActivationStats",
+    "Probe",
+    "TensorStats",
+    "collect_stats",
+    "merge_stats",
+    "with_outputs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -166,57 +177,6 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     return out
 
 
-def session(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
-    """An onnxruntime CPU session for an in-memory model."""
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as e:  # NotImplemented (no kernel for an op and dtype), Fail, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"onnxruntime's CPU provider cannot load the model: {first}") from e
-
-
-def batches(inputs: Mapping[str, np.ndarray], batch_size: int):
-    """Yield feeds of at most ``batch_size`` samples, in order."""
-    n = len(next(iter(inputs.values())))
-    for start in range(0, n, batch_size):
-        yield {k: v[start : start + batch_size] for k, v in inputs.items()}
-
-
-def run_model(
-    model: onnx.ModelProto | ort.InferenceSession,
-    inputs: Mapping[str, np.ndarray],
-    *,
-    batch_size: int = 64,
-    threads: int | None = None,
-) -> tuple[np.ndarray, ...]:
-    """The outputs of ``model`` (or of an open session) on ``inputs``, run in batches."""
-    sess = model if isinstance(model, ort.InferenceSession) else session(model, threads)
-    return _run(sess, None, inputs, batch_size)
-
-
-def _run(sess, fetch, inputs, batch_size: int) -> tuple[np.ndarray, ...]:
-    parts = [run_batch(sess, fetch, feed) for feed in batches(inputs, batch_size)]
-    return tuple(np.concatenate(cols) for cols in zip(*parts, strict=True))
-
-
-def run_batch(sess: ort.InferenceSession, fetch, feed) -> list[np.ndarray]:
-    """``sess.run`` with onnxruntime's failures as a one-line ``ModelError``."""
-    try:
-        return sess.run(fetch, feed)
-    except Exception as e:  # onnxruntime's Fail, InvalidArgument, ... (pybind11 types)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(
-            f"onnxruntime cannot run the model on the calibration data: {first}"
-        ) from e
-
-
 class Probe:
     """One session of ``model`` with ``tensors`` as extra outputs (after its own)."""
 
@@ -229,7 +189,7 @@ class Probe:
 
     def run(self, inputs: Mapping[str, np.ndarray], batch_size: int = 64):
         """The model's own outputs only (the probed tensors are not copied out)."""
-        return _run(self.session, list(self.outputs), inputs, batch_size)
+        return run_model(self.session, inputs, batch_size=batch_size, fetch=list(self.outputs))
 
     def statistics(
         self,

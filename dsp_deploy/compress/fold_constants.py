@@ -40,10 +40,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
 
 from dsp_deploy.compress.graph import attr, copy_model, drop_unused_nodes, names_read
+from dsp_deploy.inference import session
 
 logger = logging.getLogger(__name__)
 
@@ -171,12 +171,7 @@ def _evaluate(model: onnx.ModelProto, nodes, values, wanted: list[str]) -> dict[
     sub = onnx.helper.make_model(
         graph, opset_imports=model.opset_import, ir_version=model.ir_version
     )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    sess = ort.InferenceSession(
-        sub.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    sess = session(sub, optimise=False)
     return dict(zip(wanted, sess.run(wanted, {}), strict=True))
 
 

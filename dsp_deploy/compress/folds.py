@@ -32,8 +32,7 @@ import numpy as np
 from dsp_deploy.compress.calibrate import ActivationStats, merge_stats
 from dsp_deploy.compress.plan import PruningPlan
 from dsp_deploy.compress.verify import compare
-
-DEFAULT_FOLDS = 5
+from dsp_deploy.options import DEFAULT_FOLDS  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)

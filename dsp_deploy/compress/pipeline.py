@@ -5,13 +5,10 @@ and the written model must reproduce every one of them within ``atol + rtol·|y|
 far that generalises is measured by a k-fold report (``compress.folds``), not traded
 for exactness. Lossy criteria (``dsp``, ``dead`` with a threshold) split the samples
 once (seeded): channels are decided on the *decision* part (1 − holdout) and the model
-is gated on the held-out part. Gates (any failing one is listed in ``failures``; the
-CLI exits 1 and writes nothing unless ``--force``):
-
-* lossless: outputs on every sample within ``atol + rtol·|y|``;
-* held-out part: argmax agreement ≥ ``min_agreement``;
-* with labels: accuracy drop (held-out part, or the decision part when nothing is held
-  out) ≤ ``max_accuracy_drop``.
+is gated on the held-out part (``compress.gates``). The settings are one
+``CompressOptions`` (``dsp_deploy.options``; the batch-size policy and the
+architecture's keep rule: ``compress.policy``); the written model carries a ``dsp.compress`` record
+(``compress.record``).
 
 Random standard-normal inputs (``RANDOM_SAMPLES`` of them) are compared too, as a
 report only: they wake channels that real data never does, so they would refuse sound
@@ -27,38 +24,39 @@ calibration set, plus one pruning and one run over a fold per fold whose plan di
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from dsp_deploy import metadata
 from dsp_deploy.compress.calibrate import (
     ActivationStats,
     Probe,
     collect_stats,
     merge_stats,
-    run_model,
-    session,
 )
-from dsp_deploy.compress.folds import DEFAULT_FOLDS, FoldReport, fold_indices, fold_report
+from dsp_deploy.compress.folds import FoldReport, fold_indices, fold_report
+from dsp_deploy.compress.gates import gates, split
 from dsp_deploy.compress.graph import copy_model
 from dsp_deploy.compress.groups import ChannelAnalysis, find_groups
-from dsp_deploy.compress.plan import DEFAULT_COMPENSATION, PruningPlan, make_plan
+from dsp_deploy.compress.plan import PruningPlan, make_plan
+from dsp_deploy.compress.policy import default_min_count, run_batch_size
 from dsp_deploy.compress.prune import prune
+from dsp_deploy.compress.record import record, stamp
 from dsp_deploy.compress.verify import ParityReport, compare, verify
 from dsp_deploy.errors import ModelError
-from dsp_deploy.io import Calibration, model_inputs
+from dsp_deploy.inference import run_model, session
+from dsp_deploy.io import Calibration
 from dsp_deploy.modelcheck import quantized_reason
+from dsp_deploy.options import CompressOptions, with_changes
 
 logger = logging.getLogger(__name__)
 
-LITE_ARCHS = frozenset({"lite", "litetime"})
 RANDOM_SAMPLES = 16
 
 
@@ -102,18 +100,6 @@ def series_length(calibration: Calibration) -> int:
     return next((a for a in arrays if a.ndim >= 3), arrays[0]).shape[-1]
 
 
-def is_lossless(criterion: str, threshold: float) -> bool:
-    """Whether ``criterion`` promises unchanged outputs: ``dead`` with threshold 0."""
-    return criterion == "dead" and threshold == 0
-
-
-def split(n: int, holdout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Decision and held-out sample indices (held-out empty when n · holdout < 1)."""
-    order = np.random.default_rng(seed).permutation(n)
-    k = min(int(round(n * holdout)), n - 1)
-    return np.sort(order[k:]), np.sort(order[:k])
-
-
 def probe_tensors(analysis: ChannelAnalysis) -> tuple[str, ...]:
     """Tensors whose statistics a plan needs: consumer inputs and taps."""
     return tuple(dict.fromkeys([*(c.tensor for c in analysis.consumers), *analysis.taps]))
@@ -131,11 +117,6 @@ def probe_segments(analysis: ChannelAnalysis) -> dict[str, np.ndarray]:
     """
     group = [analysis.units[u].group for u in analysis.unit_of]
     return {t: np.array([group[a] for a in layout]) for t, layout in analysis.taps.items()}
-
-
-def default_min_count(model: onnx.ModelProto) -> int:
-    """The paper's keep rule: n_c > 1 for LITE-like models, n_c > 0 otherwise."""
-    return 1 if metadata.read_metadata(model).get(metadata.ARCH) in LITE_ARCHS else 0
 
 
 def _layers(analysis: ChannelAnalysis, plan: PruningPlan, before, after) -> tuple:
@@ -178,178 +159,69 @@ def _random_report(
     return replace(report, skipped=drawn.skipped)
 
 
-def _gates(criterion, threshold, decision, holdout, min_agreement, max_drop) -> tuple[str, ...]:
-    failures = []
-    if is_lossless(criterion, threshold) and not decision.within_tolerance:
-        failures.append(
-            f"outputs deviate on the calibration samples (max |Δ| {decision.max_abs_diff:.3g})"
-        )
-    if holdout is not None and holdout.agreement < min_agreement:
-        failures.append(f"held-out prediction agreement {holdout.agreement:.4f} < {min_agreement}")
-    judged = holdout if holdout is not None and holdout.accuracy else decision
-    if judged.accuracy is not None and judged.accuracy[0] - judged.accuracy[1] > max_drop:
-        before, after = judged.accuracy
-        failures.append(f"accuracy drops {before:.4f} → {after:.4f} (> {max_drop})")
-    return tuple(failures)
-
-
-def _stamp(model: onnx.ModelProto, source: onnx.ModelProto, info: dict) -> None:
-    digest = hashlib.sha256(source.SerializeToString()).hexdigest()
-    metadata.write_metadata(model, {metadata.COMPRESS: {"source_sha256": digest, **info}})
-
-
-def run_batch_size(model: onnx.ModelProto, batch_size: int) -> int:
-    """``batch_size``, or 1 for a model whose batch dimension is fixed at 1.
-
-    Calibration runs in batches of any size; a model exported with a fixed batch of 1
-    runs one sample at a time, and a larger fixed batch is refused (the last batch could
-    not be filled without changing the statistics).
-    """
-    fixed = set()
-    for value in model_inputs(model):
-        dims = value.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value"):
-            fixed.add(int(dims[0].dim_value))
-    if not fixed:
-        return batch_size
-    if fixed == {1}:
-        return 1
-    raise ModelError(
-        f"the model's batch dimension is fixed at {max(fixed)}; compress needs a dynamic "
-        "batch dimension or batch 1 (export the model with a dynamic batch axis)"
-    )
-
-
 def compress(
     model: onnx.ModelProto,
     calibration: Calibration,
-    *,
-    criterion: str = "dead",
-    threshold: float = 0.0,
-    min_count: int | None = None,
-    compensation: str = DEFAULT_COMPENSATION,
-    reconstruct: bool = False,
-    holdout: float = 0.2,
-    folds: int = DEFAULT_FOLDS,
-    atol: float | None = None,
-    rtol: float | None = None,
-    min_agreement: float = 0.99,
-    max_accuracy_drop: float = 0.01,
-    batch_size: int = 64,
-    threads: int | None = None,
-    seed: int = 0,
-    align: int = 1,
-    conv2d: bool = False,
-    fuse: bool = False,
+    options: CompressOptions | None = None,
+    **changes: Any,
 ) -> CompressResult:
     """Prune ``model`` with ``calibration``; ``model`` itself is not modified.
 
-    ``align``: kept channel counts rounded up to multiples of it (``compress.align``);
-    ``conv2d``: qualifying 1-D convs written in 2-D form (``compress.layout``); ``fuse``:
-    BatchNormalization folded into, and Relu moved before, a Concat of Convs
-    (``compress.fuse``; before ``conv2d``, which would hide the Convs). All are checked
-    by the same verification as the pruning. ``atol``/``rtol``: None takes
-    ``tolerance.default_tolerance(model)`` (float16 outputs get float16's).
+    ``options`` (default: ``CompressOptions()``) with keyword ``changes`` applied, e.g.
+    ``compress(model, calib, criterion="dsp", holdout=0.3)``; an unknown or invalid
+    value is an ``OptionError``. ``align``: kept channel counts rounded up to multiples
+    of it (``compress.align``); ``conv2d``: qualifying 1-D convs written in 2-D form
+    (``compress.layout``); ``fuse``: BatchNormalization folded into, and Relu moved
+    before, a Concat of Convs (``compress.fuse``; before ``conv2d``, which would hide the
+    Convs). All are checked by the same verification as the pruning. ``atol``/``rtol``:
+    None takes ``tolerance.default_tolerance(model)`` (float16 outputs get float16's).
     """
-    from dsp_deploy.compress.fuse import fuse_concat
-    from dsp_deploy.compress.layout import conv1d_as_conv2d
     from dsp_deploy.compress.tolerance import resolve_tolerance
-    from dsp_deploy.cost import model_cost
 
+    opts = with_changes(options, changes)
     if reason := quantized_reason(model):
         raise ModelError(f"{reason}; cannot prune quantized convs: compress, then quantize")
     start = time.perf_counter()
-    atol, rtol = resolve_tolerance(model, atol, rtol)
-    batch_size = run_batch_size(model, batch_size)
+    atol, rtol = resolve_tolerance(model, opts.atol, opts.rtol)
+    batch_size = run_batch_size(model, opts.batch_size)
     analysis = find_groups(model)
-    exact = is_lossless(criterion, threshold)
-    decide, held = split(len(calibration), 0.0 if exact else holdout, seed)
+    decide, held = split(len(calibration), 0.0 if opts.lossless else opts.holdout, opts.seed)
     part, rest = calibration.take(decide), calibration.take(held)
-    mode = "lstsq" if reconstruct else compensation
-    # Gram matrices cost more than the whole inference pass; only the rule's lstsq reads them.
-    refit = criterion == "dsp" and mode == "lstsq"
-    gram = [c.tensor for c in analysis.consumers if c.pointwise] if refit else []
-    tensors = probe_tensors(analysis)
-    probe = Probe(model, [*tensors, *gram], threads)  # the original, with probe outputs
-    original = session(model, threads)  # the plain original: the reference outputs
-    measure = partial(
-        probe.statistics,
-        tensors=tensors,
-        gram=gram,
-        segments=probe_segments(analysis),
-        batch_size=batch_size,
-    )
-    index = fold_indices(len(part), folds, seed) if exact and folds >= 2 and len(part) > 1 else ()
-    fold_stats = [measure(part.take(i).inputs) for i in index]
-    stats = merge_stats(fold_stats) if fold_stats else measure(part.inputs)
-    count = default_min_count(model) if min_count is None else min_count
-    plan_for = partial(
-        make_plan,
-        analysis,
-        criterion=criterion,
-        threshold=threshold,
-        min_count=count,
-        compensation=mode,
-        align=align,
-    )
+    index, fold_stats, stats = _measure(model, analysis, part, opts, batch_size)
+    original = session(model, opts.threads)  # the plain original: the reference outputs
+    plan_for = _planner(model, analysis, opts)
     plan = plan_for(stats)
-    pruned = prune(model, plan) if plan.remove or plan.compensations else copy_model(model)
-    fused = fuse_concat(pruned) if fuse else None
-    if fused is not None:
-        pruned = fused.model
-    wrapped = 0
-    if conv2d:
-        layout = conv1d_as_conv2d(pruned)
-        pruned, wrapped = layout.model, len(layout.report.wrapped)
-    candidate = session(pruned, threads)
+    pruned, fused, wrapped = _rewrite(model, plan, opts)
+    candidate = session(pruned, opts.threads)
     tol = {"atol": atol, "rtol": rtol, "batch_size": batch_size}
     reference = run_model(original, part.inputs, batch_size=batch_size)
     written = run_model(candidate, part.inputs, batch_size=batch_size)
     decision = compare(reference, written, atol=atol, rtol=rtol, labels=part.labels)
     fold_check = None
     if index:
+        outputs_of = partial(_fold_outputs, model, part, batch_size, opts.threads)
         fold_check = fold_report(
-            fold_stats,
-            index,
-            plan,
-            reference,
-            written,
-            plan_for=plan_for,
-            outputs_of=lambda p, i: run_model(
-                prune(model, p), part.take(i).inputs, batch_size=batch_size, threads=threads
-            ),
-            atol=atol,
-            rtol=rtol,
-        )
+            fold_stats, index, plan, reference, written, plan_for=plan_for,
+            outputs_of=outputs_of, atol=atol, rtol=rtol,
+        )  # fmt: skip
     held_report = None
     if len(rest):
         rest_reference = run_model(original, rest.inputs, batch_size=batch_size)
         held_report = verify(rest_reference, candidate, rest.inputs, labels=rest.labels, **tol)
     random = _random_report(original, candidate, calibration, **tol)
-    length = series_length(calibration)
-    before = model_cost(model, length=length, sample=calibration.inputs)
-    after = model_cost(pruned, length=length, sample=calibration.inputs)
-    failures = _gates(criterion, threshold, decision, held_report, min_agreement, max_accuracy_drop)
-    _stamp(
+    before, after = _costs(model, pruned, calibration)
+    stamp(
         pruned,
         model,
-        {
-            "criterion": criterion,
-            "threshold": threshold,
-            "compensation": mode if criterion == "dsp" or threshold > 0 else "exact",
-            "units_removed": len(plan.remove),
-            "align": align,
-            "conv2d": wrapped,
-            "fuse": {
-                "batchnorm": len(fused.report.batchnorms) if fused else 0,
-                "relu": len(fused.report.relus) if fused else 0,
-            },
-            "params": [before.params, after.params],
-            "macs": [before.macs, after.macs],
-            "max_abs_diff": decision.max_abs_diff,
-            "calibration_samples": [len(decide), len(held)],
-            "folds": None if fold_check is None else fold_check.as_dict(),
-        },
+        record(
+            opts,
+            plan,
+            costs=(before, after),
+            rewrites=(fused, wrapped),
+            decision=decision,
+            samples=(len(decide), len(held)),
+            folds=fold_check,
+        ),
     )
     seconds = time.perf_counter() - start
     logger.info("compressed in %.2f s: params %d → %d", seconds, before.params, after.params)
@@ -363,9 +235,91 @@ def compress(
         holdout=held_report,
         folds=fold_check,
         random=random,
-        failures=failures,
+        failures=gates(opts, decision, held_report),
         seconds=seconds,
     )
+
+
+def _measure(
+    model: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    part: Calibration,
+    opts: CompressOptions,
+    batch_size: int,
+) -> tuple[tuple, list[ActivationStats], ActivationStats]:
+    """(fold indices, per-fold statistics, statistics of all of ``part``): one probe pass
+    over each fold (lossless, ``folds`` >= 2), else over ``part``."""
+    # Gram matrices cost more than the whole inference pass; only the rule's lstsq reads them.
+    refit = opts.criterion == "dsp" and opts.compensation == "lstsq"
+    gram = [c.tensor for c in analysis.consumers if c.pointwise] if refit else []
+    tensors = probe_tensors(analysis)
+    probe = Probe(model, [*tensors, *gram], opts.threads)  # the original, with probe outputs
+    measure = partial(
+        probe.statistics,
+        tensors=tensors,
+        gram=gram,
+        segments=probe_segments(analysis),
+        batch_size=batch_size,
+    )
+    folded = opts.lossless and opts.folds >= 2 and len(part) > 1
+    index = fold_indices(len(part), opts.folds, opts.seed) if folded else ()
+    fold_stats = [measure(part.take(i).inputs) for i in index]
+    stats = merge_stats(fold_stats) if fold_stats else measure(part.inputs)
+    return index, fold_stats, stats
+
+
+def _planner(model: onnx.ModelProto, analysis: ChannelAnalysis, opts: CompressOptions):
+    """``stats → PruningPlan`` under the options (``min_count`` None: the arch's rule)."""
+    return partial(
+        make_plan,
+        analysis,
+        criterion=opts.criterion,
+        threshold=opts.threshold,
+        min_count=default_min_count(model) if opts.min_count is None else opts.min_count,
+        compensation=opts.compensation,
+        align=opts.align,
+    )
+
+
+def _fold_outputs(
+    model: onnx.ModelProto,
+    part: Calibration,
+    batch_size: int,
+    threads: int | None,
+    plan: PruningPlan,
+    fold: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """The outputs of ``model`` pruned by a fold's ``plan`` on that fold's samples."""
+    return run_model(
+        prune(model, plan), part.take(fold).inputs, batch_size=batch_size, threads=threads
+    )
+
+
+def _rewrite(model: onnx.ModelProto, plan: PruningPlan, opts: CompressOptions):
+    """The pruned model, then the fused and 2-D rewrites the options ask for:
+    (model, the fuse ``Rewrite`` or None, convs written in 2-D)."""
+    from dsp_deploy.compress.fuse import fuse_concat
+    from dsp_deploy.compress.layout import conv1d_as_conv2d
+
+    pruned = prune(model, plan) if plan.remove or plan.compensations else copy_model(model)
+    fused = fuse_concat(pruned) if opts.fuse else None
+    if fused is not None:
+        pruned = fused.model
+    wrapped = 0
+    if opts.conv2d:
+        layout = conv1d_as_conv2d(pruned)
+        pruned, wrapped = layout.model, len(layout.report.wrapped)
+    return pruned, fused, wrapped
+
+
+def _costs(model: onnx.ModelProto, pruned: onnx.ModelProto, calibration: Calibration):
+    """(before, after) ``ModelCost`` at the calibration series' length."""
+    from dsp_deploy.cost import model_cost
+
+    length = series_length(calibration)
+    before = model_cost(model, length=length, sample=calibration.inputs)
+    after = model_cost(pruned, length=length, sample=calibration.inputs)
+    return before, after
 
 
 @dataclass(frozen=True)
@@ -465,4 +419,15 @@ def inspect_model(
     )
 
 
-__all__ = ["CompressResult", "Inspection", "LayerReport", "compare", "compress", "inspect_model"]
+__all__ = [
+    "CompressOptions",
+    "CompressResult",
+    "Inspection",
+    "LayerReport",
+    "UnitStats",
+    "compress",
+    "inspect_model",
+    "probe_segments",
+    "probe_tensors",
+    "series_length",
+]

@@ -62,12 +62,9 @@ from dsp_deploy.compress.calibrate import ActivationStats
 from dsp_deploy.compress.groups import ChannelAnalysis
 from dsp_deploy.compress.rules import Blocks, Consumer
 from dsp_deploy.errors import OptionError
+from dsp_deploy.options import COMPENSATIONS, CRITERIA, DEFAULT_COMPENSATION  # noqa: F401
 
 logger = logging.getLogger(__name__)
-
-CRITERIA = ("dead", "dsp")
-COMPENSATIONS = ("none", "mean", "lstsq")
-DEFAULT_COMPENSATION = "lstsq"  # see the module docstring
 
 
 @dataclass(frozen=True)

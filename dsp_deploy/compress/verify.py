@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from dsp_deploy.compress.calibrate import run_model
+from dsp_deploy.inference import run_model
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 See ``dsp_deploy.ensemble`` for the contract: one run-time input ``[batch, channels,
 length]``, one output ``[batch, classes]``, agreeing dtypes, dims, class names and
-normalisation; ``dsp.output`` (or a final Softmax) tells logits from probabilities.
+normalisation; ``dsp.output``, or without it the default every reader shares
+(``dsp_deploy.signature``: a final Softmax means probabilities, any other last node
+logits), tells logits from probabilities.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import onnx
 
 from dsp_deploy import metadata
 from dsp_deploy.errors import InputError
+from dsp_deploy.signature import LOGITS, PROBABILITIES, tensor_spec
+from dsp_deploy.signature import from_model as read_model_signature
 
-LOGITS, PROBABILITIES = "logits", "probabilities"
-_NO_NORMALISATION = "none"  # what the runtime assumes when dsp.normalisation is absent
+__all__ = ["LOGITS", "PROBABILITIES", "MemberSignature", "check_agree", "dims", "signature"]
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -63,18 +66,12 @@ def signature(model: onnx.ModelProto, label: str) -> MemberSignature:
         raise InputError(
             f"{label}: output {y.name!r} has shape {_shape_text(y_dims)}; expected [batch, classes]"
         )
-    meta = metadata.read_metadata(model)
-    names = _class_names(meta, label)
-    classes = static_int(y_dims[1])
-    if classes is None and names is None:
+    shared = read_model_signature(model, label)  # the runtime's reading, default included
+    classes, names = shared.class_count, shared.classes
+    if classes is None:
         raise InputError(
             f"{label}: output {y.name!r} has shape {_shape_text(y_dims)} and no "
             f"{metadata.CLASSES} metadata; expected a known class count"
-        )
-    if classes is not None and names is not None and len(names) != classes:
-        raise InputError(
-            f"{label}: output {y.name!r} has {classes} classes but {metadata.CLASSES} "
-            f"names {len(names)}"
         )
     domains = _opsets(model, label)
     return MemberSignature(
@@ -84,15 +81,15 @@ def signature(model: onnx.ModelProto, label: str) -> MemberSignature:
         elem_type=x.type.tensor_type.elem_type,
         output_elem_type=y.type.tensor_type.elem_type,
         batch=static_int(x_dims[0]) or "dynamic",
-        channels=static_int(x_dims[1]) or _meta_int(meta, metadata.INPUT_CHANNELS, label),
-        length=static_int(x_dims[2]) or _meta_int(meta, metadata.INPUT_LENGTH, label),
-        classes=classes if classes is not None else len(names or ()),
+        channels=shared.channels,
+        length=shared.length,
+        classes=classes,
         class_names=names,
-        normalisation=meta.get(metadata.NORMALISATION, _NO_NORMALISATION),
-        output_kind=_output_kind(model, meta, label),
+        normalisation=shared.normalisation,
+        output_kind=shared.output_kind,
         opset=domains.pop(""),
         other_opsets=domains,
-        meta=meta,
+        meta=metadata.read_metadata(model),
     )
 
 
@@ -166,34 +163,6 @@ def other_opsets(sigs: Sequence[MemberSignature]) -> dict[str, int]:
     return {d: v for d, (v, _) in merged.items()}
 
 
-def _output_kind(model: onnx.ModelProto, meta: Mapping[str, str], label: str) -> str:
-    kind = meta.get(metadata.OUTPUT)
-    if kind in (LOGITS, PROBABILITIES):
-        return kind
-    if kind is not None:
-        raise InputError(
-            f"{label}: {metadata.OUTPUT} is {kind!r}; expected {LOGITS!r} or {PROBABILITIES!r}"
-        )
-    name = model.graph.output[0].name
-    producer = next((n for n in model.graph.node if name in n.output), None)
-    if producer is not None and producer.op_type == "Softmax":
-        return PROBABILITIES
-    raise InputError(
-        f"{label}: has no {metadata.OUTPUT} metadata and its output {name!r} is not a "
-        f"Softmax; set {metadata.OUTPUT} to {LOGITS!r} or {PROBABILITIES!r}"
-    )
-
-
-def _class_names(meta: Mapping[str, str], label: str) -> tuple[str, ...] | None:
-    try:
-        return metadata.class_names(meta)
-    except (ValueError, TypeError) as e:
-        raise InputError(
-            f"{label}: {metadata.CLASSES} is not a JSON list of names: "
-            f"{meta.get(metadata.CLASSES)!r}"
-        ) from e
-
-
 def _meta_int(meta: Mapping[str, str], key: str, label: str) -> int | None:
     raw = meta.get(key)
     if raw is None:
@@ -205,12 +174,7 @@ def _meta_int(meta: Mapping[str, str], key: str, label: str) -> int | None:
 
 
 def dims(value: onnx.ValueInfoProto) -> tuple[int | str | None, ...]:
-    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
-        return ()
-    return tuple(
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-        for d in value.type.tensor_type.shape.dim
-    )
+    return tensor_spec(value).shape or ()
 
 
 def static_int(dim: int | str | None) -> int | None:

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from dsp_deploy.ensemble.members import LOGITS, dims, signature, static_int
+from dsp_deploy.signature import softmax
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ def verify(
     atol: float = 1e-6,
 ) -> EnsembleCheck:
     """The ensemble against the mean of its members' probabilities (module doc)."""
-    from dsp_deploy.compress.calibrate import run_model
     from dsp_deploy.cost import input_shapes
+    from dsp_deploy.inference import run_model
 
     fixed = static_int(dims(ensemble.graph.input[0])[0])
     (shape,) = input_shapes(ensemble, batch=fixed or samples)
@@ -71,12 +72,7 @@ def verify(
         if out.shape != got.shape:
             text = f"{sig.label} outputs shape {out.shape}; the ensemble outputs {got.shape}"
             return EnsembleCheck(samples, atol, float("nan"), text)
-        probs.append(_softmax(out) if sig.output_kind == LOGITS else out)
+        probs.append(softmax(out) if sig.output_kind == LOGITS else out)
     diff = float(np.max(np.abs(got.astype(np.float64) - np.mean(probs, axis=0))))
     logger.info("ensemble checked on %d inputs: max |diff| %.3g", samples, diff)
     return EnsembleCheck(samples, atol, diff)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)

@@ -1,0 +1,118 @@
+"""``CompressOptions``: every setting of ``compress``, validated once, shared by all callers.
+
+The CLI (``dsp-deploy compress``), the library (``compress(model, calibration, options,
+**changes)``), the sweep and the benchmarks build the same frozen object; its
+construction checks every value (``dsp_deploy.checks``) and raises one ``OptionError``
+line naming the option as the CLI spells it (``--holdout 1.0: expected a fraction in
+[0, 1)``). ``with_changes(options, changes)`` applies keyword changes with
+``dataclasses.replace``, so ``compress(model, calib, criterion="dsp")`` keeps working.
+The choices (``CRITERIA``, ``COMPENSATIONS``) and defaults live here, for the library
+and the CLI alike; this module imports neither onnx nor onnxruntime, so the CLI starts
+fast.
+
+``reconstruct=True`` (``--reconstruct``) is a deprecated alias of ``compensation="lstsq"``
+(the default): given with another compensation it is an ``OptionError``, never a silent
+override. The settings that depend on the model (the batch size a fixed batch dim
+allows, the keep rule of the architecture) are resolved in ``compress.policy``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dsp_deploy.checks import at_least, choice, finite_at_least, fraction, positive
+from dsp_deploy.errors import OptionError
+
+__all__ = [
+    "COMPENSATIONS",
+    "CRITERIA",
+    "DEFAULT_COMPENSATION",
+    "DEFAULT_FOLDS",
+    "CompressOptions",
+    "cli_name",
+    "with_changes",
+]
+
+CRITERIA = ("dead", "dsp")
+COMPENSATIONS = ("none", "mean", "lstsq")
+DEFAULT_COMPENSATION = LSTSQ = "lstsq"  # see compress.plan's docstring
+DEFAULT_FOLDS = 5  # see compress.folds
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    """The settings of one ``compress`` run; see ``compress.pipeline`` for their effect."""
+
+    criterion: str = "dead"  # CRITERIA: dead (lossless at threshold 0) | dsp (paper's rule)
+    threshold: float = 0.0  # dead: also drop channels with rms <= T·layer rms
+    min_count: int | None = None  # dsp: keep n_c > this; None: the architecture's rule
+    compensation: str = DEFAULT_COMPENSATION  # COMPENSATIONS, for lossy criteria
+    holdout: float = 0.2  # lossy criteria: fraction of samples held out to gate on
+    folds: int = DEFAULT_FOLDS  # lossless: k-fold report (0: off)
+    atol: float | None = None  # None: tolerance.default_tolerance(model)
+    rtol: float | None = None
+    min_agreement: float = 0.99  # held-out argmax agreement gate
+    max_accuracy_drop: float = 0.01  # accuracy drop gate (with labels)
+    batch_size: int = 64
+    threads: int | None = None  # onnxruntime intra-op threads
+    seed: int = 0  # the decision/held-out split and the folds
+    align: int = 1  # kept channels rounded up to a multiple of this
+    conv2d: bool = False  # qualifying 1-D convs written in 2-D form
+    fuse: bool = False  # BatchNormalization folded into, Relu moved before, a Concat
+
+    def __post_init__(self) -> None:
+        choice(cli_name("criterion"), self.criterion, CRITERIA)
+        choice(cli_name("compensation"), self.compensation, COMPENSATIONS)
+        fraction(cli_name("holdout"), self.holdout, closed=False)
+        for name in ("min_agreement", "max_accuracy_drop"):
+            fraction(cli_name(name), getattr(self, name))
+        for name in ("batch_size", "threads", "align"):
+            positive(cli_name(name), getattr(self, name))
+        for name in ("min_count", "folds", "seed"):
+            at_least(cli_name(name), getattr(self, name), 0)
+        for name in ("threshold", "atol", "rtol"):
+            finite_at_least(cli_name(name), getattr(self, name))
+
+    @property
+    def lossless(self) -> bool:
+        """Whether these options promise unchanged outputs: ``dead`` with threshold 0."""
+        return self.criterion == "dead" and self.threshold == 0
+
+
+def cli_name(field: str) -> str:
+    """The CLI option of a field: ``max_accuracy_drop`` → ``--max-accuracy-drop``."""
+    return "--" + field.replace("_", "-")
+
+
+def with_changes(options: CompressOptions | None, changes: Mapping[str, Any]) -> CompressOptions:
+    """``options`` (default: all defaults) with ``changes`` applied, validated."""
+    changes = dict(changes)
+    base = options or CompressOptions()
+    if changes.pop("reconstruct", False):
+        changes["compensation"] = _reconstruct(changes.get("compensation", base.compensation))
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(CompressOptions)})
+    if unknown:
+        raise OptionError(
+            f"unknown compress option {unknown[0]!r}; expected one of "
+            f"{', '.join(f.name for f in dataclasses.fields(CompressOptions))}"
+        )
+    return dataclasses.replace(base, **changes) if changes else base
+
+
+def _reconstruct(compensation: str) -> str:
+    """The deprecated ``reconstruct`` alias: ``lstsq``, or an error for another choice."""
+    if compensation != LSTSQ:
+        raise OptionError(
+            f"--reconstruct means --compensation {LSTSQ}; it contradicts --compensation "
+            f"{compensation} (give one of them)"
+        )
+    warnings.warn(
+        "reconstruct=True (--reconstruct) is deprecated: it is compensation='lstsq', the default",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return LSTSQ
