@@ -79,19 +79,28 @@ HEAD = """
 """
 
 
-def chain(dead1: Iterable[int] = (1,), dead2: Iterable[int] = (2,), seed: int = 0):
-    """x → Conv(4,k3) → Relu → Conv(3,k3) → Relu → GAP → Flatten → Gemm → Softmax."""
-    w = Weights(seed)
-    w.conv("c1", 4, 1, 3, dead1)
-    w.conv("c2", 3, 4, 3, dead2)
-    w.dense("fc", 3, 2)
-    body = """
+CHAIN = """
     a = Conv <pads = [1, 1]> (x, c1_w, c1_b)
     r = Relu (a)
     b = Conv <pads = [1, 1]> (r, c2_w, c2_b)
     h = Relu (b)
-    """
-    return build(body + HEAD, w.values)
+"""
+
+
+def chain_weights(
+    width: int = 4, dead1: Iterable[int] = (1,), dead2: Iterable[int] = (2,), seed: int = 0
+) -> Weights:
+    """The weights of ``chain`` with ``width`` first-conv channels."""
+    w = Weights(seed)
+    w.conv("c1", width, 1, 3, dead1)
+    w.conv("c2", 3, width, 3, dead2)
+    w.dense("fc", 3, 2)
+    return w
+
+
+def chain(dead1: Iterable[int] = (1,), dead2: Iterable[int] = (2,), seed: int = 0):
+    """x → Conv(4,k3) → Relu → Conv(3,k3) → Relu → GAP → Flatten → Gemm → Softmax."""
+    return build(CHAIN + HEAD, chain_weights(4, dead1, dead2, seed).values)
 
 
 def concat(dead_a: Iterable[int] = (0,), dead_b: Iterable[int] = (1,), seed: int = 0):

@@ -28,19 +28,7 @@ def rare_channel_model():
     Standard-normal series never reach 6 in this test's 40 × 32 values; one spiked
     sample wakes the channel, on that sample only.
     """
-    w = G.Weights(0)
-    w.conv("c1", 4, 1, 3, dead=(1,))
-    w.values["c1_w"][0] = [[0.0, 1.0, 0.0]]
-    w.values["c1_b"][0] = -6.0
-    w.conv("c2", 3, 4, 3)
-    w.dense("fc", 3, 2)
-    body = """
-    a = Conv <pads = [1, 1]> (x, c1_w, c1_b)
-    r = Relu (a)
-    b = Conv <pads = [1, 1]> (r, c2_w, c2_b)
-    h = Relu (b)
-    """
-    return G.build(body + G.HEAD, w.values)
+    return _rare_chain(["r", "d", "l", "l"], 0)
 
 
 def spiked_inputs(n: int, spiked: tuple[int, ...]) -> np.ndarray:
@@ -125,22 +113,14 @@ def rare_nets(draw):
 
 
 def _rare_chain(roles: list[str], seed: int):
-    w = G.Weights(seed)
-    dead = [c for c, r in enumerate(roles) if r == "d"]
-    w.conv("c1", len(roles), 1, 3, dead=dead)
+    """``chain`` with one first-conv channel per role: d dead, r rare (Relu(x[t] − 6)),
+    l live."""
+    w = G.chain_weights(len(roles), [c for c, r in enumerate(roles) if r == "d"], (), seed)
     for c, role in enumerate(roles):
         if role == "r":
             w.values["c1_w"][c] = [[0.0, 1.0, 0.0]]
             w.values["c1_b"][c] = -6.0
-    w.conv("c2", 3, len(roles), 3)
-    w.dense("fc", 3, 2)
-    body = """
-    a = Conv <pads = [1, 1]> (x, c1_w, c1_b)
-    r = Relu (a)
-    b = Conv <pads = [1, 1]> (r, c2_w, c2_b)
-    h = Relu (b)
-    """
-    return G.build(body + G.HEAD, w.values)
+    return G.build(G.CHAIN + G.HEAD, w.values)
 
 
 @settings(max_examples=40, deadline=None)
