@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dsp_deploy.archs import get_arch
 from dsp_deploy.data import load_train_test
-from dsp_deploy.nets.registry import get_arch
 from dsp_deploy.train.loop import TrainConfig, fit, predict_proba, seed_torch
 from dsp_deploy.train.protocol import analyse, keep_groups, keep_indices
 

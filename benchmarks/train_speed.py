@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dsp_deploy.archs import get_arch
 from dsp_deploy.nets.layers import use_fast_kernels
-from dsp_deploy.nets.registry import get_arch
 from dsp_deploy.train.sparsity import dsp_penalty
 
 BATCH, LENGTH, CLASSES = 64, 150, 2

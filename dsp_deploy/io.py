@@ -36,7 +36,7 @@ from pathlib import Path
 import onnx
 from onnx import external_data_helper, numpy_helper
 
-from dsp_deploy import modelcheck
+from dsp_deploy import external_data, modelcheck
 from dsp_deploy.atomic import write_atomic
 from dsp_deploy.calib_io import (
     CLASSES_KEY,
@@ -70,7 +70,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read and check an untrusted ONNX model; ``ModelError`` naming the file if unusable.
 
     External data is read relative to the model's folder, after its locations and sizes
-    pass ``modelcheck.check_external_data``; the model returned holds it in memory.
+    pass ``external_data.check_external_data``; the model returned holds it in memory.
     Nothing is read before the file's size is known to fit (``modelcheck.check_file``).
     """
     p = Path(path)
@@ -82,8 +82,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"model file {p} holds no ONNX graph (is it an ONNX file?)")
     modelcheck.check_structure(model, p)
-    if any(True for _ in modelcheck.external_tensors(model)):
-        modelcheck.check_external_data(model, p)
+    if any(True for _ in external_data.external_tensors(model)):
+        external_data.check_external_data(model, p)
         _load_external_data(model, p)
     modelcheck.check_model(model, p)
     return model
@@ -104,7 +104,7 @@ def uses_external_data(path: str | os.PathLike) -> bool:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # not an ONNX file (e.g. a calibration .npz): keeps no external data
         return False
-    return any(True for _ in modelcheck.external_tensors(model))
+    return any(True for _ in external_data.external_tensors(model))
 
 
 def save_model(
@@ -199,7 +199,7 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 
 def _raw_bytes(tensor: onnx.TensorProto) -> bytes | None:
     """The tensor's bytes as raw_data (typed fields converted); None for strings."""
-    if tensor.data_type == onnx.TensorProto.STRING or modelcheck.is_external(tensor):
+    if tensor.data_type == onnx.TensorProto.STRING or external_data.is_external(tensor):
         return None
     if not tensor.HasField("raw_data"):
         array = numpy_helper.to_array(tensor)
@@ -208,7 +208,7 @@ def _raw_bytes(tensor: onnx.TensorProto) -> bytes | None:
 
 
 def _external_location(model: onnx.ModelProto) -> str | None:
-    for tensor in modelcheck.external_tensors(model):
+    for tensor in external_data.external_tensors(model):
         for entry in tensor.external_data:
             if entry.key == "location":
                 return entry.value

@@ -22,12 +22,7 @@ what was found; none of them allocates memory in proportion to what the file *de
   it follows the installed version; a domain it does not know is refused as needing a
   custom-op library, an op it lacks in a domain it knows (a fuzzed ``com.microsoft:Relu``,
   which onnxruntime refuses only when building the session) as having no kernel.
-* ``check_external_data(model, path)`` — every tensor stored outside the model file names
-  a relative location inside the model's folder (no ``..`` escape, no absolute path, no
-  symlink on the way), a regular file that holds the tensor's whole region; a declared
-  ``length`` equals the bytes its dims and type need; all of it fits the available memory.
-  onnx 1.23 refuses the escapes and short files itself; this check runs first so the
-  message is ours and nothing is read before the sizes are known.
+* ``check_external_data(model, path)`` — in ``dsp_deploy.external_data``.
 * ``check_model(model, path)`` — with the data loaded: ``onnx.checker``, strict shape
   inference with data propagation, then sizes: fixed graph-input dims are ≥ 1 and one
   sample fits in memory; every tensor whose shape inference knows statically (symbolic
@@ -69,12 +64,14 @@ __all__ = [
     "MIN_OPSET",
     "PROTOBUF_LIMIT",
     "RUNNABLE_DOMAINS",
-    "check_external_data",
+    "attribute_tensors",
     "check_file",
+    "graph_tensors",
+    "graphs",
+    "memory_budget",
+    "size_text",
     "check_model",
     "check_structure",
-    "external_tensors",
-    "is_external",
     "quantized_reason",
     "runtime_ops",
     "tensor_bytes",
@@ -90,7 +87,7 @@ MIN_OPSET = 7  # onnxruntime has no kernels for older ops (fuzzing: Relu-1 at op
 _FILE_MEMORY_FACTOR = 2  # bytes read + the parsed message
 
 
-def _size(n: float) -> str:
+def size_text(n: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
@@ -98,7 +95,7 @@ def _size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _memory_default(available: int | None) -> int | None:
+def memory_budget(available: int | None) -> int | None:
     return memory.available_memory() if available is None else available
 
 
@@ -116,14 +113,14 @@ def check_file(path: Path, *, available: int | None = None) -> int:
         raise ModelError(f"model file {path} is empty (0 bytes); expected an ONNX model")
     if size > PROTOBUF_LIMIT:
         raise ModelError(
-            f"model file {path} is {_size(size)}; an ONNX file must be under 2 GiB "
+            f"model file {path} is {size_text(size)}; an ONNX file must be under 2 GiB "
             "(larger weights belong in external data files)"
         )
-    memory = _memory_default(available)
+    memory = memory_budget(available)
     if memory is not None and size * _FILE_MEMORY_FACTOR > memory:
         raise ModelError(
-            f"model file {path} is {_size(size)}; loading it needs about "
-            f"{_size(size * _FILE_MEMORY_FACTOR)} of memory, {_size(memory)} is available"
+            f"model file {path} is {size_text(size)}; loading it needs about "
+            f"{size_text(size * _FILE_MEMORY_FACTOR)} of memory, {size_text(memory)} is available"
         )
     return size
 
@@ -131,7 +128,7 @@ def check_file(path: Path, *, available: int | None = None) -> int:
 # --- structure ---------------------------------------------------------------------------
 
 
-def _graphs(graph: onnx.GraphProto, depth: int = 1) -> Iterator[tuple[onnx.GraphProto, int]]:
+def graphs(graph: onnx.GraphProto, depth: int = 1) -> Iterator[tuple[onnx.GraphProto, int]]:
     """``graph`` and every subgraph under it, with its nesting depth (1 = main graph)."""
     yield graph, depth
     if depth > MAX_DEPTH:  # deeper levels are refused; do not recurse into them
@@ -139,7 +136,7 @@ def _graphs(graph: onnx.GraphProto, depth: int = 1) -> Iterator[tuple[onnx.Graph
     for node in graph.node:
         for attr in node.attribute:
             for sub in (attr.g,) if attr.HasField("g") else attr.graphs:
-                yield from _graphs(sub, depth + 1)
+                yield from graphs(sub, depth + 1)
 
 
 @functools.cache
@@ -180,7 +177,7 @@ def check_structure(model: onnx.ModelProto, path: Path) -> None:
     """Node count, nesting depth, op domains and opset versions; ModelError if off."""
     functions = {(f.domain, f.name) for f in model.functions}
     nodes = 0
-    for graph, depth in _graphs(model.graph):
+    for graph, depth in graphs(model.graph):
         if depth > MAX_DEPTH:
             raise ModelError(f"model file {path} nests subgraphs deeper than {MAX_DEPTH} levels")
         nodes += len(graph.node)
@@ -210,33 +207,17 @@ def _check_metadata(model: onnx.ModelProto, path: Path) -> None:
             raise ModelError(f"model file {path}: {key} must be a whole number ≥ 1; found {text!r}")
 
 
-# --- external data -----------------------------------------------------------------------
-
-
-def external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor of ``model`` (initializers, attributes, subgraphs) stored externally."""
-    for graph, _ in _graphs(model.graph):
-        yield from (t for t in _graph_tensors(graph) if is_external(t))
-    for function in model.functions:
-        for node in function.node:
-            yield from (t for t in _attribute_tensors(node) if is_external(t))
-
-
-def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+def graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     yield from graph.initializer
     for node in graph.node:
-        yield from _attribute_tensors(node)
+        yield from attribute_tensors(node)
 
 
-def _attribute_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
+def attribute_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
     for attr in node.attribute:
         if attr.HasField("t"):
             yield attr.t
         yield from attr.tensors
-
-
-def is_external(tensor: onnx.TensorProto) -> bool:
-    return tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL
 
 
 def tensor_bytes(dtype: int, dims: list[int] | tuple[int, ...]) -> int | None:
@@ -249,67 +230,6 @@ def tensor_bytes(dtype: int, dims: list[int] | tuple[int, ...]) -> int | None:
     except (ValueError, TypeError):
         return None
     return math.ceil(math.prod(dims) * bits / 8)
-
-
-def check_external_data(model: onnx.ModelProto, path: Path, *, available: int | None = None) -> int:
-    """Check every external tensor's location and region; returns their total bytes."""
-    folder = path.parent.resolve()
-    total = 0
-    for tensor in external_tensors(model):
-        info = {e.key: e.value for e in tensor.external_data}
-        where = f"model file {path}: tensor {tensor.name!r} location {info.get('location')!r}"
-        data = _resolve_location(info.get("location", ""), folder, where)
-        total += _check_region(tensor, info, data, where)
-    memory = _memory_default(available)
-    if memory is not None and total > memory:
-        raise ModelError(
-            f"model file {path} keeps {_size(total)} of weights in external data; "
-            f"{_size(memory)} of memory is available"
-        )
-    return total
-
-
-def _resolve_location(location: str, folder: Path, where: str) -> Path:
-    if not location or not isinstance(location, str):  # bytes: not valid UTF-8
-        raise ModelError(f"{where}: expected a file name beside the model")
-    if Path(location).is_absolute() or location.startswith(("/", "\\")) or ":" in location:
-        raise ModelError(f"{where}: an absolute path; expected a path relative to {folder}")
-    target = folder / location
-    current = folder
-    for part in Path(location).parts:  # refuse a symlink anywhere on the way, not just last
-        current = current / part
-        if current.is_symlink():
-            raise ModelError(f"{where}: {current} is a symbolic link; expected a plain file")
-    if not target.resolve().is_relative_to(folder):
-        raise ModelError(f"{where}: points outside the model's folder {folder}")
-    if not target.is_file():
-        found = "a folder" if target.is_dir() else "nothing"
-        raise ModelError(f"{where}: expected a data file at {target}, found {found}")
-    return target
-
-
-def _check_region(tensor: onnx.TensorProto, info: dict[str, str], data: Path, where: str) -> int:
-    try:
-        offset = int(info.get("offset", 0))
-        length = int(info["length"]) if "length" in info else None
-    except ValueError as e:
-        raise ModelError(f"{where}: offset/length are not whole numbers ({info})") from e
-    if tensor.dims and min(tensor.dims) < 0:
-        raise ModelError(f"{where}: negative dims {list(tensor.dims)}")
-    need = tensor_bytes(tensor.data_type, tuple(tensor.dims))
-    if need is None:
-        raise ModelError(f"{where}: data type {tensor.data_type} cannot be stored externally here")
-    if length is not None and length != need:
-        raise ModelError(
-            f"{where}: length {length} bytes; dims {list(tensor.dims)} of type "
-            f"{onnx.TensorProto.DataType.Name(tensor.data_type)} need {need}"
-        )
-    size = data.stat().st_size
-    if offset < 0 or offset + need > size:
-        raise ModelError(
-            f"{where}: expected {need} bytes at offset {offset}; {data.name} holds {size} bytes"
-        )
-    return need
 
 
 # --- with the data loaded ----------------------------------------------------------------
@@ -333,12 +253,12 @@ def check_model(model: onnx.ModelProto, path: Path, *, available: int | None = N
     except (shape_inference.InferenceError, onnx.checker.ValidationError, ValueError) as e:
         raise ModelError(f"model file {path} fails ONNX shape inference: {_first_line(e)}") from e
     shapes = _static_shapes(inferred)
-    for graph, _ in _graphs(model.graph):
+    for graph, _ in graphs(model.graph):
         for node in graph.node:
             _check_node(node, shapes, path)
-        for tensor in _graph_tensors(graph):
+        for tensor in graph_tensors(graph):
             _check_finite(tensor, path)
-    memory = _memory_default(available)
+    memory = memory_budget(available)
     for value in model.graph.input:
         _check_value(value, path, memory, "input")
     if memory is not None:
@@ -385,7 +305,7 @@ def _check_value(value: onnx.ValueInfoProto, path: Path, memory: int | None, kin
     if memory is not None and need is not None and need > memory:
         raise ModelError(
             f"model file {path}: {kind} {value.name!r} of shape {shown} needs "
-            f"{_size(need)} per sample; {_size(memory)} of memory is available"
+            f"{size_text(need)} per sample; {size_text(memory)} of memory is available"
         )
 
 

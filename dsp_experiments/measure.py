@@ -64,8 +64,8 @@ def paired_latency(
 
 @lru_cache(maxsize=16)
 def _dense_bytes(arch: str, n_classes: int, length: int) -> bytes:
+    from dsp_deploy.archs import get_arch
     from dsp_deploy.nets.ensemble import probability_model
-    from dsp_deploy.nets.registry import get_arch
     from dsp_deploy.train.export import to_onnx
 
     net = probability_model([get_arch(arch).build(n_classes)])

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from dsp_deploy.nets.registry import ArchSpec
+from dsp_deploy.archs import ArchSpec
 
 if TYPE_CHECKING:
     from torch import nn

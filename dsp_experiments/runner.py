@@ -127,7 +127,7 @@ def load_datasets(sources: Sequence[str]) -> dict[str, tuple[Dataset, Dataset]]:
 
 def plan_sweep(request: SweepRequest, data: DataPairs, store: ResultsStore) -> Plan:
     """Every task of ``request`` and the ones not yet in ``store``; see the module doc."""
-    from dsp_deploy.nets.registry import get_arch
+    from dsp_deploy.archs import get_arch
 
     protocol, tasks, skipped = request.protocol, [], []
     for seed in protocol.seeds:

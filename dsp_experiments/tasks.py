@@ -60,9 +60,9 @@ from dsp_experiments.measure import accuracy, dense_cost, dense_model, paired_la
 if TYPE_CHECKING:
     import onnx
 
+    from dsp_deploy.archs import ArchSpec
     from dsp_deploy.compress import CompressResult
     from dsp_deploy.data import Dataset
-    from dsp_deploy.nets.registry import ArchSpec
     from dsp_deploy.train.pipeline import TrainOutcome
 
 log = logging.getLogger(__name__)
@@ -262,7 +262,7 @@ def _upstream_states(task: Task, upstream: TaskOutput | None) -> list[Mapping[st
 
 
 def _narrow(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
-    from dsp_deploy.nets.registry import get_arch
+    from dsp_deploy.archs import get_arch
     from dsp_experiments.narrow import NarrowSpec, narrow_width
 
     if upstream is None or not upstream.row.get("params_torch"):
@@ -296,7 +296,7 @@ def _fit(
     protocol: str = "none",
     states: Sequence[Mapping[str, Any]] | None = None,
 ) -> TrainOutcome:
-    from dsp_deploy.nets.registry import get_arch
+    from dsp_deploy.archs import get_arch
     from dsp_deploy.train.pipeline import TrainRequest
     from dsp_deploy.train.pipeline import train as fit
 

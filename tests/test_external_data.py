@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from dsp_deploy import io, modelcheck
+from dsp_deploy import external_data, io, modelcheck
 from dsp_deploy.errors import ModelError
 from dsp_deploy.runtime import Classifier
 
@@ -72,7 +72,7 @@ def test_loads_relative_to_the_model_folder_not_the_cwd(
     assert got.keys() == expected.keys()
     for name, array in expected.items():
         np.testing.assert_array_equal(got[name], array)
-    assert not any(modelcheck.is_external(t) for t in loaded.graph.initializer)
+    assert not any(external_data.is_external(t) for t in loaded.graph.initializer)
 
 
 def test_a_subfolder_inside_the_model_folder_is_fine(external: Path) -> None:
@@ -252,7 +252,7 @@ def test_data_file_is_complete_before_the_model_points_at_it(tmp_path: Path) -> 
     out = tmp_path / "m.onnx"
     io.save_model(onnx.load(SHIPPED), out, external_data=True)
     model = onnx.load(out, load_external_data=False)
-    assert modelcheck.check_external_data(model, out) > 0
+    assert external_data.check_external_data(model, out) > 0
     assert not list(tmp_path.glob(".*.tmp"))
 
 

@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+from dsp_deploy.archs import ARCHS, get_arch  # noqa: E402
 from dsp_deploy.errors import InputError  # noqa: E402
 from dsp_deploy.nets.ensemble import Ensemble, Probabilities  # noqa: E402
 from dsp_deploy.nets.fast import max_pool1d_same, merged_conv1d, padded_conv1d  # noqa: E402
@@ -23,7 +24,6 @@ from dsp_deploy.nets.layers import (  # noqa: E402
     use_fast_kernels,
 )
 from dsp_deploy.nets.lite import Lite, LiteConfig  # noqa: E402
-from dsp_deploy.nets.registry import ARCHS, get_arch  # noqa: E402
 from dsp_deploy.train.sparsity import dsp_penalty  # noqa: E402
 
 pytestmark = pytest.mark.torch

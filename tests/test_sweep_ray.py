@@ -210,9 +210,9 @@ def test_retrain_from_dsp_onnx_weights_gives_the_row_of_training_them() -> None:
 
     import numpy as np
 
+    from dsp_deploy.archs import get_arch
     from dsp_deploy.data import load_train_test
     from dsp_deploy.errors import InputError
-    from dsp_deploy.nets.registry import get_arch
     from dsp_experiments.tasks import Task, run_task
 
     def task(variant: str, seed: int) -> Task:

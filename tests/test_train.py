@@ -10,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from dsp_deploy.archs import get_arch  # noqa: E402
 from dsp_deploy.errors import InputError  # noqa: E402
 from dsp_deploy.nets.lite import Lite, LiteConfig  # noqa: E402
-from dsp_deploy.nets.registry import get_arch  # noqa: E402
 from dsp_deploy.train import protocol as dsp  # noqa: E402
 from dsp_deploy.train.loop import TrainConfig, fit, resolve_device, seed_torch  # noqa: E402
 from dsp_deploy.train.pipeline import TrainRequest, train  # noqa: E402

@@ -67,9 +67,9 @@ def train_command(
     finite_at_least("--sparsity", sparsity)
     _check_outputs(output, calib_out, dataset)
     require("torch", "train")
+    from dsp_deploy.archs import get_arch
     from dsp_deploy.data import load_train_test, require_trainable
     from dsp_deploy.io import save_calibration, save_model
-    from dsp_deploy.nets.registry import get_arch
     from dsp_deploy.train import pipeline
     from dsp_deploy.train.export import model_metadata, to_onnx
     from dsp_deploy.train.loop import resolve_device

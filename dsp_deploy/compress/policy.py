@@ -14,9 +14,9 @@ from __future__ import annotations
 import onnx
 
 from dsp_deploy import metadata
+from dsp_deploy.archs import ARCHS
 from dsp_deploy.errors import ModelError
 from dsp_deploy.io import model_inputs
-from dsp_deploy.nets.registry import ARCHS
 
 __all__ = ["default_min_count", "run_batch_size"]
 

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from dsp_deploy.archs import ArchSpec
 from dsp_deploy.errors import InputError
 from dsp_deploy.nets.ensemble import probability_model
 from dsp_deploy.nets.layers import count_params
-from dsp_deploy.nets.registry import ArchSpec
 from dsp_deploy.train import protocol as dsp
 from dsp_deploy.train.loop import (
     EpochRecord,

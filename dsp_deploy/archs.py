@@ -1,4 +1,5 @@
-"""The architectures ``train`` knows, with the paper's DSP settings for each.
+"""The architectures ``train`` knows, with the paper's DSP settings for each (no torch:
+``compress`` reads the keep rule here; ``ArchSpec.build`` imports the networks).
 
 =============  =======  =======  ========  ===============  ==========
 arch           family   members  λ (DSP)   layer weights    keep n_c >
