@@ -9,7 +9,7 @@ whose fingerprint differs. It is the SHA-256 of, in order:
 * the graph inputs and outputs (name, element type, shape, doc string);
 * every node, serialised (op type, domain, name, inputs, outputs, attributes), in graph
   order, so reordering the nodes changes it;
-* every initializer: name, element type, dims and its bytes.
+* every initializer, by name: name, element type, dims and its bytes.
 
 Left out: inferred shapes of intermediate values, metadata, the graph's name and doc
 string, which a plan does not depend on. Hashing the bytes is what tells two trainings
@@ -36,11 +36,18 @@ def fingerprint(model: ir.Model) -> str:
     for node in graph:
         proto = ir.serde.serialize_node(node)
         digest.update(_item(b"node", proto.SerializeToString(deterministic=True)))
-    for name, value in graph.initializers.items():
+    for name, value in sorted(graph.initializers.items()):
         tensor = value.const_value
         head = f"{name}|{tensor.dtype}|{tensor.shape}".encode()
-        digest.update(_item(b"tensor", head) + tensor.tobytes())
+        digest.update(_item(b"tensor", head) + _bytes(tensor))
     return digest.hexdigest()
+
+
+def _bytes(tensor: ir.TensorProtocol) -> bytes:
+    """The tensor's contents (a string tensor: each string, length first)."""
+    if tensor.dtype == ir.DataType.STRING:
+        return b"".join(_item(b"s", s) for s in tensor.string_data())
+    return tensor.tobytes()
 
 
 def _item(tag: bytes, data: bytes) -> bytes:

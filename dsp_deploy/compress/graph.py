@@ -168,13 +168,20 @@ def _pads_explicit(graph: ir.Graph) -> tuple[str, ...]:
     return tuple(kept)
 
 
-def normalise_model(model: ir.Model) -> NormaliseReport:
-    """Normalise ``model`` in place (module docstring); ``Normalise`` is the pass."""
+def _needs_lengths(graph: ir.Graph) -> bool:
+    """Whether a Conv's SAME ``auto_pad`` needs inferred lengths to become pads."""
+    return any(n.op_type == "Conv" and attr(n, "auto_pad", "").startswith("SAME") for n in graph)
+
+
+def normalise_model(model: ir.Model, *, shapes: bool = True) -> NormaliseReport:
+    """Normalise ``model`` in place (module docstring); ``Normalise`` is the pass.
+    ``shapes``: leave the inferred shapes on the values (else only where pads need them)."""
     from dsp_deploy.compress.fold_constants import fold_in_place  # it imports this module
 
     NameFixPass(_PositionNames(model.graph))(model)
     folded = fold_in_place(model)
-    infer_shapes(model)
+    if shapes or _needs_lengths(model.graph):
+        infer_shapes(model)
     return NormaliseReport(folded, _pads_explicit(model.graph))
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
@@ -95,6 +95,7 @@ class ChannelAnalysis:
     node_names: tuple[str, ...]
     blocks: tuple[Blocks, ...] = ()
     fingerprint: str = ""  # of the normalised model analysed (``compress.fingerprint``)
+    shapes: Mapping[str, Shape] = field(default_factory=dict)  # of the tensors carrying channels
 
     def stages(self) -> tuple[frozenset[int], ...]:
         """The units each channel-mixing consumer reads: what must never be emptied."""
@@ -112,6 +113,7 @@ class _Builder:
         self.parent: list[int] = []
         self.sources: list[Source] = []
         self.layouts: dict[str, Layout] = {}
+        self.shapes: dict[str, Shape] = {}
         self.pins: dict[int, str] = {}
         self.slices: list[Slice] = []
         self.consumers: list[Consumer] = []
@@ -166,6 +168,8 @@ def _record(b: _Builder, i: int, node: ir.Node, flow, tap: bool) -> None:
     for value, layout in zip(node.outputs, flow.outputs, strict=False):
         if layout is not None:
             b.layouts[value.name] = layout
+            if (shape := shape_of(value)) is not None:
+                b.shapes[value.name] = shape
     for a, c in flow.ties:
         b.tie(a, c)
     for layout, reason in flow.pinned:
@@ -300,6 +304,7 @@ def find_groups(model: onnx.ModelProto) -> ChannelAnalysis:
         node_names=tuple(node_label(n, i) for i, n in enumerate(b.nodes)),
         blocks=tuple(b.blocks),
         fingerprint=fingerprint(normal),
+        shapes=MappingProxyType(dict(b.shapes)),
     )
     logger.info(
         "%d channel groups, %d units (%d pinned)",

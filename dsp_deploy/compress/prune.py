@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -214,10 +215,15 @@ def _shared_key(old: ir.Value | None, value: np.ndarray) -> tuple | None:
 
 
 class _Preferred(SimpleNameGenerator):
-    """New initializers are named after the tensor they replace."""
+    """New initializers are named after the tensor they replace: ``w_pruned``, then
+    ``w_pruned2``… for further copies of ``w`` (``NameFixPass`` settles any clash)."""
 
     def __init__(self, names: dict[ir.Value, str]) -> None:
-        self.names = names
+        bases = Counter()
+        self.names = {}
+        for value, base in names.items():
+            bases[base] += 1
+            self.names[value] = base if bases[base] == 1 else f"{base}{bases[base]}"
 
     def generate_value_name(self, value: ir.Value) -> str:
         return self.names.get(value) or value.name or "v"
@@ -297,18 +303,21 @@ def _drop_unused(model: ir.Model) -> None:
 
 
 def _reshaped(model: ir.Model, plan: PruningPlan, removed: frozenset[int]) -> None:
-    """Clear the intermediate shapes, infer them again and check them (module docstring)."""
-    before = {v: shape_of(v) for v in intermediates(model.graph)}
-    for value in before:
+    """Clear the intermediate shapes, infer them again and check those pruning changed
+    (module docstring): a tensor carrying channels keeps the rank the analysis saw, and
+    axis 1 holds the positions kept."""
+    for value in intermediates(model.graph):
         value.shape = None
     ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
-    for value, old in before.items():
-        new = shape_of(value)
-        if old is not None and (new is None or len(new) != len(old)):
+    seen, layouts = plan.analysis.shapes, plan.analysis.layouts
+    for value in intermediates(model.graph):
+        old, new = seen.get(value.name), shape_of(value)
+        if old is None:
+            continue
+        if new is None or len(new) != len(old):
             raise PlanError(f"pruned tensor {value.name} has shape {new}; expected rank {len(old)}")
-        layout = plan.analysis.layouts.get(value.name)
-        kept = None if layout is None else sum(a not in removed for a in layout)
-        if kept is not None and new is not None and len(new) > 1 and new[1] not in (None, kept):
+        kept = sum(a not in removed for a in layouts[value.name])
+        if len(new) > 1 and new[1] not in (None, kept):
             raise PlanError(f"pruned tensor {value.name} has {new[1]} channels; expected {kept}")
 
 
@@ -339,7 +348,7 @@ class Prune(ModelPass[PruneReport]):
 
     def rewrite(self, model: ir.Model) -> tuple[bool, PruneReport]:
         plan = self.plan
-        normalise_model(model)
+        normalise_model(model, shapes=False)
         _check_fingerprint(model, plan)
         nodes, removed = tuple(model.graph), plan.removed_atoms
         params = _Params(nodes)
