@@ -108,13 +108,16 @@ def unary(op: str, attrs: str = "", opset: int = 17) -> Case:
     return Case(body, _chain("Conv_2"), opset=opset)
 
 
-def _pinned_chain(body: str, op: str, reason: str, k: int = 1, read: bool = False, **kw) -> Case:
-    """The op (at position ``k``, the Conv after it at ``k + 1``) pins Conv_0's channels;
-    ``read``: the Conv still reads them (past the pinning node)."""
-    c2, why = f"Conv_{k + 1}", f"{op}_{k} ({op}): {reason}"
+def _pinned_chain(
+    body: str, op: str, reason: str, k: int = 1, read: bool = False, at: int | None = None, **kw
+) -> Case:
+    """The op (at position ``k``; the Conv after it at ``at``, default ``k + 1``) pins
+    Conv_0's channels; ``read``: the Conv still reads them (past the pinning node)."""
+    at = k + 1 if at is None else at
+    c2, why = f"Conv_{at}", f"{op}_{k} ({op}): {reason}"
     groups = (
         _group(0, ["Conv_0"], 4, [c2] if read else [], 4, why),
-        _group(1, [c2], 3, [f"Gemm_{k + 4}"]),
+        _group(1, [c2], 3, [f"Gemm_{at + 3}"]),
     )
     return Case(body, groups, removed=0, **kw)
 
@@ -376,6 +379,214 @@ CASES: dict[str, list[Case]] = {
     **_head_cases(),
     "Conv": _conv_cases(),
 }
+
+
+SCALAR_OF_X = "m = ReduceMean <axes = [0, 1, 2], keepdims = 0> (x)"  # computed, untracked
+WIDE_X = "e = Expand (x, wide)"  # (N, 4, L) computed from the input: untracked channels
+VIEW = "changes the channel axis (only size-1 axes after it may go, or all: (N, -1))"
+
+
+def _pin(op: str, lines: str, reason: str, k: int = 1, read: bool = False, **extra) -> Case:
+    """``lines`` (ending in ``h``) pin Conv_0's channels at ``<op>_<k>``; then Conv, head."""
+    body = f"{lines}\n    d = Conv (h, c2_w, c2_b)"
+    values = {"wide": np.array([1, 4, 1]), "back": np.array([-1, 4, L]), **extra}
+    at = 1 + len(lines.strip().splitlines())  # the Conv after the lines
+    return _pinned_chain(body, op, reason, k=k, read=read, at=at, extra=values)
+
+
+def _two_branch_pin(op: str, line: str, reason: str) -> Case:
+    """Conv_0 and Conv_1 both pinned by the op at position 2."""
+    why = f"{op}_2 ({op}): {reason}"
+    groups = (
+        _group(0, ["Conv_0"], 4, [], 4, why),
+        _group(1, ["Conv_1"], 4, [], 4, why),
+        _group(2, ["Conv_3"], 3, ["Gemm_6"]),
+    )
+    return Case(f"{line}\n    d = Conv (h, c2_w, c2_b)", groups, removed=0, branches=2)
+
+
+def _batch_view(first: str, k: int, rest_: object = (-1,), **extra) -> Case:
+    """``x.view(x.size(0), -1)`` with the batch dim taken by ``first`` (ending in ``j``),
+    reshaped back: the flatten is followed, the reshape back pins."""
+    lines = f"""{first}
+    t = Concat <axis = 0> (j, rest)
+    f1 = Reshape (a0, t)
+    h = Reshape (f1, back)"""
+    rest = np.array([4 * L]) if rest_ is None else np.array(rest_)
+    return _pin("Reshape", lines, VIEW, k=k, rest=rest, **extra)  # k: the Reshape that pins
+
+
+PINS: dict[str, list[Case]] = {
+    "BatchNormalization": [
+        _pin(
+            "BatchNormalization",
+            f"{SCALAR_OF_X}\n    s2 = Add (s, m)\n    h = BatchNormalization (a0, s2, s, s, s)",
+            "per-channel parameters are not constants",
+            k=3,
+            s=np.ones(4),
+        )
+    ],
+    "PRelu": [
+        _two_branch_pin("PRelu", "h = PRelu (a0, a1)", "input 1 is channel data"),
+        _pin(
+            "PRelu",
+            f"{SCALAR_OF_X}\n    h = PRelu (a0, m)",
+            "other operand is neither a constant nor a channel tensor",
+            k=2,
+        ),
+    ],
+    "Add": [
+        _pin(
+            "Add",
+            f"{WIDE_X}\n    h = Add (a0, e)",
+            "other operand is computed and broadcasts over channels",
+            k=2,
+        )
+    ],
+    "Concat": [
+        _pin(
+            "Concat",
+            f"{WIDE_X}\n    c = Concat <axis = 2> (a0, e)\n    h = Slice (c, z1, l1, two)",
+            "concatenates a channel tensor with an untracked one",
+            k=2,
+            z1=np.array([0]),
+            l1=np.array([L]),
+            two=np.array([2]),
+        )
+    ],
+    "Gemm": [
+        _pin(
+            "Gemm",
+            f"""{SCALAR_OF_X}
+    w5 = Add (w4, m)
+    p = GlobalAveragePool (a0)
+    q = Flatten (p)
+    g5 = Gemm (q, w5)
+    h = Unsqueeze (g5, ax)""",
+            "B is not a constant matrix",
+            k=5,
+            w4=np.ones((4, 4)),
+            ax=np.array([2]),
+        )
+    ],
+    "MatMul": [
+        _pin(
+            "MatMul",
+            "t = MatMul (a0, w16)\n    h = Add (t, a0)",
+            "channels are not the contracted axis of a (batch, features) matrix",
+            w16=np.eye(L),
+        ),
+        _pin(
+            "MatMul",
+            f"""{SCALAR_OF_X}
+    w5 = Add (w4, m)
+    p = GlobalAveragePool (a0)
+    q = Flatten (p)
+    g5 = MatMul (q, w5)
+    h = Unsqueeze (g5, ax)""",
+            "B is not a constant matrix",
+            k=5,
+            w4=np.ones((4, 4)),
+            ax=np.array([2]),
+        ),
+    ],
+    "Flatten": [
+        _pin(
+            "Flatten",
+            "f1 = Flatten <axis = 2> (a0)\n    h = Reshape (f1, back)",
+            "Flatten with axis != 1 merges the batch and channel axes",
+        )
+    ],
+    "Reshape": [
+        _pin(
+            "Reshape",
+            "f1 = Reshape (a0, two)\n    h = Reshape (f1, back)",
+            VIEW,
+            two=np.array([2, -1]),
+        ),
+        _batch_view(
+            "n = Shape (a0)\n    i = Gather (n, zero)\n    i2 = Cast <to = 7> (i)\n"
+            "    j = Unsqueeze (i2, zero1)",
+            7,
+            zero=np.array(0),
+            zero1=np.array([0]),
+        ),
+        _batch_view(
+            "n = Shape (a0)\n    j = Slice (n, zero1, one1)",
+            5,
+            zero1=np.array([0]),
+            one1=np.array([1]),
+        ),
+        _batch_view("n = Shape <end = 1> (a0)\n    j = Identity (n)", 5),
+    ],
+    "Shape": [
+        _pin(
+            "Shape",
+            "n = Shape (a0)\n    zz = ConstantOfShape (n)\n    h = Add (a0, zz)",
+            "the channel count is read (only other dims may be)",
+        ),
+        _pin(  # the batch dim of another tensor (x): not recognised
+            "Reshape",
+            "n = Shape (x)\n    i = Gather (n, zero)\n    j = Unsqueeze (i, zero1)\n"
+            "    t = Concat <axis = 0> (j, rest)\n    f1 = Reshape (a0, t)\n"
+            "    h = Reshape (f1, back)",
+            VIEW,
+            k=5,
+            zero=np.array(0),
+            zero1=np.array([0]),
+            rest=np.array([-1]),
+        ),
+    ],
+    "Unsqueeze": [
+        _pin(
+            "Unsqueeze",
+            "u = Unsqueeze (a0, one1)\n    h = Squeeze (u, one1)",
+            VIEW,
+            one1=np.array([1]),
+        )
+    ],
+}
+CASES["Concat"].append(  # along time: tied like a residual
+    Case(
+        "h = Concat <axis = 2> (a0, a1)\n    d = Conv (h, c2_w, c2_b)",
+        (_group(0, ["Conv_0", "Conv_1"], 4, ["Conv_3"]), _group(1, ["Conv_3"], 3, ["Gemm_6"])),
+        branches=2,
+    )
+)
+CASES["MatMul"].append(  # an Add of a computed tensor is no bias: the MatMul becomes a Gemm
+    Case(
+        f"""{SCALAR_OF_X}
+    p = GlobalAveragePool (a0)
+    q = Flatten (p)
+    mm = MatMul (q, w4)
+    e = Add (mm, m)
+    d = Unsqueeze (e, ax)""",
+        (_group(0, ["Conv_0"], 4, ["MatMul_4"]),),
+        extra={"w4": np.linspace(-1, 1, 12).reshape(4, 3), "ax": np.array([2])},
+    )
+)
+PINS["Reshape"] += [
+    _pin(
+        "Shape",
+        "n = Shape (a0)\n    h = Reshape (a0, n)",
+        "the channel count is read (only other dims may be)",
+    ),
+    _batch_view(  # a literal width after the batch dim: not recognised
+        "n = Shape (a0)\n    i = Gather (n, zero)\n    j = Unsqueeze (i, zero1)",
+        5,
+        zero=np.array(0),
+        zero1=np.array([0]),
+        rest_=None,
+    ),
+    _batch_view(
+        "n = Shape (a0)\n    j0 = Slice (n, zero1, one1)\n    j = Abs (j0)",
+        5,
+        zero1=np.array([0]),
+        one1=np.array([1]),
+    ),
+]
+for _op, _cases in PINS.items():
+    CASES[_op] = [*CASES[_op], *_cases]
 
 
 def _check(case: Case, op: str) -> None:

@@ -34,13 +34,29 @@ def fingerprint(model: ir.Model) -> str:
         text = f"{value.name}|{value.type}|{value.shape}|{value.doc_string or ''}"
         digest.update(_item(b"value", text.encode()))
     for node in graph:
-        proto = ir.serde.serialize_node(node)
-        digest.update(_item(b"node", proto.SerializeToString(deterministic=True)))
+        digest.update(_item(b"node", _node(node)))
     for name, value in sorted(graph.initializers.items()):
         tensor = value.const_value
         head = f"{name}|{tensor.dtype}|{tensor.shape}".encode()
         digest.update(_item(b"tensor", head) + _bytes(tensor))
     return digest.hexdigest()
+
+
+def _node(node: ir.Node) -> bytes:
+    """Op, name, inputs, outputs and attributes (tensors by their bytes, graphs serialised)."""
+    ins = ",".join("" if v is None else v.name for v in node.inputs)
+    outs = ",".join(v.name for v in node.outputs)
+    head = f"{node.domain}|{node.op_type}|{node.overload}|{node.name}|{ins}|{outs}".encode()
+    return head + b"".join(_item(b"attr", _attribute(a)) for a in node.attributes.values())
+
+
+def _attribute(a: ir.Attr) -> bytes:
+    head = f"{a.name}|{a.type}|".encode()
+    if a.type == ir.AttributeType.TENSOR:
+        return head + _bytes(a.value)
+    if a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS, ir.AttributeType.TENSORS):
+        return head + ir.serde.serialize_attribute(a).SerializeToString(deterministic=True)
+    return head + repr(a.value).encode()
 
 
 def _bytes(tensor: ir.TensorProtocol) -> bytes:
