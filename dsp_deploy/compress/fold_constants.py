@@ -206,7 +206,7 @@ def _initializer(value: ir.Value, array: np.ndarray) -> ir.Value:
         name=value.name,
         shape=ir.Shape(array.shape),
         type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-        const_value=ir.tensor(array, name=value.name),
+        const_value=ir.Tensor(array, name=value.name),
     )
 
 

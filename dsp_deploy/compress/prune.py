@@ -237,7 +237,7 @@ def _new_value(params: _Params, i: int, k: int, value: np.ndarray, new: dict) ->
     key = _shared_key(old, value)
     if key in new:
         return new[key]
-    tensor = ir.tensor(value)
+    tensor = ir.Tensor(value)
     made = ir.Value(shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor)
     new[key or made] = made
     made.meta["preferred"] = f"{old.name}_pruned" if old is not None else f"{node.name}_bias"
