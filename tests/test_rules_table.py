@@ -11,7 +11,7 @@ makes a new entry without a case fail.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -50,6 +50,7 @@ class Case:
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     branches: int = 1  # input Convs Conv_0 … (each 4 channels, channel 1 planted)
     mid: int = 4  # channels the second Conv (c2) reads
+    time: str = str(L)  # the input's time axis: a symbolic name leaves lengths unknown
 
 
 def _weights(case: Case) -> dict[str, np.ndarray]:
@@ -71,7 +72,7 @@ def _model(case: Case) -> onnx.ModelProto:
     )
     text = f"""
     <ir_version: 8, opset_import: ["" : {case.opset}]>
-    net (float[N, 1, {L}] x) => (float[N, 2] probabilities)
+    net (float[N, 1, {case.time}] x) => (float[N, 2] probabilities)
     {{
     {convs}
     {case.body}
@@ -583,6 +584,59 @@ PINS["Reshape"] += [
         5,
         zero1=np.array([0]),
         one1=np.array([1]),
+    ),
+]
+ZERO_OF_X = f"""{SCALAR_OF_X}
+    z0 = Mul (m, zf)
+    i0 = Cast <to = 7> (z0)
+    s0 = Unsqueeze (i0, zero1)"""  # 0, computed from the input
+COMPUTED = {"zf": np.float32(0.0), "zero1": np.array([0]), "big": np.array([2**31 - 1])}
+PINS["Flatten"].append(
+    replace(
+        _pin(
+            "Flatten",
+            "f1 = Flatten (a0)\n    h = Reshape (f1, back)",
+            "flattens axes of unknown size",
+        ),
+        time="T",
+    )
+)
+PINS["Shape"].append(  # a computed index may read any entry; the view is not followed
+    _pin(
+        "Shape",
+        f"""{ZERO_OF_X}
+    n = Shape (a0)
+    i = Gather (n, i0)
+    j = Unsqueeze (i, zero1)
+    j1 = Slice (n, s0, one1)
+    t = Concat <axis = 0> (j, rest)
+    t1 = Concat <axis = 0> (j1, rest)
+    f1 = Reshape (a0, t)
+    f2 = Reshape (a0, t1)
+    f3 = Add (f1, f2)
+    h = Reshape (f3, back)""",
+        "the channel count is read (only other dims may be)",
+        k=5,
+        rest=np.array([-1]),
+        one1=np.array([1]),
+        **COMPUTED,
+    )
+)
+PINS["Slice"] = [
+    _pin(
+        "Slice",
+        f"{ZERO_OF_X}\n    h = Slice (a0, s0, big)",
+        "axes or rank unknown",
+        k=5,
+        **COMPUTED,
+    ),
+    _pin(
+        "Slice",
+        f"{ZERO_OF_X}\n    h = Slice (a0, s0, big, one1)",
+        "slice bounds on the batch or channel axis are not constant",
+        k=5,
+        one1=np.array([1]),
+        **COMPUTED,
     ),
 ]
 for _op, _cases in PINS.items():

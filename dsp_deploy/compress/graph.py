@@ -2,7 +2,7 @@
 
 The analysis and the pruner read an ``onnx_ir.Model``: def-use through
 ``Value.producer()`` / ``Value.uses()``, constants from ``Value.const_value`` (an
-initializer) or a ``Constant`` producer, shapes from onnx-ir's ``ShapeInferencePass``
+initializer) or a ``Constant`` producer, shapes from onnx shape inference run as onnx-ir runs it
 (with data propagation, which sees through Shape → Concat → ConstantOfShape, tsai's
 AddCoords1d; a hint here, not a requirement).
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
+from onnx_ir.passes.common._c_api_utils import call_onnx_api
 from onnx_ir.passes.common.naming import NameFixPass, SimpleNameGenerator
 
 from dsp_deploy.passes import ModelPass, apply
@@ -91,9 +91,27 @@ def constant(value: ir.Value | None) -> np.ndarray | None:
     return None
 
 
+def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+    return onnx.shape_inference.infer_shapes(proto, check_type=False, data_prop=True)
+
+
 def infer_shapes(model: ir.Model) -> None:
-    """onnx-ir's shape inference, in place (a failure only logs: shapes are hints)."""
-    ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    """Shape inference in place, as onnx-ir's ``ShapeInferencePass`` runs it (its C-API
+    helper hands onnx the graph without its large weights), but only the inferred
+    ``value_info`` is read back into the node outputs, not the whole model, and graph
+    outputs keep their declared shapes. A failure only logs: shapes are hints here."""
+    try:
+        inferred = call_onnx_api(_infer, model)
+    except Exception as e:  # onnx raises several types; the shapes stay as they were
+        logger.debug("shape inference failed: %s", e)
+        return
+    values = {v.name: v for v in intermediates(model.graph)}
+    for info in inferred.graph.value_info:
+        value, shape = values.get(info.name), ir.serde.deserialize_type_proto_for_shape(info.type)
+        if value is not None and shape is not None:
+            value.shape = shape
+            if value.type is None:
+                value.type = ir.serde.deserialize_type_proto_for_type(info.type)
 
 
 def intermediates(graph: ir.Graph) -> Iterator[ir.Value]:

@@ -43,13 +43,20 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnx_ir.passes.common.naming import NameFixPass, SimpleNameGenerator
 
 from dsp_deploy.compress import ops
 from dsp_deploy.compress.fingerprint import fingerprint
 from dsp_deploy.compress.flow import Edit
-from dsp_deploy.compress.graph import attr, constant, intermediates, normalise_model, shape_of
+from dsp_deploy.compress.graph import (
+    attr,
+    constant,
+    infer_shapes,
+    intermediates,
+    normalise_model,
+    shape_of,
+)
 from dsp_deploy.compress.plan import Compensation, PruningPlan
 from dsp_deploy.compress.rules import COUNT, DEPTHWISE, PRODUCER, Blocks, Consumer
 from dsp_deploy.errors import PlanError
@@ -308,7 +315,7 @@ def _reshaped(model: ir.Model, plan: PruningPlan, removed: frozenset[int]) -> No
     axis 1 holds the positions kept."""
     for value in intermediates(model.graph):
         value.shape = None
-    ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    infer_shapes(model)
     seen, layouts = plan.analysis.shapes, plan.analysis.layouts
     for value in intermediates(model.graph):
         old, new = seen.get(value.name), shape_of(value)
