@@ -54,7 +54,7 @@ from dsp_deploy.compress.graph import (
     intermediates,
     shape_of,
 )
-from dsp_deploy.passes import ModelPass, apply
+from dsp_deploy.passes import ModelPass
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class FoldConstants(ModelPass[FoldReport]):
 
 def fold_constants(model: onnx.ModelProto) -> FoldResult:
     """A copy of ``model`` with every constant subgraph folded (module docstring)."""
-    result = apply(FoldConstants(), model)
-    if not result.modified:  # the input as it was, not its onnx-ir round trip
+    result = FoldConstants()(ir.from_proto(model))
+    if not result.modified:  # the input as it was: no onnx-ir round trip to pay for
         return FoldResult(copy_model(model), ())
-    return FoldResult(result.model, result.report.folded)
+    return FoldResult(ir.to_proto(result.model), result.report.folded)
