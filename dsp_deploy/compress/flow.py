@@ -3,7 +3,8 @@
 A *layout* is a tuple of atom ids, one per position on axis 1: position p of a tensor
 carries atom ``layout[p]``. An atom may fill several positions (a Flatten over (C, L)
 repeats each channel's atom L times, ``views``); every record below works per position.
-``rules`` holds the table of rules (``views`` the reshaping ones).
+Rules read onnx-ir nodes and values (``ir.Node``, ``ir.Value``); ``ops`` holds the
+table of ops (``rules`` and ``views`` the rules).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 
 from dsp_deploy.compress.graph import Shape, attr
 
@@ -104,50 +105,78 @@ class Pin:
 
 
 class Context(Protocol):
-    def layout(self, name: str) -> Layout | None: ...
-    def const(self, name: str) -> np.ndarray | None: ...
-    def shape(self, name: str) -> Shape | None: ...
-    def producer(self, name: str) -> int | None: ...  # node position; None: not computed
+    def layout(self, value: ir.Value | None) -> Layout | None: ...
+    def const(self, value: ir.Value | None) -> np.ndarray | None: ...
+    def shape(self, value: ir.Value | None) -> Shape | None: ...
     def new_atoms(self, node: int, count: int) -> Layout: ...
-    def readers(self, name: str) -> tuple[int, ...]: ...  # node positions; -1: graph output
-    def node(self, position: int) -> onnx.NodeProto: ...
+    def readers(self, value: ir.Value) -> tuple[ir.Node | None, ...]: ...  # None: graph output
+    def position(self, node: ir.Node) -> int: ...
 
 
-Rule = Callable[[int, onnx.NodeProto, Context], Flow | Pin]
+Rule = Callable[[int, ir.Node, Context], "Flow | Pin"]
 
 
-def input_name(node: onnx.NodeProto, i: int) -> str:
-    """Name of input ``i`` ("" when absent)."""
-    return node.input[i] if len(node.input) > i else ""
+def input_at(node: ir.Node, i: int) -> ir.Value | None:
+    """Input ``i`` (None when absent)."""
+    return node.inputs[i] if len(node.inputs) > i else None
 
 
-def tracked_elsewhere(node: onnx.NodeProto, ctx: Context, allowed: tuple[int, ...]) -> int | None:
+def tracked_elsewhere(node: ir.Node, ctx: Context, allowed: tuple[int, ...]) -> int | None:
     """The first input outside ``allowed`` that carries channels (None: there is none)."""
-    for i, name in enumerate(node.input):
-        if name and i not in allowed and ctx.layout(name) is not None:
+    for i, value in enumerate(node.inputs):
+        if i not in allowed and ctx.layout(value) is not None:
             return i
     return None
 
 
-def rank_of(ctx: Context, name: str) -> int | None:
-    shape = ctx.shape(name)
+def rank_of(ctx: Context, value: ir.Value | None) -> int | None:
+    shape = ctx.shape(value)
     return None if shape is None else len(shape)
 
 
-def same(node: onnx.NodeProto, ctx: Context, slices: tuple[Slice, ...] = ()) -> Flow:
+def same(node: ir.Node, ctx: Context, slices: tuple[Slice, ...] = ()) -> Flow:
     """Output 0 carries input 0's layout."""
-    x = ctx.layout(node.input[0])
-    return Flow(outputs=(x,) + (None,) * (len(node.output) - 1), slices=slices)
+    x = ctx.layout(node.inputs[0])
+    return Flow(outputs=(x,) + (None,) * (len(node.outputs) - 1), slices=slices)
 
 
-def axes_of(node: onnx.NodeProto, ctx: Context, position: int) -> list[int] | None:
+def axes_of(node: ir.Node, ctx: Context, position: int) -> list[int] | None:
     """The ``axes`` attribute, else the constant input at ``position`` (None: neither)."""
     value = attr(node, "axes")
-    if value is None and input_name(node, position):
-        const = ctx.const(node.input[position])
+    if value is None and input_at(node, position) is not None:
+        const = ctx.const(node.inputs[position])
         value = None if const is None else const.tolist()
     return None if value is None else list(value)
 
 
 def normalise_axes(axes: list[int], rank: int) -> set[int]:
     return {a + rank if a < 0 else a for a in axes}
+
+
+@dataclass(frozen=True)
+class Edit:
+    """What pruning did to one node besides slicing its parameters: its new ``group``
+    (a depthwise or grouped Conv; None: unchanged)."""
+
+    group: int | None = None
+
+
+Finish = Callable[[ir.Node, Edit], None]
+
+
+@dataclass(frozen=True)
+class OpEntry:
+    """Everything the compress pass knows about one op type (``ops.OPS``).
+
+    ``rule``: how channels flow through it (a ``Flow`` or a ``Pin``); ``tap``: its
+    output is where DSP scores a channel (the activation ending a stage); ``source``: it
+    creates channels even when no input is tracked; ``finish``: what ``prune`` does to the
+    node after slicing the parameters its ``Slice`` records name (None: nothing);
+    ``doc``: one line for the table in ``ops`` and ``inspect``.
+    """
+
+    rule: Rule
+    doc: str
+    tap: bool = False
+    source: bool = False
+    finish: Finish | None = None

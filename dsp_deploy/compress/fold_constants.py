@@ -20,7 +20,8 @@ no static shape and nothing behind it could be analysed or counted.
 
 The cone is evaluated by onnxruntime (one session of just those nodes, graph
 optimisation off), and each tensor it hands to the rest of the graph becomes an
-initializer of the same name; nodes and initializers left unread are dropped. Folding
+initializer of the same name (onnx-ir: ``replace_all_uses_with``); nodes and
+initializers left unread are dropped (onnx-ir's ``RemoveUnusedNodesPass``). Folding
 can make more shapes static (a Pad with constant amounts), so the pass repeats until
 nothing folds. Graph inputs and outputs, opsets, metadata and doc strings are untouched.
 
@@ -40,10 +41,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import numpy_helper
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from dsp_deploy.compress.graph import attr, copy_model, drop_unused_nodes, names_read
+from dsp_deploy.compress.graph import (
+    attr,
+    constant,
+    copy_model,
+    infer_shapes,
+    intermediates,
+    shape_of,
+)
 from dsp_deploy.inference import session
+from dsp_deploy.passes import ModelPass
 
 logger = logging.getLogger(__name__)
 
@@ -60,53 +71,54 @@ UNFOLDABLE = frozenset(
         "RandomUniformLike",
     }
 )
+_GRAPHS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
 Dims = tuple[int | None, ...]
 
 
 @dataclass(frozen=True)
+class FoldReport:
+    """The nodes gone (names, else op types): the folded ones and those only they read."""
+
+    folded: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class FoldResult:
-    """The folded copy and the nodes gone from it (names, else op types): the folded
-    ones and those only they read."""
+    """The folded copy and the nodes gone from it."""
 
     model: onnx.ModelProto
     folded: tuple[str, ...]
 
 
-def _dims(model: onnx.ModelProto) -> dict[str, Dims]:
-    """Shapes from inference on the declared inputs (stale value_info ignored)."""
-    bare = copy_model(model)
-    del bare.graph.value_info[:]
-    try:
-        graph = onnx.shape_inference.infer_shapes(bare, strict_mode=False, data_prop=True).graph
-    except Exception as e:  # a hint: without shapes only all-constant nodes fold
-        logger.debug("shape inference failed: %s", e)
-        graph = bare.graph
-    dims = {}
-    for value in (*graph.input, *graph.value_info, *graph.output):
-        t = value.type.tensor_type
-        if value.type.HasField("tensor_type") and t.HasField("shape"):
-            dims[value.name] = tuple(
-                d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim
-            )
-    return dims
+def _dims(model: ir.Model) -> dict[str, Dims]:
+    """Shapes from inference on the declared inputs (stale inferred shapes ignored)."""
+    bare = model.clone()
+    for value in intermediates(bare.graph):
+        value.shape = None
+    infer_shapes(bare)
+    return {v.name: s for v in _all_values(bare.graph) if (s := shape_of(v)) is not None}
 
 
-def _picked(shape: onnx.NodeProto, dims: Mapping[str, Dims]) -> Dims | None:
+def _all_values(graph: ir.Graph):
+    yield from graph.inputs
+    for node in graph:
+        yield from node.outputs
+
+
+def _picked(shape: ir.Node, dims: Mapping[str, Dims]) -> Dims | None:
     """The dims a ``Shape`` node returns (None where dynamic), or None without a shape."""
-    full = dims.get(shape.input[0])
+    full = dims.get(shape.inputs[0].name)
     return None if full is None else full[attr(shape, "start", 0) : attr(shape, "end", len(full))]
 
 
-def _shape_value(node: onnx.NodeProto, dims: Mapping[str, Dims]) -> np.ndarray | None:
+def _shape_value(node: ir.Node, dims: Mapping[str, Dims]) -> np.ndarray | None:
     picked = _picked(node, dims)
     return None if picked is None or None in picked else np.array(picked, dtype=np.int64)
 
 
-def _gathered_dims(
-    node: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto], values, dims
-) -> np.ndarray | None:
+def _gathered_dims(node: ir.Node, dims: Mapping[str, Dims]) -> np.ndarray | None:
     """``Gather(Shape(x), i)`` when dims ``i`` of x are static."""
-    shape, index = producers.get(node.input[0]), values.get(node.input[1])
+    shape, index = node.inputs[0].producer(), constant(node.inputs[1])
     if shape is None or shape.op_type != "Shape" or index is None or attr(node, "axis", 0):
         return None
     picked = _picked(shape, dims)
@@ -117,128 +129,138 @@ def _gathered_dims(
     return taken if np.all(static) else None
 
 
-def _evaluable(node: onnx.NodeProto, outputs: frozenset[str]) -> bool:
+def _evaluable(node: ir.Node) -> bool:
     return (
         node.domain in ("", "ai.onnx")
         and node.op_type not in UNFOLDABLE
         and node.op_type != "Constant"
-        and not any(
-            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-            for a in node.attribute
-        )
-        and not any(o in outputs for o in node.output)
+        and not any(a.type in _GRAPHS for a in node.attributes.values())
+        and not any(o.is_graph_output() for o in node.outputs)
     )
 
 
-def _constant_cone(graph: onnx.GraphProto, dims: Mapping[str, Dims]):
-    """(every constant value known before evaluation, the cone's node positions in
-    graph order, the values read off the shapes)."""
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and attr(node, "value") is not None:
-            values[node.output[0]] = numpy_helper.to_array(attr(node, "value"))
-    constant, cone, known = set(values), [], {}
-    outputs = frozenset(o.name for o in graph.output)
-    producers = {o: n for n in graph.node for o in n.output}
-    for i, node in enumerate(graph.node):
-        if not _evaluable(node, outputs):
+def _known(node: ir.Node, constant_values: set, dims: Mapping[str, Dims]) -> np.ndarray | None:
+    """A value read off the shapes (``Shape``, ``Gather`` of it), else None."""
+    if node.op_type == "Shape":
+        return _shape_value(node, dims)
+    if node.op_type == "Gather" and node.inputs[0] not in constant_values:
+        return _gathered_dims(node, dims)
+    return None
+
+
+def _constant_cone(graph: ir.Graph, dims: Mapping[str, Dims]):
+    """(the constant values before evaluation, the cone's nodes in graph order, the
+    values read off the shapes)."""
+    constant_values = set(graph.initializers.values())
+    made = (n.outputs[0] for n in graph if n.op_type == "Constant")
+    constant_values.update(v for v in made if constant(v) is not None)
+    cone: list[ir.Node] = []
+    known: dict[ir.Value, np.ndarray] = {}
+    for node in graph:
+        if not _evaluable(node):
             continue
-        if node.op_type == "Shape":
-            value = _shape_value(node, dims)
-        elif node.op_type == "Gather" and node.input[0] not in constant:
-            value = _gathered_dims(node, producers, values, dims)
-        else:
-            value = None
+        value = _known(node, constant_values, dims)
         if value is not None:
-            known[node.output[0]] = value
-        elif not all(n in constant for n in node.input if n):
+            known[node.outputs[0]] = value
+        elif not all(v in constant_values for v in node.inputs if v is not None):
             continue
-        cone.append(i)
-        constant.update(node.output)
-    return {**values, **known}, cone, known
+        cone.append(node)
+        constant_values.update(node.outputs)
+    return constant_values, cone, known
 
 
-def _evaluate(model: onnx.ModelProto, nodes, values, wanted: list[str]) -> dict[str, np.ndarray]:
+def _evaluate(
+    model: ir.Model, nodes: list[ir.Node], known: Mapping[ir.Value, np.ndarray], wanted: list
+) -> dict[ir.Value, np.ndarray]:
     """Values of ``wanted`` from an onnxruntime session of the cone ``nodes``."""
-    read = {n for node in nodes for n in node.input if n}
+    made = {v for n in nodes for v in n.outputs}
+    read = {v for n in nodes for v in n.inputs if v is not None and v not in made}
+    feeds = {v.name: known[v] if v in known else constant(v) for v in read}
     graph = onnx.helper.make_graph(
-        nodes,
+        [ir.serde.serialize_node(n) for n in nodes],
         "constants",
         [],
-        [onnx.helper.make_value_info(n, onnx.TypeProto()) for n in wanted],
-        [numpy_helper.from_array(np.asarray(values[n]), n) for n in sorted(read & values.keys())],
+        [onnx.helper.make_value_info(v.name, onnx.TypeProto()) for v in wanted],
+        [numpy_helper.from_array(np.asarray(a), k) for k, a in sorted(feeds.items())],
     )
-    sub = onnx.helper.make_model(
-        graph, opset_imports=model.opset_import, ir_version=model.ir_version
+    opsets = [onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items()]
+    sub = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
+    sess = session(sub, label="a constant subgraph", optimise=False)
+    names = [v.name for v in wanted]
+    return dict(zip(wanted, sess.run(names, {}), strict=True))
+
+
+def _initializer(value: ir.Value, array: np.ndarray) -> ir.Value:
+    """A new initializer holding ``array`` under ``value``'s name."""
+    array = np.asarray(array)
+    return ir.Value(
+        name=value.name,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        const_value=ir.Tensor(array, name=value.name),
     )
-    sess = session(sub, optimise=False)
-    return dict(zip(wanted, sess.run(wanted, {}), strict=True))
 
 
-def _rewrite(graph: onnx.GraphProto, cone: list[int], fresh: Mapping[str, np.ndarray]) -> None:
-    """Cone nodes out, ``fresh`` in as initializers; unread nodes and initializers out."""
-    gone = set(cone)
-    kept = [n for i, n in enumerate(graph.node) if i not in gone]
-    del graph.node[:]
-    graph.node.extend(kept)
-    graph.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in fresh.items())
-    needed = drop_unused_nodes(graph)
-    inits = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
-    info = [v for v in graph.value_info if v.name not in fresh]
-    del graph.value_info[:]
-    graph.value_info.extend(info)
+def _rewrite(model: ir.Model, cone: list[ir.Node], fresh: Mapping[ir.Value, np.ndarray]) -> None:
+    """``fresh`` in as initializers, the cone out; unread nodes and initializers out."""
+    graph = model.graph
+    for old, array in fresh.items():
+        new = _initializer(old, array)
+        old.replace_all_uses_with(new)
+        graph.register_initializer(new)
+        if model.ir_version < 4:  # IR < 4 lists every initializer as a graph input too
+            graph.inputs.append(new)
+    graph.remove(cone, safe=True)
+    RemoveUnusedNodesPass()(model)
 
 
-def _label(node: onnx.NodeProto) -> str:
+def _label(node: ir.Node) -> str:
     return node.name or node.op_type
 
 
-def _list_as_inputs(graph: onnx.GraphProto, fresh: Mapping[str, np.ndarray]) -> None:
-    """IR < 4 lists every initializer as a graph input too."""
-    listed = {v.name for v in graph.input}
-    for name, value in fresh.items():
-        if name not in listed:
-            dtype = onnx.helper.np_dtype_to_tensor_dtype(np.asarray(value).dtype)
-            graph.input.append(onnx.helper.make_tensor_value_info(name, dtype, np.shape(value)))
-
-
-def _fold_once(model: onnx.ModelProto) -> tuple[str, ...]:
+def _fold_once(model: ir.Model) -> tuple[str, ...]:
     """One round: the cone's values handed to the rest as initializers; the nodes gone."""
     graph = model.graph
-    shapes = any(n.op_type == "Shape" for n in graph.node)  # inference only if used
-    values, cone, known = _constant_cone(graph, _dims(model) if shapes else {})
+    shapes = any(n.op_type == "Shape" for n in graph)  # inference only if used
+    _, cone, known = _constant_cone(graph, _dims(model) if shapes else {})
     if not cone:
         return ()
-    nodes, rest = [graph.node[i] for i in cone], [graph.node[i] for i in _others(graph, cone)]
-    wanted = sorted({o for n in nodes for o in n.output} & set(names_read(rest)))
-    run = [w for w in wanted if w not in known]
-    evaluate = [n for n in nodes if not set(n.output) <= known.keys()]
+    inside = set(cone)
+    wanted = [v for n in cone for v in n.outputs if any(u.node not in inside for u in v.uses())]
+    run = [v for v in wanted if v not in known]
+    evaluate = [n for n in cone if not all(o in known for o in n.outputs)]
     try:
-        fresh = _evaluate(model, evaluate, values, run) if run else {}
+        fresh = _evaluate(model, evaluate, known, run) if run else {}
     except Exception as e:  # onnxruntime cannot run the cone: it stays in the graph
         logger.info("constant subgraph left unfolded: onnxruntime cannot run it: %s", e)
         return ()
-    fresh.update((w, known[w]) for w in wanted if w in known)
-    before = Counter(_label(n) for n in graph.node)
-    _rewrite(graph, cone, fresh)
-    if model.ir_version < 4:
-        _list_as_inputs(graph, fresh)
-    return tuple((before - Counter(_label(n) for n in graph.node)).elements())
+    fresh.update((v, known[v]) for v in wanted if v in known)
+    before = Counter(_label(n) for n in graph)
+    _rewrite(model, cone, fresh)
+    return tuple((before - Counter(_label(n) for n in graph)).elements())
 
 
-def _others(graph: onnx.GraphProto, cone: list[int]) -> list[int]:
-    inside = set(cone)
-    return [i for i in range(len(graph.node)) if i not in inside]
+def fold_in_place(model: ir.Model) -> tuple[str, ...]:
+    """Fold every constant subgraph of ``model`` in place; the nodes gone."""
+    folded: list[str] = []
+    while names := _fold_once(model):
+        folded.extend(names)
+    if folded:
+        logger.info("folded %d constant nodes into initializers", len(folded))
+    return tuple(folded)
+
+
+class FoldConstants(ModelPass[FoldReport]):
+    """Every constant subgraph folded into initializers (module docstring)."""
+
+    def rewrite(self, model: ir.Model) -> tuple[bool, FoldReport]:
+        folded = fold_in_place(model)
+        return bool(folded), FoldReport(folded)
 
 
 def fold_constants(model: onnx.ModelProto) -> FoldResult:
     """A copy of ``model`` with every constant subgraph folded (module docstring)."""
-    out = copy_model(model)
-    folded: list[str] = []
-    while names := _fold_once(out):
-        folded.extend(names)
-    if folded:
-        logger.info("folded %d constant nodes into initializers", len(folded))
-    return FoldResult(out, tuple(folded))
+    result = FoldConstants()(ir.from_proto(model))
+    if not result.modified:  # the input as it was: no onnx-ir round trip to pay for
+        return FoldResult(copy_model(model), ())
+    return FoldResult(ir.to_proto(result.model), result.report.folded)

@@ -1,13 +1,20 @@
-"""A read-only index over an ONNX graph, and the normalisation the pass applies first.
+"""The compress pass's view of a graph (onnx-ir), and ``Normalise``, the pass it applies first.
 
-``normalise(model)`` returns a copy in which unnamed nodes get the name
-``<op_type>_<position>`` (as ``dsp_deploy.cost`` labels them), every constant subgraph
-is folded into initializers (:mod:`dsp_deploy.compress.fold_constants`, after the naming,
-so names still follow the input's positions), and every ``Conv`` has explicit ``pads``
-instead of ``auto_pad`` where the length allows (onnxruntime rejects SAME auto_pad with
-dilation, slicing needs the pads, and a constant channel folds only into an unpadded
-Conv). For ``SAME_*`` along a spatial axis of length L (stride s, kernel k, dilation d,
-span = (k − 1)·d + 1)::
+The analysis and the pruner read an ``onnx_ir.Model``: def-use through
+``Value.producer()`` / ``Value.uses()``, constants from ``Value.const_value`` (an
+initializer) or a ``Constant`` producer, shapes from onnx shape inference run as onnx-ir runs it
+(with data propagation, which sees through Shape → Concat → ConstantOfShape, tsai's
+AddCoords1d; a hint here, not a requirement).
+
+``Normalise`` (a functional ``ModelPass``) gives a model in which unnamed nodes get the
+name ``<op_type>_<position>`` (as ``dsp_deploy.cost`` labels them; onnx-ir's
+``NameFixPass`` with that preference, which also makes every name unique), every
+constant subgraph is folded into initializers (:mod:`dsp_deploy.compress.fold_constants`,
+after the naming, so names follow the input's positions), and every ``Conv`` has
+explicit ``pads`` instead of ``auto_pad`` where the length allows (onnxruntime rejects
+SAME auto_pad with dilation, slicing needs the pads, and a constant channel folds only
+into an unpadded Conv). For ``SAME_*`` along a spatial axis of length L (stride s,
+kernel k, dilation d, span = (k − 1)·d + 1)::
 
     total = max((ceil(L / s) - 1) * s + span - L, 0) = max(span - s + r, 0),  r = (-L) mod s
     SAME_UPPER: begin = total // 2, end = total - begin     (SAME_LOWER: the other way round)
@@ -15,40 +22,43 @@ span = (k − 1)·d + 1)::
 With s = 1, r = 0 and the total is ``span − 1 = (k − 1)·d`` whatever L; with span = 1
 (k = 1) it is 0 whatever s. Otherwise (s ≥ 2, span ≥ 2) it depends on L: r = s − 1 gives
 ``span − 1 ≥ 1``, r = 0 gives ``max(span − s, 0) < span − 1``; so a dynamic L leaves the
-node its ``auto_pad`` (logged), and ``rules`` treats such a Conv as padded. Node
-positions index the copy: ``find_groups`` and ``prune`` both work on ``normalise(model)``.
+node its ``auto_pad`` (logged), and ``rules`` treats such a Conv as padded. Normalise is
+deterministic and keeps node order, so ``find_groups`` and ``prune``, which both run it,
+see the same nodes at the same positions; the plan's fingerprint checks it.
 
-``GraphIndex`` maps tensor names to their producer node, consumer nodes, constant values
-(initializers and ``Constant`` nodes) and inferred shapes.
+The protobuf helpers at the end (``copy_model``, ``names_read``, ``drop_unused_nodes``,
+``set_ints``) serve the modules not yet on onnx-ir (fuse, layout, the export clean-ups).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from types import MappingProxyType
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+import onnx_ir as ir
+from onnx_ir.passes.common._c_api_utils import call_onnx_api
+from onnx_ir.passes.common.naming import NameFixPass, SimpleNameGenerator
+
+from dsp_deploy.passes import ModelPass, apply
 
 logger = logging.getLogger(__name__)
 
 Dim = int | None
 Shape = tuple[Dim, ...]
+_LISTS = (ir.AttributeType.INTS, ir.AttributeType.FLOATS, ir.AttributeType.STRINGS)
 
 
-def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A deep copy: the pass never edits a caller's model."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
-
-
-def attr(node: onnx.NodeProto, name: str, default=None):
-    """Value of attribute ``name`` of ``node`` (ints/floats/lists/strings), or ``default``."""
+def attr(node: ir.Node | onnx.NodeProto, name: str, default=None):
+    """Value of attribute ``name`` (ints/floats/lists as lists, strings), or ``default``."""
+    if isinstance(node, ir.Node):
+        a = node.attributes.get(name)
+        if a is None:
+            return default
+        return list(a.value) if a.type in _LISTS else a.value
     for a in node.attribute:
         if a.name == name:
             value = onnx.helper.get_attribute_value(a)
@@ -56,83 +66,76 @@ def attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def set_ints(node: onnx.NodeProto, name: str, values: list[int] | int) -> None:
-    """Replace (or add) an int / ints attribute."""
-    kept = [a for a in node.attribute if a.name != name]
-    del node.attribute[:]
-    node.attribute.extend([*kept, onnx.helper.make_attribute(name, values)])
-
-
-def node_label(node: onnx.NodeProto, position: int) -> str:
+def node_label(node: ir.Node | onnx.NodeProto, position: int) -> str:
     """A human name for a node: its name, else op type and position."""
     return node.name or f"{node.op_type}#{position}"
 
 
-def _shape_of(value: onnx.ValueInfoProto) -> Shape | None:
-    t = value.type.tensor_type
-    if not t.HasField("shape"):
+def shape_of(value: ir.Value | None) -> Shape | None:
+    """The value's shape, symbolic dims as None (None: unknown)."""
+    if value is None or value.shape is None:
         return None
-    return tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+    return tuple(d if isinstance(d, int) else None for d in value.shape)
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and attr(node, "value") is not None:
-            values[node.output[0]] = numpy_helper.to_array(attr(node, "value"))
-    return values
+def constant(value: ir.Value | None) -> np.ndarray | None:
+    """The value of an initializer or a ``Constant`` node's tensor (None: computed)."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    node = value.producer()
+    if node is not None and node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        tensor = attr(node, "value")
+        return None if tensor is None else tensor.numpy()
+    return None
 
 
-def _inferred(model: onnx.ModelProto) -> onnx.GraphProto:
-    """The graph with inferred shapes; with data propagation, which sees through
-    Shape → Concat → ConstantOfShape (tsai's AddCoords1d) where plain inference loses the
-    rank of everything after it. Shape inference is a hint here, not a requirement."""
-    for data_prop in (True, False):
-        try:
-            return onnx.shape_inference.infer_shapes(model, data_prop=data_prop).graph
-        except Exception as e:
-            logger.debug("shape inference (data_prop=%s) failed: %s", data_prop, e)
-    return model.graph
+def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+    return onnx.shape_inference.infer_shapes(proto, check_type=False, data_prop=True)
+
+
+def infer_shapes(model: ir.Model) -> None:
+    """Shape inference in place, as onnx-ir's ``ShapeInferencePass`` runs it (its C-API
+    helper hands onnx the graph without its large weights), but only the inferred
+    ``value_info`` is read back into the node outputs, not the whole model, and graph
+    outputs keep their declared shapes. A failure only logs: shapes are hints here."""
+    try:
+        inferred = call_onnx_api(_infer, model)
+    except Exception as e:  # onnx raises several types; the shapes stay as they were
+        logger.debug("shape inference failed: %s", e)
+        return
+    values = {v.name: v for v in intermediates(model.graph)}
+    for info in inferred.graph.value_info:
+        value, shape = values.get(info.name), ir.serde.deserialize_type_proto_for_shape(info.type)
+        if value is not None and shape is not None:
+            value.shape = shape
+            if value.type is None:
+                value.type = ir.serde.deserialize_type_proto_for_type(info.type)
+
+
+def intermediates(graph: ir.Graph) -> Iterator[ir.Value]:
+    """Values computed by nodes that are not graph outputs (their shapes are inferred)."""
+    for node in graph:
+        yield from (v for v in node.outputs if not v.is_graph_output())
+
+
+class _PositionNames(SimpleNameGenerator):
+    """Unnamed nodes are named ``<op_type>_<position>``."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.names = {node: f"{node.op_type}_{i}" for i, node in enumerate(graph)}
+
+    def generate_node_name(self, node: ir.Node) -> str:
+        return node.name or self.names.get(node, node.op_type)
 
 
 @dataclass(frozen=True)
-class GraphIndex:
-    """Who produces and who reads each tensor; constants; shapes (batch may be None)."""
+class NormaliseReport:
+    """Nodes folded into initializers; Convs that keep ``auto_pad`` (a dynamic length)."""
 
-    nodes: tuple[onnx.NodeProto, ...]
-    producer: Mapping[str, int]
-    consumers: Mapping[str, tuple[int, ...]]
-    constants: Mapping[str, np.ndarray]
-    shapes: Mapping[str, Shape]
-    outputs: frozenset[str]
-
-    @classmethod
-    def build(cls, model: onnx.ModelProto) -> GraphIndex:
-        graph = model.graph
-        inferred = _inferred(model)
-        shapes = {}
-        for value in (*inferred.input, *inferred.value_info, *inferred.output):
-            shape = _shape_of(value)
-            if shape is not None:
-                shapes[value.name] = shape
-        producer: dict[str, int] = {}
-        consumers: dict[str, list[int]] = {}
-        for i, node in enumerate(graph.node):
-            for name in node.output:
-                producer[name] = i
-            for name in node.input:
-                consumers.setdefault(name, []).append(i)
-        constants = _constants(graph)
-        for name, value in constants.items():
-            shapes[name] = tuple(value.shape)
-        return cls(
-            nodes=tuple(graph.node),
-            producer=MappingProxyType(producer),
-            consumers=MappingProxyType({k: tuple(v) for k, v in consumers.items()}),
-            constants=MappingProxyType(constants),
-            shapes=MappingProxyType(shapes),
-            outputs=frozenset(o.name for o in graph.output),
-        )
+    folded: tuple[str, ...]
+    kept_auto_pad: tuple[str, ...]
 
 
 def _same_pads(auto_pad: str, length: Dim, kernel: int, stride: int, dilation: int):
@@ -147,9 +150,9 @@ def _same_pads(auto_pad: str, length: Dim, kernel: int, stride: int, dilation: i
     return (small, big) if auto_pad == "SAME_UPPER" else (big, small)
 
 
-def _explicit_pads(node: onnx.NodeProto, index: GraphIndex) -> list[int] | None:
+def _explicit_pads(node: ir.Node) -> list[int] | None:
     auto_pad = attr(node, "auto_pad", "NOTSET")
-    weight = index.constants.get(node.input[1]) if len(node.input) > 1 else None
+    weight = constant(node.inputs[1]) if len(node.inputs) > 1 else None
     kernel = list(attr(node, "kernel_shape", []) or ([] if weight is None else weight.shape[2:]))
     if auto_pad == "VALID":
         return [0] * (2 * len(kernel))
@@ -158,7 +161,7 @@ def _explicit_pads(node: onnx.NodeProto, index: GraphIndex) -> list[int] | None:
     n = len(kernel)
     strides = list(attr(node, "strides", [1] * n))
     dilations = list(attr(node, "dilations", [1] * n))
-    shape = index.shapes.get(node.input[0])
+    shape = shape_of(node.inputs[0])
     lengths = list(shape[2:]) if shape and len(shape) == n + 2 else [None] * n
     per_axis = zip(lengths, kernel, strides, dilations, strict=True)
     pairs = [_same_pads(auto_pad, *a) for a in per_axis]
@@ -167,61 +170,98 @@ def _explicit_pads(node: onnx.NodeProto, index: GraphIndex) -> list[int] | None:
     return [p[0] for p in pairs] + [p[1] for p in pairs]
 
 
-def _name_nodes(graph: onnx.GraphProto) -> None:
-    taken = {n.name for n in graph.node if n.name}
-    for position, node in enumerate(graph.node):
-        if not node.name:
-            name, k = f"{node.op_type}_{position}", 1
-            while name in taken:
-                name, k = f"{node.op_type}_{position}_{k}", k + 1
-            node.name = name
-            taken.add(name)
+def _pads_explicit(graph: ir.Graph) -> tuple[str, ...]:
+    """Conv ``auto_pad`` → ``pads`` where the length allows; the Convs left as they were."""
+    kept = []
+    for node in graph:
+        if node.op_type != "Conv" or attr(node, "auto_pad", "NOTSET") == "NOTSET":
+            continue
+        pads = _explicit_pads(node)
+        if pads is None:
+            logger.info("%s keeps auto_pad: needs a static length", node.name)
+            kept.append(node.name)
+            continue
+        del node.attributes["auto_pad"]
+        node.attributes["pads"] = ir.AttrInt64s("pads", pads)
+    return tuple(kept)
+
+
+def _needs_lengths(graph: ir.Graph) -> bool:
+    """Whether a Conv's SAME ``auto_pad`` needs inferred lengths to become pads."""
+    return any(n.op_type == "Conv" and attr(n, "auto_pad", "").startswith("SAME") for n in graph)
+
+
+def normalise_model(model: ir.Model, *, shapes: bool = True) -> NormaliseReport:
+    """Normalise ``model`` in place (module docstring); ``Normalise`` is the pass.
+    ``shapes``: leave the inferred shapes on the values (else only where pads need them)."""
+    from dsp_deploy.compress.fold_constants import fold_in_place  # it imports this module
+
+    NameFixPass(_PositionNames(model.graph))(model)
+    folded = fold_in_place(model)
+    if shapes or _needs_lengths(model.graph):
+        infer_shapes(model)
+    return NormaliseReport(folded, _pads_explicit(model.graph))
+
+
+class Normalise(ModelPass[NormaliseReport]):
+    """Name nodes, fold constants, make Conv pads explicit (module docstring)."""
+
+    def rewrite(self, model: ir.Model) -> tuple[bool, NormaliseReport]:
+        return True, normalise_model(model)
+
+
+def normalised(model: onnx.ModelProto) -> ir.Model:
+    """``model`` normalised, as an onnx-ir model (the proto is untouched)."""
+    return Normalise()(ir.from_proto(model)).model
 
 
 def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
     """Copy of ``model``: unnamed nodes named ``<op>_<position>``, constant subgraphs
     folded, Conv ``auto_pad`` replaced by explicit ``pads`` where possible."""
-    from dsp_deploy.compress.fold_constants import fold_constants  # it imports this module
+    return apply(Normalise(), model).model
 
-    out = copy_model(model)
-    _name_nodes(out.graph)
-    out = fold_constants(out).model
-    index = GraphIndex.build(out)
-    for position, node in enumerate(out.graph.node):
-        if node.op_type != "Conv" or attr(node, "auto_pad", "NOTSET") == "NOTSET":
-            continue
-        pads = _explicit_pads(node, index)
-        if pads is None:
-            logger.info("%s keeps auto_pad: needs a static length", node_label(node, position))
-            continue
-        kept = [a for a in node.attribute if a.name != "auto_pad"]
-        del node.attribute[:]
-        node.attribute.extend(kept)
-        set_ints(node, "pads", pads)
+
+# --- protobuf helpers for the modules not yet on onnx-ir (fuse, layout, onnx_passes) ----
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy of a proto model."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
     return out
 
 
+def set_ints(node: onnx.NodeProto, name: str, values: list[int] | int) -> None:
+    """Replace (or add) an int / ints attribute of a proto node."""
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend([*kept, onnx.helper.make_attribute(name, values)])
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for a in node.attribute:
+        yield from (*([a.g] if a.HasField("g") else []), *a.graphs)
+
+
 def names_read(nodes: Iterable[onnx.NodeProto]) -> Iterator[str]:
-    """Every tensor name the nodes read (once per read), subgraph bodies included."""
+    """Every tensor name the proto nodes read (once per read), subgraph bodies included."""
     for node in nodes:
         yield from (i for i in node.input if i)
-        for a in node.attribute:
-            for g in (*([a.g] if a.HasField("g") else []), *a.graphs):
-                yield from names_read(g.node)
+        for g in _subgraphs(node):
+            yield from names_read(g.node)
 
 
 def drop_unused_nodes(graph: onnx.GraphProto) -> set[str]:
-    """Remove nodes none of whose outputs reach a graph output; returns every name still
-    read (node inputs, also inside subgraphs, and the graph outputs)."""
+    """Remove proto nodes none of whose outputs reach a graph output; returns every name
+    still read (node inputs, also inside subgraphs, and the graph outputs)."""
     needed = {o.name for o in graph.output}
     kept = []
     for node in reversed(graph.node):
         if any(o in needed for o in node.output):
             kept.append(node)
             needed.update(i for i in node.input if i)
-            for a in node.attribute:  # names read inside subgraphs
-                for g in (*([a.g] if a.HasField("g") else []), *a.graphs):
-                    needed.update(n for sub in g.node for n in sub.input)
+            for g in _subgraphs(node):
+                needed.update(n for sub in g.node for n in sub.input)
     del graph.node[:]
     graph.node.extend(reversed(kept))
     return needed

@@ -34,15 +34,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
-from dsp_deploy.compress import rules
+from dsp_deploy.compress import ops
 from dsp_deploy.compress.fingerprint import fingerprint
-from dsp_deploy.compress.graph import GraphIndex, Shape, node_label, normalise
+from dsp_deploy.compress.graph import Shape, constant, node_label, normalised, shape_of
 from dsp_deploy.compress.rules import Blocks, Consumer, Layout, Pin, Slice
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class ChannelAnalysis:
     node_names: tuple[str, ...]
     blocks: tuple[Blocks, ...] = ()
     fingerprint: str = ""  # of the normalised model analysed (``compress.fingerprint``)
+    shapes: Mapping[str, Shape] = field(default_factory=dict)  # of the tensors carrying channels
 
     def stages(self) -> tuple[frozenset[int], ...]:
         """The units each channel-mixing consumer reads: what must never be emptied."""
@@ -103,40 +105,45 @@ class ChannelAnalysis:
 class _Builder:
     """Mutable state of one analysis run (the ``rules.Context``); never escapes."""
 
-    def __init__(self, index: GraphIndex) -> None:
-        self.index = index
+    def __init__(self, graph: ir.Graph) -> None:
+        self.graph = graph
+        self.nodes = tuple(graph)
+        self.positions = {node: i for i, node in enumerate(self.nodes)}
+        self.constants: dict[ir.Value, np.ndarray | None] = {}
         self.parent: list[int] = []
         self.sources: list[Source] = []
         self.layouts: dict[str, Layout] = {}
+        self.shapes: dict[str, Shape] = {}
         self.pins: dict[int, str] = {}
         self.slices: list[Slice] = []
         self.consumers: list[Consumer] = []
         self.taps: dict[str, Layout] = {}
         self.blocks: list[Blocks] = []
 
-    def layout(self, name: str) -> Layout | None:
-        return self.layouts.get(name)
+    def layout(self, value: ir.Value | None) -> Layout | None:
+        return None if value is None else self.layouts.get(value.name)
 
-    def const(self, name: str) -> np.ndarray | None:
-        return self.index.constants.get(name)
+    def const(self, value: ir.Value | None) -> np.ndarray | None:
+        if value not in self.constants:
+            self.constants[value] = constant(value)
+        return self.constants[value]
 
-    def shape(self, name: str) -> Shape | None:
-        return self.index.shapes.get(name)
+    def shape(self, value: ir.Value | None) -> Shape | None:
+        return shape_of(value)
 
-    def producer(self, name: str) -> int | None:
-        return self.index.producer.get(name)
+    def readers(self, value: ir.Value) -> tuple[ir.Node | None, ...]:
+        """Nodes of this graph reading ``value``, in graph order; None: a graph output."""
+        mine = (u.node for u in value.uses() if u.node.graph is self.graph)
+        own = tuple(sorted(mine, key=self.positions.__getitem__))
+        return own + ((None,) if value.is_graph_output() else ())
 
-    def readers(self, name: str) -> tuple[int, ...]:
-        own = self.index.consumers.get(name, ())
-        return own + ((-1,) if name in self.index.outputs else ())
-
-    def node(self, position: int) -> onnx.NodeProto:
-        return self.index.nodes[position]
+    def position(self, node: ir.Node) -> int:
+        return self.positions[node]
 
     def new_atoms(self, node: int, count: int) -> Layout:
         atoms = tuple(range(len(self.parent), len(self.parent) + count))
         self.parent.extend(atoms)
-        label = node_label(self.index.nodes[node], node) if node >= 0 else "untracked"
+        label = node_label(self.nodes[node], node) if node >= 0 else "untracked"
         self.sources.append(Source(node, label, atoms))
         return atoms
 
@@ -157,20 +164,12 @@ class _Builder:
             self.pins.setdefault(atom, reason)
 
 
-def _step(b: _Builder, i: int, node: onnx.NodeProto) -> None:
-    tracked = [b.layout(n) for n in node.input if n and b.layout(n) is not None]
-    if not tracked and node.op_type not in rules.SOURCES:
-        return
-    flow = rules.apply(i, node, b)
-    if isinstance(flow, Pin):
-        reason = f"{node_label(node, i)} ({node.op_type}): {flow.reason}"
-        logger.debug("pin %s", reason)
-        for layout in tracked:
-            b.pin(layout, reason)
-        return
-    for name, layout in zip(node.output, flow.outputs, strict=False):
+def _record(b: _Builder, i: int, node: ir.Node, flow, tap: bool) -> None:
+    for value, layout in zip(node.outputs, flow.outputs, strict=False):
         if layout is not None:
-            b.layouts[name] = layout
+            b.layouts[value.name] = layout
+            if (shape := shape_of(value)) is not None:
+                b.shapes[value.name] = shape
     for a, c in flow.ties:
         b.tie(a, c)
     for layout, reason in flow.pinned:
@@ -178,18 +177,38 @@ def _step(b: _Builder, i: int, node: onnx.NodeProto) -> None:
     b.slices.extend(flow.slices)
     b.consumers.extend(flow.consumers)
     b.blocks.extend(flow.blocks)
-    tap = flow.outputs[0] if node.op_type in rules.ACTIVATIONS else None
-    if tap is not None and len(set(tap)) == len(tap):  # a flattened tensor is no stage output
-        b.taps[node.output[0]] = tap
+    out = flow.outputs[0] if tap else None
+    if out is not None and len(set(out)) == len(out):  # a flattened tensor is no stage output
+        b.taps[node.outputs[0].name] = out
 
 
-def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+def _step(b: _Builder, i: int, node: ir.Node) -> None:
+    tracked = [lay for v in node.inputs if (lay := b.layout(v)) is not None]
+    entry = ops.entry(node)
+    if not tracked and not (entry is not None and entry.source):
+        return
+    flow = ops.apply(i, node, b)
+    if isinstance(flow, Pin):
+        reason = f"{node_label(node, i)} ({node.op_type}): {flow.reason}"
+        logger.debug("pin %s", reason)
+        for layout in tracked:
+            b.pin(layout, reason)
+        return
+    _record(b, i, node, flow, entry is not None and entry.tap)
+
+
+def _subgraph_reads(node: ir.Node) -> set[str]:
+    """Names read anywhere inside the node's subgraphs (onnx-ir's recursive iterator)."""
     names: set[str] = set()
-    for a in node.attribute:
-        for g in (*([a.g] if a.HasField("g") else []), *a.graphs):
-            for inner in g.node:
-                names.update(inner.input)
-                names.update(_subgraph_reads(inner))
+    for a in node.attributes.values():
+        if a.type == ir.AttributeType.GRAPH:
+            graphs = [a.as_graph()]
+        elif a.type == ir.AttributeType.GRAPHS:
+            graphs = list(a.as_graphs())
+        else:
+            continue
+        for inner in (n for g in graphs for n in ir.traversal.RecursiveGraphIterator(g)):
+            names.update(v.name for v in inner.inputs if v is not None)
     return names
 
 
@@ -234,7 +253,7 @@ def _report(
         atoms = {a for s in sources for a in s.atoms}
         mine = [u for u in units if u.group == g]
         readers = [c for c in b.consumers if atoms & set(c.layout)]
-        names = dict.fromkeys(node_label(b.index.nodes[c.node], c.node) for c in readers)
+        names = dict.fromkeys(node_label(b.nodes[c.node], c.node) for c in readers)
         reasons = [u.blocked_by for u in mine if u.blocked_by]
         groups.append(
             ChannelGroup(
@@ -251,17 +270,16 @@ def _report(
 
 def find_groups(model: onnx.ModelProto) -> ChannelAnalysis:
     """Analyse ``model`` (read-only) into channel units, groups, slices and consumers."""
-    normal = normalise(model)
-    index = GraphIndex.build(normal)
-    b = _Builder(index)
-    for i, node in enumerate(index.nodes):
+    normal = normalised(model)
+    b = _Builder(normal.graph)
+    for i, node in enumerate(b.nodes):
         _step(b, i, node)
         for name in _subgraph_reads(node):
-            if b.layout(name) is not None:
+            if name in b.layouts:
                 b.pin(b.layouts[name], f"read inside a subgraph of {node_label(node, i)}")
-    for name in index.outputs:
-        if b.layout(name) is not None:
-            b.pin(b.layouts[name], f"reaches graph output '{name}'")
+    for value in normal.graph.outputs:
+        if value.name in b.layouts:
+            b.pin(b.layouts[value.name], f"reaches graph output '{value.name}'")
     members, unit_of = _units(b)
     group_of_source = _components(b, members)
     source_of = {atom: k for k, s in enumerate(b.sources) for atom in s.atoms}
@@ -283,9 +301,10 @@ def find_groups(model: onnx.ModelProto) -> ChannelAnalysis:
         consumers=tuple(b.consumers),
         taps=MappingProxyType(dict(b.taps)),
         layouts=MappingProxyType(dict(b.layouts)),
-        node_names=tuple(node_label(n, i) for i, n in enumerate(index.nodes)),
+        node_names=tuple(node_label(n, i) for i, n in enumerate(b.nodes)),
         blocks=tuple(b.blocks),
         fingerprint=fingerprint(normal),
+        shapes=MappingProxyType(dict(b.shapes)),
     )
     logger.info(
         "%d channel groups, %d units (%d pinned)",

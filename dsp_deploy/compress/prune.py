@@ -1,10 +1,11 @@
 """Apply a ``PruningPlan``: a pure function from (model, plan) to a new, smaller model.
 
-The input model is never mutated: the pass works on ``normalise(model)``, a copy. A plan
-names nodes by position and tensors by name, which index the same nodes in the model and
-in its copy because ``normalise`` keeps node order; the plan is applied only when the
-copy's fingerprint is the one the plan was made for (``compress.fingerprint``), else
-``PlanError``. Steps:
+``Prune(plan)`` is a functional ``ModelPass`` on onnx-ir (``prune`` its protobuf
+wrapper): it never touches its input. It normalises its clone as ``find_groups`` did
+(``graph.Normalise``); a plan names nodes by position and tensors by name, which index
+the same nodes there because normalisation is deterministic and keeps node order; the
+plan is applied only when that model's fingerprint is the one the plan was made for
+(``compress.fingerprint``), else ``PlanError``. Steps:
 
 1. compensation on the consumers, in original input positions:
    fold   Conv: b[o] += Σ_{p in block(o)} v_p · Σ_taps W[o, p − j·b_in, ·] (one block, j = 0,
@@ -18,31 +19,48 @@ copy's fingerprint is the one the plan was made for (``compress.fingerprint``), 
    Reshape's literal channel count becomes the number kept);
    a depthwise Conv gets ``group`` = its remaining channels; a grouped Conv's W becomes
    the stack of W[R_j, K_j] over its staying groups j (``rules`` has the algebra), its
-   ``group`` their number;
+   ``group`` their number; each op's ``finish`` (``ops``) writes such attributes;
 3. a tensor left with no channel loses its Concat edge, so the nodes computing it (the
    source Conv and its per-channel chain) become unused;
-4. changed parameters become new initializers under fresh names, so a tensor shared by
-   two nodes is never sliced twice; the readers of one shared tensor whose new values
-   are equal (their nodes shrank alike) read one new initializer, the others get one
-   copy each; nodes and initializers nobody reads are dropped;
-5. intermediate ``value_info`` is cleared and shapes are inferred again; graph inputs,
-   outputs (names, dynamic dims), opset, doc strings and ``metadata_props`` stay.
+4. changed parameters become new initializers (named ``<old>_pruned`` by onnx-ir's
+   ``NameFixPass``, which keeps names unique), so a tensor shared by two nodes is never
+   sliced twice; the readers of one shared tensor whose new values are equal (their
+   nodes shrank alike) read one new initializer, the others get one copy each; nodes and
+   initializers nobody reads are dropped (``RemoveUnusedNodesPass``);
+5. the shapes of intermediate values are cleared and inferred again, then checked: every
+   value that had a shape has one of the same rank, and a tensor carrying channels has
+   as many on axis 1 as the plan keeps (else ``PlanError``); graph inputs, outputs
+   (names, dynamic dims), opset, doc strings and ``metadata_props`` stay.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+from onnx_ir.passes.common.naming import NameFixPass, SimpleNameGenerator
 
+from dsp_deploy.compress import ops
 from dsp_deploy.compress.fingerprint import fingerprint
-from dsp_deploy.compress.graph import GraphIndex, attr, drop_unused_nodes, normalise, set_ints
+from dsp_deploy.compress.flow import Edit
+from dsp_deploy.compress.graph import (
+    attr,
+    constant,
+    infer_shapes,
+    intermediates,
+    normalise_model,
+    shape_of,
+)
 from dsp_deploy.compress.plan import Compensation, PruningPlan
 from dsp_deploy.compress.rules import COUNT, DEPTHWISE, PRODUCER, Blocks, Consumer
 from dsp_deploy.errors import PlanError
+from dsp_deploy.passes import ModelPass, apply
 
 logger = logging.getLogger(__name__)
 
@@ -50,24 +68,24 @@ Key = tuple[int, int]  # (node position, input index)
 
 
 class _Params:
-    """Parameter values by (node, input), starting from the model's constants."""
+    """Parameter values by (node position, input), starting from the model's constants."""
 
-    def __init__(self, index: GraphIndex) -> None:
-        self.index = index
+    def __init__(self, nodes: tuple[ir.Node, ...]) -> None:
+        self.nodes = nodes
         self.changed: dict[Key, np.ndarray] = {}
 
     def get(self, node: int, k: int) -> np.ndarray | None:
         if (node, k) in self.changed:
             return self.changed[(node, k)]
-        inputs = self.index.nodes[node].input
-        return self.index.constants.get(inputs[k]) if k < len(inputs) and inputs[k] else None
+        inputs = self.nodes[node].inputs
+        return constant(inputs[k]) if k < len(inputs) else None
 
     def set(self, node: int, k: int, value: np.ndarray) -> None:
         self.changed[(node, k)] = value
 
 
 def _fold(params: _Params, c: Consumer, comp: Compensation) -> None:
-    node = params.index.nodes[c.node]
+    node = params.nodes[c.node]
     weight = params.get(c.node, 1)
     w = weight.astype(np.float64)
     v = np.zeros(len(c.layout))
@@ -90,7 +108,7 @@ def _fold(params: _Params, c: Consumer, comp: Compensation) -> None:
 
 def _affine(params: _Params, c: Consumer) -> tuple[np.ndarray, np.ndarray]:
     """The consumer as y = W x + b per position: W (out, positions), b (out,)."""
-    node = params.index.nodes[c.node]
+    node = params.nodes[c.node]
     w = params.get(c.node, 1).astype(np.float64)
     bias = params.get(*c.bias_at)
     if c.kind == "conv":
@@ -104,7 +122,7 @@ def _affine(params: _Params, c: Consumer) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _refit(params: _Params, c: Consumer, comp: Compensation, removed: frozenset[int]) -> None:
-    node = params.index.nodes[c.node]
+    node = params.nodes[c.node]
     mat, b = _affine(params, c)
     full = np.concatenate([mat, b[:, None]], axis=1)
     keep = [p for p, a in enumerate(c.layout) if a not in removed] + [len(c.layout)]
@@ -176,7 +194,7 @@ def _regroup(params: _Params, b: Blocks, removed: frozenset[int]) -> int | None:
     stay = [j for j in range(b.groups) if rows[j] or cols[j]]
     sizes = {(len(rows[j]), len(cols[j])) for j in stay}
     if len(sizes) != 1 or 0 in next(iter(sizes)):
-        name = params.index.nodes[b.node].name
+        name = params.nodes[b.node].name
         raise PlanError(f"plan leaves the groups of grouped Conv {name} unequal or empty")
     params.set(b.node, 1, np.concatenate([w[rows[j]][:, cols[j]] for j in stay]))
     bias = params.get(b.node, 2)
@@ -192,87 +210,125 @@ def _with_entry(value: np.ndarray, index: int, entry: int) -> np.ndarray:
 
 
 def _added_conv_bias(params: _Params, node: int) -> bool:
-    inputs = params.index.nodes[node].input
-    return (node, 2) in params.changed and (len(inputs) < 3 or not inputs[2])
+    inputs = params.nodes[node].inputs
+    return (node, 2) in params.changed and (len(inputs) < 3 or inputs[2] is None)
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    candidate, k = f"{name}_pruned", 1
-    while candidate in taken:
-        k += 1
-        candidate = f"{name}_pruned{k}"
-    taken.add(candidate)
-    return candidate
-
-
-def _shared_key(old: str, value: np.ndarray) -> tuple | None:
+def _shared_key(old: ir.Value | None, value: np.ndarray) -> tuple | None:
     """Readers of one tensor ``old`` whose new values are equal share one initializer."""
-    if not old:
+    if old is None:
         return None  # a new bias: its node's own
-    return old, value.dtype.str, value.shape, hashlib.sha256(value.data).digest()
+    return old.name, value.dtype.str, value.shape, hashlib.sha256(value.data).digest()
 
 
-def _write(model: onnx.ModelProto, params: _Params, groups: dict[int, int]) -> None:
-    graph = model.graph
-    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-    taken |= {n for node in graph.node for n in node.input} | {i.name for i in graph.input}
-    written: dict[tuple, str] = {}
+class _Preferred(SimpleNameGenerator):
+    """New initializers are named after the tensor they replace: ``w_pruned``, then
+    ``w_pruned2``… for further copies of ``w`` (``NameFixPass`` settles any clash)."""
+
+    def __init__(self, names: dict[ir.Value, str]) -> None:
+        bases = Counter()
+        self.names = {}
+        for value, base in names.items():
+            bases[base] += 1
+            self.names[value] = base if bases[base] == 1 else f"{base}{bases[base]}"
+
+    def generate_value_name(self, value: ir.Value) -> str:
+        return self.names.get(value) or value.name or "v"
+
+
+def _new_value(params: _Params, i: int, k: int, value: np.ndarray, new: dict) -> ir.Value:
+    """The initializer node ``i`` reads at ``k``: shared with equal readers of one tensor."""
+    node = params.nodes[i]
+    old = node.inputs[k] if k < len(node.inputs) else None
+    value = np.ascontiguousarray(value)
+    key = _shared_key(old, value)
+    if key in new:
+        return new[key]
+    tensor = ir.Tensor(value)
+    made = ir.Value(shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor)
+    new[key or made] = made
+    made.meta["preferred"] = f"{old.name}_pruned" if old is not None else f"{node.name}_bias"
+    return made
+
+
+def _write(model: ir.Model, params: _Params) -> None:
+    """Every changed parameter read from a new initializer (named by ``NameFixPass``)."""
+    made: dict = {}
     for (i, k), value in sorted(params.changed.items()):
-        node = graph.node[i]
-        old = node.input[k] if k < len(node.input) else ""
-        value = np.ascontiguousarray(value)
-        key = _shared_key(old, value)
-        name = written.get(key) if key else None
-        if name is None:
-            name = _unique(old or f"{node.name}_bias", taken)
-            graph.initializer.append(numpy_helper.from_array(value, name))
-            if key:
-                written[key] = name
-        while len(node.input) <= k:
-            node.input.append("")
-        node.input[k] = name
-    for i, group in groups.items():
-        set_ints(graph.node[i], "group", group)
-    for node in graph.node:
-        if node.op_type == "MatMul" and len(node.input) > 2:  # it took a bias: Gemm(A, B, C)
-            node.op_type = "Gemm"
+        node = params.nodes[i]
+        if len(node.inputs) <= k:
+            node.resize_inputs(k + 1)
+        node.replace_input_with(k, _new_value(params, i, k, value, made))
+    names = {v: v.meta["preferred"] for v in made.values()}
+    NameFixPass(_Preferred(names))(model)
+    for value in made.values():
+        value.const_value.name = value.name
+        model.graph.register_initializer(value)
 
 
-def _cut_empty(graph: onnx.GraphProto, plan: PruningPlan, removed: frozenset[int]) -> None:
+def _finish(nodes: tuple[ir.Node, ...], groups: dict[int, int]) -> None:
+    """Each op's own rewrite after slicing (``OpEntry.finish``: Conv groups, MatMul → Gemm)."""
+    for i, node in enumerate(nodes):
+        entry = ops.entry(node)
+        if entry is not None and entry.finish is not None:
+            entry.finish(node, Edit(group=groups.get(i)))
+
+
+def _keep_inputs(node: ir.Node, kept: list[ir.Value | None]) -> None:
+    for j, value in enumerate(kept):
+        node.replace_input_with(j, value)
+    node.resize_inputs(len(kept))
+
+
+def _cut_empty(nodes: tuple[ir.Node, ...], plan: PruningPlan, removed: frozenset[int]) -> None:
     """Unhook tensors left with no channel: Concat drops them; every other reader must
     be a node whose own channel outputs are empty too (it goes with them)."""
     layouts = plan.analysis.layouts
     empty = {t for t, lay in layouts.items() if lay and all(a in removed for a in lay)}
     if not empty:
         return
-    for node in graph.node:
-        read = [n for n in node.input if n in empty]
+    for node in nodes:
+        read = [v for v in node.inputs if v is not None and v.name in empty]
         if not read:
             continue
-        if node.op_type == "Concat" and len(read) < len(node.input):
-            kept = [n for n in node.input if n not in empty]
-            del node.input[:]
-            node.input.extend(kept)
+        if node.op_type == "Concat" and len(read) < len(node.inputs):
+            _keep_inputs(node, [v for v in node.inputs if v is None or v.name not in empty])
             continue
-        tracked = [o for o in node.output if o in layouts]
+        tracked = [o.name for o in node.outputs if o.name in layouts]
         if not tracked or not all(o in empty for o in tracked):
-            raise PlanError(f"plan empties {read[0]}, which {node.name} still needs")
+            raise PlanError(f"plan empties {read[0].name}, which {node.name} still needs")
     logger.debug("deleted %d empty tensors and their nodes", len(empty))
 
 
-def _drop_unused(graph: onnx.GraphProto) -> None:
-    needed = drop_unused_nodes(graph)
-    initializers = {t.name for t in graph.initializer}
-    used = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(used)
+def _drop_unused(model: ir.Model) -> None:
+    RemoveUnusedNodesPass()(model)
+    graph = model.graph
     # Old IRs list initializers as inputs too; drop those that went, keep real inputs.
-    inputs = [v for v in graph.input if v.name in needed or v.name not in initializers]
-    del graph.input[:]
-    graph.input.extend(inputs)
+    for value in [v for v in graph.inputs if v.name in graph.initializers and not v.uses()]:
+        graph.inputs.remove(value)
+        del graph.initializers[value.name]
 
 
-def _check_fingerprint(normal: onnx.ModelProto, plan: PruningPlan) -> None:
+def _reshaped(model: ir.Model, plan: PruningPlan, removed: frozenset[int]) -> None:
+    """Clear the intermediate shapes, infer them again and check those pruning changed
+    (module docstring): a tensor carrying channels keeps the rank the analysis saw, and
+    axis 1 holds the positions kept."""
+    for value in intermediates(model.graph):
+        value.shape = None
+    infer_shapes(model)
+    seen, layouts = plan.analysis.shapes, plan.analysis.layouts
+    for value in intermediates(model.graph):
+        old, new = seen.get(value.name), shape_of(value)
+        if old is None:
+            continue
+        if new is None or len(new) != len(old):
+            raise PlanError(f"pruned tensor {value.name} has shape {new}; expected rank {len(old)}")
+        kept = sum(a not in removed for a in layouts[value.name])
+        if len(new) > 1 and new[1] not in (None, kept):
+            raise PlanError(f"pruned tensor {value.name} has {new[1]} channels; expected {kept}")
+
+
+def _check_fingerprint(normal: ir.Model, plan: PruningPlan) -> None:
     found = fingerprint(normal)
     if found != plan.fingerprint:
         raise PlanError(
@@ -281,27 +337,47 @@ def _check_fingerprint(normal: onnx.ModelProto, plan: PruningPlan) -> None:
         )
 
 
+@dataclass(frozen=True)
+class PruneReport:
+    """Units and atoms removed, consumers compensated."""
+
+    units: int
+    atoms: int
+    compensated: int
+
+
+class Prune(ModelPass[PruneReport]):
+    """Remove the plan's units from the model the plan was made for (module docstring)."""
+
+    def __init__(self, plan: PruningPlan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def rewrite(self, model: ir.Model) -> tuple[bool, PruneReport]:
+        plan = self.plan
+        normalise_model(model, shapes=False)
+        _check_fingerprint(model, plan)
+        nodes, removed = tuple(model.graph), plan.removed_atoms
+        params = _Params(nodes)
+        _compensate(params, plan, removed)
+        groups = _slice(params, plan, removed)
+        for b in plan.analysis.blocks:
+            if (group := _regroup(params, b, removed)) is not None:
+                groups[b.node] = group
+        _cut_empty(nodes, plan, removed)
+        _write(model, params)
+        _finish(nodes, groups)
+        _drop_unused(model)
+        _reshaped(model, plan, removed)
+        logger.info("pruned %d units (%d atoms)", len(plan.remove), len(removed))
+        report = PruneReport(len(plan.remove), len(removed), len(plan.compensations))
+        return bool(removed or plan.compensations), report
+
+
 def prune(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
     """A new model with the plan's units removed; ``model`` itself is left untouched.
 
     Raises ``PlanError`` when ``plan`` was made for another model (or the same nodes in
     another order).
     """
-    out = normalise(model)
-    _check_fingerprint(out, plan)
-    index = GraphIndex.build(out)
-    removed = plan.removed_atoms
-    params = _Params(index)
-    _compensate(params, plan, removed)
-    groups = _slice(params, plan, removed)
-    for b in plan.analysis.blocks:
-        if (group := _regroup(params, b, removed)) is not None:
-            groups[b.node] = group
-    _cut_empty(out.graph, plan, removed)
-    _write(out, params, groups)
-    _drop_unused(out.graph)
-    del out.graph.value_info[:]
-    inferred = onnx.shape_inference.infer_shapes(out, strict_mode=True)
-    out.graph.value_info.extend(inferred.graph.value_info)
-    logger.info("pruned %d units (%d atoms)", len(plan.remove), len(removed))
-    return out
+    return apply(Prune(plan), model).model

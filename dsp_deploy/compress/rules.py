@@ -2,42 +2,11 @@
 
 A *layout* is a tuple of atom ids, one per position on axis 1: position p of the tensor
 carries atom ``layout[p]`` (``flow`` has the records, ``views`` the rules for Flatten,
-Reshape, Squeeze, Slice and Shape). A Conv (group 1) creates fresh atoms for its output
-channels; every other rule says where its input atoms end up:
-
-==========================  ============================================================
-op                          rule
-==========================  ============================================================
-Conv, group 1               new atoms (producer: W rows, B); reads x as a *consumer*
-                            (W columns) — a channel-mixing end of a group
-Conv, depthwise (g = C)     same layout; W rows, B and ``group`` shrink with the channels
-Conv, grouped (g > 1)       new atoms in g blocks; ``Blocks`` ties block j of the output
-                            to block j of the input (see below); W and B are rewritten
-                            by ``prune`` from the surviving blocks
-BatchNormalization,         same layout; per-channel parameters sliced
-InstanceNormalization
-elementwise unary ops       same layout (stats are taken where channels are mixed, so
-                            f(0) != 0 needs no special case)
-Add/Sub/Mul/Div/...         two tracked inputs of equal width: their atoms are tied
-                            position-wise (a residual union); of widths C and 1 (same
-                            rank: an attention map): the C pass, the 1 is pinned; one
-                            tracked input and a constant or a computed tensor whose
-                            channel axis has size 1: passes; a constant broadcasting
-                            per channel: that constant is sliced
-Sum/Max/Min/Mean            all inputs tracked: tied
-MaxPool/AveragePool/Pad/    same layout (they act on the other axes only; Pad is
-Global*Pool/Reduce*         checked not to touch axes 0 and 1)
-Concat (axis 1)             layouts concatenated (offsets); untracked parts pinned (a
-                            width shape inference lacks: what the output's leaves)
-Slice, every opset          same layout when axes 0 and 1 are taken whole (``views``)
-Flatten/Reshape to (N, −1)  over (C, L), L static: each atom repeated L times (``views``)
-Flatten/Squeeze/Reshape     same layout when only size-1 axes after axis 1 go away
-Squeeze/Unsqueeze           same layout when the axes are all after axis 1
-Shape                       untracked output, nothing pinned, when no reader reads its
-                            entry 1 (the channel count); else pins (``views``)
-Gemm (transA 0), MatMul     consumer: B columns (transB 1) or rows (transB 0 / MatMul)
-anything else               ``Pin``: every channel it reads is kept, with the reason
-==========================  ============================================================
+Reshape, Squeeze, Slice and Shape, ``ops`` the table saying which rule each op type
+follows). A Conv (group 1) creates fresh atoms for its output channels; every other rule
+says where its input atoms end up. A rule returns a ``Flow`` (output layouts, parameters
+to slice, ties, consumers, grouped blocks) or a ``Pin`` naming why the node cannot be
+followed.
 
 Grouped Conv. With g groups, C_in = g·b_in inputs and C_out = g·b_out outputs,
 W has shape (C_out, b_in, k…) and
@@ -65,17 +34,13 @@ a constant matrix, so ``MatMul(A, B) + C = Gemm(A, B, C)``): one node stays one 
 and onnxruntime fuses a 2-D MatMul + Add into a Gemm anyway, so a Gemm is no slower
 than the inserted Add the alternative needs. Keeping the constant channels instead
 (the old behaviour) would leave ``--threshold`` and the compensations without a bias.
-
-A rule returns a ``Flow`` (output layouts, parameters to slice, ties, consumers, grouped
-blocks) or a ``Pin`` naming why the node cannot be followed.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 
-from dsp_deploy.compress import views
 from dsp_deploy.compress.flow import (  # re-exported: groups, plan, prune import them here
     CONSUMER,
     COUNT,  # noqa: F401
@@ -91,7 +56,7 @@ from dsp_deploy.compress.flow import (  # re-exported: groups, plan, prune impor
     Rule,
     Slice,
     axes_of,
-    input_name,
+    input_at,
     normalise_axes,
     rank_of,
     same,
@@ -99,74 +64,26 @@ from dsp_deploy.compress.flow import (  # re-exported: groups, plan, prune impor
 )
 from dsp_deploy.compress.graph import attr
 
-ACTIVATIONS = frozenset(
-    {
-        "Relu",
-        "LeakyRelu",
-        "PRelu",
-        "Clip",
-        "Sigmoid",
-        "Tanh",
-        "Elu",
-        "Selu",
-        "Celu",
-        "Gelu",
-        "HardSigmoid",
-        "HardSwish",
-        "Mish",
-        "Softplus",
-        "ThresholdedRelu",
-    }
-)
-UNARY = ACTIVATIONS | frozenset(
-    {
-        "Identity",
-        "Dropout",
-        "Abs",
-        "Neg",
-        "Erf",
-        "Softsign",
-        "Sqrt",
-        "Exp",
-        "Log",
-        "Reciprocal",
-        "Sign",
-        "Floor",
-        "Ceil",
-        "Round",
-        "Cast",
-        "Sin",
-        "Cos",
-    }
-)
-POOLS = frozenset(
-    {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
-)
-REDUCES = frozenset(
-    {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare"}
-)
-BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
-VARIADIC = frozenset({"Sum", "Max", "Min", "Mean"})
 # A Gemm / MatMul refitted by least squares needs the (F + 1)² Gram matrix of its F input
 # features: F ≤ 4,096 (128 MiB). A Flatten over (C, L) can give far more; those get "mean".
 REFIT_FEATURES = 4096
 
 
-def _unpadded(node: onnx.NodeProto) -> bool:
+def _unpadded(node: ir.Node) -> bool:
     """No output position of the Conv reads padding: every pad 0, and ``auto_pad``
     NOTSET or VALID (a SAME that ``normalise`` could not make explicit pads)."""
     auto_pad = attr(node, "auto_pad", "NOTSET")
     return auto_pad in ("NOTSET", "VALID") and not any(attr(node, "pads", None) or ())
 
 
-def conv(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
+def conv(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
     if tracked_elsewhere(node, ctx, (0,)) is not None:
         return Pin("weight or bias is computed from channels")
-    w = ctx.const(node.input[1])
-    if w is None or (input_name(node, 2) and ctx.const(node.input[2]) is None):
+    w = ctx.const(node.inputs[1])
+    if w is None or (input_at(node, 2) is not None and ctx.const(node.inputs[2]) is None):
         return Pin("weight or bias is not a constant")
-    group, x = attr(node, "group", 1), ctx.layout(node.input[0])
-    bias = (2,) if input_name(node, 2) else ()
+    group, x = attr(node, "group", 1), ctx.layout(node.inputs[0])
+    bias = (2,) if input_at(node, 2) is not None else ()
     if group == 1:
         out = ctx.new_atoms(i, w.shape[0])
         slices = tuple(Slice(i, k, 0, out, PRODUCER) for k in (1, *bias))
@@ -174,16 +91,14 @@ def conv(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
             return Flow((out,), slices)
         unpadded = _unpadded(node)
         pointwise = unpadded and int(np.prod(w.shape[2:])) == 1
-        read = Consumer(i, node.input[0], x, "conv", unpadded, pointwise)
+        read = Consumer(i, node.inputs[0].name, x, "conv", unpadded, pointwise)
         return Flow((out,), (*slices, Slice(i, 1, 1, x, CONSUMER)), consumers=(read,))
     if x is not None and w.shape[1] == 1 and w.shape[0] == group == len(x):
         return Flow((x,), tuple(Slice(i, k, 0, x, DEPTHWISE) for k in (1, *bias)))
     return _grouped(i, node, ctx, w, x)
 
 
-def _grouped(
-    i: int, node: onnx.NodeProto, ctx: Context, w: np.ndarray, x: Layout | None
-) -> Flow | Pin:
+def _grouped(i: int, node: ir.Node, ctx: Context, w: np.ndarray, x: Layout | None) -> Flow | Pin:
     """A grouped Conv: a source in g output blocks, a consumer of g input blocks; W and
     B are rewritten whole by ``prune`` (no ``Slice``), from the ``Blocks`` record."""
     group = attr(node, "group", 1)
@@ -194,31 +109,35 @@ def _grouped(
     blocks = (Blocks(i, group, x, out),)
     if x is None:
         return Flow((out,), blocks=blocks)
-    read = Consumer(i, node.input[0], x, "conv", _unpadded(node), False, groups=group)
+    read = Consumer(i, node.inputs[0].name, x, "conv", _unpadded(node), False, groups=group)
     return Flow((out,), consumers=(read,), blocks=blocks)
 
 
 def per_channel_params(inputs: tuple[int, ...]) -> Rule:
-    def rule(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
+    def rule(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
         if tracked_elsewhere(node, ctx, (0,)) is not None:
             return Pin("parameters are computed from channels")
-        x = ctx.layout(node.input[0])
-        present = [k for k in inputs if input_name(node, k)]
-        if any(ctx.const(node.input[k]) is None for k in present):
+        x = ctx.layout(node.inputs[0])
+        present = [k for k in inputs if input_at(node, k) is not None]
+        if any(ctx.const(node.inputs[k]) is None for k in present):
             return Pin("per-channel parameters are not constants")
         return same(node, ctx, tuple(Slice(i, k, 0, x, PER_CHANNEL) for k in present))
 
     return rule
 
 
-def unary(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
+def unary(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
     extra = tracked_elsewhere(node, ctx, (0,))
     if extra is not None:
         return Pin(f"input {extra} is channel data")
-    if node.op_type == "PRelu":
-        slope = ctx.const(node.input[1])
-        return _const_operand(i, node, ctx, 1, slope, node.input[0])
     return same(node, ctx)
+
+
+def prelu(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
+    """A per-channel slope is sliced with the channels; a shared one passes."""
+    if tracked_elsewhere(node, ctx, (0,)) is not None:
+        return Pin("input 1 is channel data")
+    return _const_operand(i, node, ctx, 1, ctx.const(node.inputs[1]), node.inputs[0])
 
 
 def _channel_axis(ndim: int, rank: int) -> int | None:
@@ -228,7 +147,7 @@ def _channel_axis(ndim: int, rank: int) -> int | None:
 
 
 def _const_operand(
-    i: int, node: onnx.NodeProto, ctx: Context, k: int, value: np.ndarray | None, data: str
+    i: int, node: ir.Node, ctx: Context, k: int, value: np.ndarray | None, data: ir.Value
 ) -> Flow | Pin:
     x, rank = ctx.layout(data), rank_of(ctx, data)
     if value is None or rank is None or value.ndim > rank:
@@ -241,30 +160,30 @@ def _const_operand(
     return Flow((x,), (Slice(i, k, axis, x, PER_CHANNEL),))
 
 
-def binary(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    a, b = (ctx.layout(n) for n in node.input[:2])
+def binary(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
+    a, b = (ctx.layout(n) for n in node.inputs[:2])
     if a is not None and b is not None:
         return _both_tracked(node, ctx, a, b)
     k = 1 if a is not None else 0
     if node.op_type in ("Sub", "Div", "Pow") and k == 0:
         return Pin("channel tensor on the right of a non-commutative op")
-    value = ctx.const(node.input[k])
+    value = ctx.const(node.inputs[k])
     if value is None:
-        shape = ctx.shape(node.input[k])
-        data_rank = rank_of(ctx, node.input[1 - k])
+        shape = ctx.shape(node.inputs[k])
+        data_rank = rank_of(ctx, node.inputs[1 - k])
         if shape is not None and data_rank is not None and len(shape) <= data_rank:
             axis = _channel_axis(len(shape), data_rank)
             if axis is None or shape[axis] == 1:
-                return Flow((ctx.layout(node.input[1 - k]),))
+                return Flow((ctx.layout(node.inputs[1 - k]),))
         return Pin("other operand is computed and broadcasts over channels")
-    return _const_operand(i, node, ctx, k, value, node.input[1 - k])
+    return _const_operand(i, node, ctx, k, value, node.inputs[1 - k])
 
 
-def _both_tracked(node: onnx.NodeProto, ctx: Context, a: Layout, b: Layout) -> Flow | Pin:
+def _both_tracked(node: ir.Node, ctx: Context, a: Layout, b: Layout) -> Flow | Pin:
     """Equal widths: tied position-wise. One channel against C (same rank): it broadcasts,
     y[c] = a[c] ∘ b[0]; the output carries the wide layout and the one channel is pinned:
     it is a factor of every output channel, so it cannot go while any of them stays."""
-    ranks = (rank_of(ctx, node.input[0]), rank_of(ctx, node.input[1]))
+    ranks = (rank_of(ctx, node.inputs[0]), rank_of(ctx, node.inputs[1]))
     if ranks[0] != ranks[1]:
         return Pin("operands differ in rank")
     if len(a) == len(b):
@@ -276,31 +195,31 @@ def _both_tracked(node: onnx.NodeProto, ctx: Context, a: Layout, b: Layout) -> F
     return Flow((wide,), pinned=((one, why),))
 
 
-def variadic(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    layouts = [ctx.layout(n) for n in node.input]
+def variadic(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
+    layouts = [ctx.layout(n) for n in node.inputs]
     if any(x is None for x in layouts) or len({len(x) for x in layouts}) != 1:
         return Pin("inputs are not all channel tensors of equal width")
     return Flow((layouts[0],), ties=tuple((layouts[0], x) for x in layouts[1:]))
 
 
-def pool(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
+def pool(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
     return same(node, ctx)
 
 
-def reduce(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    axes, rank = axes_of(node, ctx, 1), rank_of(ctx, node.input[0])
+def reduce(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
+    axes, rank = axes_of(node, ctx, 1), rank_of(ctx, node.inputs[0])
     if not axes or rank is None or normalise_axes(axes, rank) & {0, 1}:
         return Pin("reduces over the batch or channel axis (or all axes)")
     return same(node, ctx)
 
 
-def pad(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
+def pad(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
     pads = attr(node, "pads")
-    if pads is None and input_name(node, 1):
-        const = ctx.const(node.input[1])
+    if pads is None and input_at(node, 1) is not None:
+        const = ctx.const(node.inputs[1])
         pads = None if const is None else const.tolist()
-    rank = rank_of(ctx, node.input[0])
-    axes = axes_of(node, ctx, 3) if input_name(node, 3) else list(range(rank or 0))
+    rank = rank_of(ctx, node.inputs[0])
+    axes = axes_of(node, ctx, 3) if input_at(node, 3) is not None else list(range(rank or 0))
     if pads is None or rank is None or axes is None:
         return Pin("pads are not constant")
     n, axes = len(axes), [a + rank if a < 0 else a for a in axes]
@@ -308,14 +227,14 @@ def pad(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
     return Pin("pads the batch or channel axis") if touched & {0, 1} else same(node, ctx)
 
 
-def concat(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
+def concat(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
     # Shape inference loses the rank after ops it cannot see through (tsai's AddCoords1d
     # builds its channel with Expand(…, ConstantOfShape(…)) and Tile): any known one does.
-    ranks = [r for r in (rank_of(ctx, n) for n in (node.output[0], *node.input)) if r]
+    ranks = [r for r in (rank_of(ctx, v) for v in (node.outputs[0], *node.inputs)) if r]
     if not ranks:
         return Pin("rank unknown")
     axis = attr(node, "axis") % ranks[0]
-    layouts = [ctx.layout(n) for n in node.input]
+    layouts = [ctx.layout(n) for n in node.inputs]
     if axis != 1:
         if any(x is None for x in layouts):
             return Pin("concatenates a channel tensor with an untracked one")
@@ -324,130 +243,92 @@ def concat(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
     if widths is None:
         return Pin("channel count of an untracked input unknown")
     parts, pinned = [], []
-    for name, x, width in zip(node.input, layouts, widths, strict=True):
+    for value, x, width in zip(node.inputs, layouts, widths, strict=True):
         if x is None:
             x = ctx.new_atoms(-1, width)
-            pinned.append((x, f"untracked input {name} of Concat"))
+            pinned.append((x, f"untracked input {value.name} of Concat"))
         parts.extend(x)
     return Flow((tuple(parts),), pinned=tuple(pinned))
 
 
-def _dim1(ctx: Context, name: str) -> int | None:
-    shape = ctx.shape(name)
+def _dim1(ctx: Context, value: ir.Value) -> int | None:
+    shape = ctx.shape(value)
     return shape[1] if shape is not None and len(shape) > 1 else None
 
 
-def _concat_widths(
-    node: onnx.NodeProto, ctx: Context, layouts: list[Layout | None]
-) -> list[int] | None:
+def _concat_widths(node: ir.Node, ctx: Context, layouts: list[Layout | None]) -> list[int] | None:
     """Each input's channel count; one that shape inference lacks is what the output's
     (inferred, or C_in of a Conv reading it) leaves."""
     widths = [
-        _dim1(ctx, n) if x is None else len(x) for n, x in zip(node.input, layouts, strict=True)
+        _dim1(ctx, v) if x is None else len(x) for v, x in zip(node.inputs, layouts, strict=True)
     ]
     unknown = [k for k, w in enumerate(widths) if w is None]
     if not unknown:
         return widths
-    total = _dim1(ctx, node.output[0]) or _conv_input_width(ctx, node.output[0])
+    total = _dim1(ctx, node.outputs[0]) or _conv_input_width(ctx, node.outputs[0])
     if len(unknown) != 1 or total is None:
         return None
     widths[unknown[0]] = total - sum(w for w in widths if w is not None)
     return widths if widths[unknown[0]] > 0 else None
 
 
-def _conv_input_width(ctx: Context, name: str) -> int | None:
-    """C_in = W.shape[1] · group of a Conv reading ``name`` as its data input."""
-    for position in ctx.readers(name):
-        node = None if position < 0 else ctx.node(position)
-        if node is not None and node.op_type == "Conv" and node.input[0] == name:
-            w = ctx.const(node.input[1])
+def _conv_input_width(ctx: Context, value: ir.Value) -> int | None:
+    """C_in = W.shape[1] · group of a Conv reading ``value`` as its data input."""
+    for node in ctx.readers(value):
+        if node is not None and node.op_type == "Conv" and node.inputs[0] is value:
+            w = ctx.const(node.inputs[1])
             if w is not None:
                 return w.shape[1] * attr(node, "group", 1)
     return None
 
 
-def softmax(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    rank = rank_of(ctx, node.input[0])
+def softmax(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
+    rank = rank_of(ctx, node.inputs[0])
     if rank is None or attr(node, "axis", -1) % rank < 2:
         return Pin("normalises across channels")
     return same(node, ctx)
 
 
-def gemm(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
+def gemm(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
     if tracked_elsewhere(node, ctx, (0,)) is not None:
         return Pin("weight or bias is channel data")
-    x = ctx.layout(node.input[0])
+    x = ctx.layout(node.inputs[0])
     # Gemm's A is 2-D by definition (old Reshapes infer no rank for a computed target).
-    if attr(node, "transA", 0) or rank_of(ctx, node.input[0]) not in (2, None):
+    if attr(node, "transA", 0) or rank_of(ctx, node.inputs[0]) not in (2, None):
         return Pin("A is transposed or not a (batch, features) matrix")
-    w = ctx.const(node.input[1])
+    w = ctx.const(node.inputs[1])
     if w is None or w.ndim != 2:
         return Pin("B is not a constant matrix")
     axis = 1 if attr(node, "transB", 0) else 0
-    read = Consumer(i, node.input[0], x, "gemm", True, len(x) <= REFIT_FEATURES)
+    read = Consumer(i, node.inputs[0].name, x, "gemm", True, len(x) <= REFIT_FEATURES)
     return Flow((None,), (Slice(i, 1, axis, x, CONSUMER),), consumers=(read,))
 
 
-def matmul(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    if tracked_elsewhere(node, ctx, (0,)) is not None or rank_of(ctx, node.input[0]) != 2:
+def matmul(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
+    if tracked_elsewhere(node, ctx, (0,)) is not None or rank_of(ctx, node.inputs[0]) != 2:
         return Pin("channels are not the contracted axis of a (batch, features) matrix")
-    w = ctx.const(node.input[1])
+    w = ctx.const(node.inputs[1])
     if w is None or w.ndim != 2:
         return Pin("B is not a constant matrix")
-    x = ctx.layout(node.input[0])
+    x = ctx.layout(node.inputs[0])
     bias = _bias_add(node, ctx, w.shape[1])
-    read = Consumer(i, node.input[0], x, "matmul", True, len(x) <= REFIT_FEATURES, bias)
+    read = Consumer(i, node.inputs[0].name, x, "matmul", True, len(x) <= REFIT_FEATURES, bias)
     return Flow((None,), (Slice(i, 1, 0, x, CONSUMER),), consumers=(read,))
 
 
-def _bias_add(node: onnx.NodeProto, ctx: Context, features: int) -> tuple[int, int] | None:
+def _bias_add(node: ir.Node, ctx: Context, features: int) -> tuple[int, int] | None:
     """(Add node, input) of the constant bias added to a MatMul's output, when that Add is
     its only reader; None: the MatMul becomes a Gemm if it must take a bias."""
-    readers = ctx.readers(node.output[0])
-    if len(readers) != 1 or readers[0] < 0:
+    readers = ctx.readers(node.outputs[0])
+    add = readers[0] if len(readers) == 1 else None
+    if add is None or add.op_type != "Add" or len(add.inputs) != 2:
         return None
-    add = ctx.node(readers[0])
-    if add.op_type != "Add" or len(add.input) != 2 or add.domain not in ("", "ai.onnx"):
+    k = 1 if add.inputs[0] is node.outputs[0] else 0
+    value = ctx.const(add.inputs[k])
+    if add.domain not in ("", "ai.onnx") or value is None or add.inputs[k] is node.outputs[0]:
         return None
-    k = 1 if add.input[0] == node.output[0] else 0
-    value = ctx.const(add.input[k])
-    if value is None or add.input[k] == node.output[0] or value.ndim > 2:
+    if value.ndim > 2 or value.size not in (1, features):
         return None
-    if value.size not in (1, features) or (value.ndim == 2 and value.shape[0] != 1):
+    if value.ndim == 2 and value.shape[0] != 1:
         return None
-    return readers[0], k
-
-
-RULES: dict[str, Rule] = {
-    "Conv": conv,
-    "BatchNormalization": per_channel_params((1, 2, 3, 4)),
-    "InstanceNormalization": per_channel_params((1, 2)),
-    **dict.fromkeys(UNARY, unary),
-    **dict.fromkeys(BINARY, binary),
-    **dict.fromkeys(VARIADIC, variadic),
-    **dict.fromkeys(POOLS, pool),
-    **dict.fromkeys(REDUCES, reduce),
-    "Pad": pad,
-    "Slice": views.slice_,
-    "Concat": concat,
-    "Flatten": views.reshape_like,
-    "Squeeze": views.squeeze_like,
-    "Unsqueeze": views.squeeze_like,
-    "Reshape": views.reshape_like,
-    "Shape": views.shape,
-    "Softmax": softmax,
-    "LogSoftmax": softmax,
-    "Gemm": gemm,
-    "MatMul": matmul,
-}
-
-# Ops that start a group even when no input is tracked.
-SOURCES = frozenset({"Conv"})
-
-
-def apply(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    """The flow of channels through ``node`` (``Pin`` for ops outside the table)."""
-    rule = RULES.get(node.op_type)
-    if rule is None or node.domain not in ("", "ai.onnx"):
-        return Pin(f"{node.op_type} is not in the channel-flow table")
-    return rule(i, node, ctx)
+    return ctx.position(add), k

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 
 from dsp_deploy.compress.flow import (
     COUNT,
@@ -53,7 +53,7 @@ from dsp_deploy.compress.flow import (
     Pin,
     Slice,
     axes_of,
-    input_name,
+    input_at,
     normalise_axes,
     rank_of,
     same,
@@ -70,7 +70,7 @@ def flattened(x: Layout, length: int) -> Layout:
     return tuple(a for a in x for _ in range(length))
 
 
-def _length(ctx: Context, name: str) -> int | None:
+def _length(ctx: Context, name: ir.Value) -> int | None:
     """L = d_2 ⋯ d_k of an (N, C, d_2, …) tensor; None when a dim is unknown."""
     shape = ctx.shape(name)
     if shape is None or len(shape) < 2 or any(d is None for d in shape[2:]):
@@ -78,32 +78,32 @@ def _length(ctx: Context, name: str) -> int | None:
     return math.prod(shape[2:])
 
 
-def _only_unit_axes_after_1(ctx: Context, src: str, dst: str) -> bool:
+def _only_unit_axes_after_1(ctx: Context, src: ir.Value, dst: ir.Value) -> bool:
     a, b = ctx.shape(src), ctx.shape(dst)
     if a is None or b is None or len(a) < 2 or len(b) < 2 or a[1] is None:
         return False
     return a[1] == b[1] and all(d == 1 for d in (*a[2:], *b[2:]))
 
 
-def _count(i: int, node: onnx.NodeProto, ctx: Context, layout: Layout) -> tuple[Slice, ...]:
+def _count(i: int, node: ir.Node, ctx: Context, layout: Layout) -> tuple[Slice, ...]:
     """A literal channel count at entry 1 of a constant Reshape target (the dynamo exporter
     writes [-1, C]) follows the pruning; 0 (copy), -1 (inferred) and computed need nothing."""
     if node.op_type != "Reshape":
         return ()
-    target = ctx.const(node.input[1])
+    target = ctx.const(node.inputs[1])
     literal = target is not None and target.ndim == 1 and len(target) > 1 and target[1] > 0
     return (Slice(i, 1, 1, layout, COUNT),) if literal else ()
 
 
-def reshape_like(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
+def reshape_like(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
     if node.op_type == "Flatten" and attr(node, "axis", 1) != 1:
         return Pin("Flatten with axis != 1 merges the batch and channel axes")
-    x = ctx.layout(node.input[0])
+    x = ctx.layout(node.inputs[0])
     if x is None or tracked_elsewhere(node, ctx, (0,)) is not None:
         return Pin("its shape or axes are computed from channels")
-    if _only_unit_axes_after_1(ctx, node.input[0], node.output[0]):
+    if _only_unit_axes_after_1(ctx, node.inputs[0], node.outputs[0]):
         return same(node, ctx, _count(i, node, ctx, x))
-    length = _length(ctx, node.input[0])
+    length = _length(ctx, node.inputs[0])
     flat = node.op_type == "Flatten" or (
         node.op_type == "Reshape" and length is not None and _to_batch_rows(node, ctx, length)
     )
@@ -115,11 +115,11 @@ def reshape_like(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
     return Flow((layout,), _count(i, node, ctx, layout))
 
 
-def _to_batch_rows(node: onnx.NodeProto, ctx: Context, length: int) -> bool:
+def _to_batch_rows(node: ir.Node, ctx: Context, length: int) -> bool:
     """Whether the Reshape's target is (N, −1) for its input (N, C, …) (module docstring)."""
-    target, data = ctx.const(node.input[1]), node.input[0]
+    target, data = ctx.const(node.inputs[1]), node.inputs[0]
     if target is None:
-        return _batch_by_minus_one(ctx, node.input[1], data)
+        return _batch_by_minus_one(ctx, node.inputs[1], data)
     if target.shape != (2,):
         return False
     first, second = (int(v) for v in target)
@@ -130,58 +130,57 @@ def _to_batch_rows(node: onnx.NodeProto, ctx: Context, length: int) -> bool:
     return (second == -1 and first != -1) or second == len(ctx.layout(data)) * length
 
 
-def _producer(ctx: Context, name: str) -> onnx.NodeProto | None:
-    position = ctx.producer(name)
-    node = None if position is None else ctx.node(position)
+def _producer(value: ir.Value | None) -> ir.Node | None:
+    """The node computing ``value``, through Casts and Identities."""
+    node = None if value is None else value.producer()
     while node is not None and node.op_type in _PASS:
-        position = ctx.producer(node.input[0])
-        node = None if position is None else ctx.node(position)
+        node = node.inputs[0].producer()
     return node
 
 
-def _batch_by_minus_one(ctx: Context, name: str, data: str) -> bool:
+def _batch_by_minus_one(ctx: Context, name: ir.Value, data: ir.Value) -> bool:
     """``name`` is Concat(axis 0)(dim 0 of ``data``, [−1]): ``x.view(x.size(0), -1)``."""
-    concat = _producer(ctx, name)
-    if concat is None or concat.op_type != "Concat" or len(concat.input) != 2:
+    concat = _producer(name)
+    if concat is None or concat.op_type != "Concat" or len(concat.inputs) != 2:
         return False
-    rest = ctx.const(concat.input[1])
+    rest = ctx.const(concat.inputs[1])
     if rest is None or rest.tolist() != [-1]:
         return False
-    return _is_batch_dim(ctx, concat.input[0], data)
+    return _is_batch_dim(ctx, concat.inputs[0], data)
 
 
-def _is_batch_dim(ctx: Context, name: str, data: str) -> bool:
+def _is_batch_dim(ctx: Context, name: ir.Value, data: ir.Value) -> bool:
     """``name`` holds [dim 0 of ``data``]: Shape(data)[0:1], Gather(Shape(data), [0]),
     Slice(Shape(data), [0], [1]) or Unsqueeze(Gather(Shape(data), 0))."""
-    node, rank = _producer(ctx, name), rank_of(ctx, data)
+    node, rank = _producer(name), rank_of(ctx, data)
     scalar = node is not None and node.op_type == "Unsqueeze"
     if scalar:
-        node = _producer(ctx, node.input[0])
+        node = _producer(node.inputs[0])
     if node is None or rank is None:
         return False
     if node.op_type == "Shape":
-        return not scalar and node.input[0] == data and _shape_entries(node, rank) == [0]
+        return not scalar and node.inputs[0] == data and _shape_entries(node, rank) == [0]
     if node.op_type not in ("Gather", "Slice") or (scalar and node.op_type == "Slice"):
         return False
-    shape = _producer(ctx, node.input[0])
-    if shape is None or shape.op_type != "Shape" or shape.input[0] != data:
+    shape = _producer(node.inputs[0])
+    if shape is None or shape.op_type != "Shape" or shape.inputs[0] != data:
         return False
-    index = ctx.const(node.input[1]) if node.op_type == "Gather" else None
+    index = ctx.const(node.inputs[1]) if node.op_type == "Gather" else None
     if node.op_type == "Gather" and (index is None or index.ndim != (0 if scalar else 1)):
         return False
     return _entries_read(node, ctx, _shape_entries(shape, rank)) == [0]
 
 
-def _shape_entries(node: onnx.NodeProto, rank: int) -> list[int]:
+def _shape_entries(node: ir.Node, rank: int) -> list[int]:
     """The axes a Shape node reports, in order (its start/end, opset 15)."""
     start, end = attr(node, "start", 0), attr(node, "end")
     return list(range(rank))[start:end]
 
 
-def _entries_read(reader: onnx.NodeProto, ctx: Context, entries: list[int]) -> list[int] | None:
+def _entries_read(reader: ir.Node, ctx: Context, entries: list[int]) -> list[int] | None:
     """The axes of x a Gather or Slice of Shape(x) reads (None: unknown or another op)."""
     if reader.op_type == "Gather" and attr(reader, "axis", 0) == 0:
-        index = ctx.const(reader.input[1])
+        index = ctx.const(reader.inputs[1])
         if index is None:
             return None
         try:
@@ -199,23 +198,23 @@ def _entries_read(reader: onnx.NodeProto, ctx: Context, entries: list[int]) -> l
     return None
 
 
-def shape(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    rank = rank_of(ctx, node.input[0])
+def shape(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
+    rank = rank_of(ctx, node.inputs[0])
     if rank is None:
         return Pin("rank unknown: cannot tell which entries are read")
     entries = _shape_entries(node, rank)
-    for reader in ctx.readers(node.output[0]) if 1 in entries else ():
-        read = None if reader < 0 else _entries_read(ctx.node(reader), ctx, entries)
+    for reader in ctx.readers(node.outputs[0]) if 1 in entries else ():
+        read = None if reader is None else _entries_read(reader, ctx, entries)
         if read is None or 1 in read:
             return Pin("the channel count is read (only other dims may be)")
     return Flow((None,))
 
 
-def squeeze_like(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
+def squeeze_like(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
     """Squeeze / Unsqueeze of axes after the channel axis keep it (the dynamo exporter
     writes adaptive_avg_pool1d as Unsqueeze → ReduceMean → Squeeze); else as Reshape."""
     # Unsqueeze's axes index its output, Squeeze's its input.
-    ranked = node.output[0] if node.op_type == "Unsqueeze" else node.input[0]
+    ranked = node.outputs[0] if node.op_type == "Unsqueeze" else node.inputs[0]
     axes, rank = axes_of(node, ctx, 1), rank_of(ctx, ranked)
     if axes and rank is not None and not normalise_axes(axes, rank) & {0, 1}:
         return same(node, ctx)
@@ -225,12 +224,12 @@ def squeeze_like(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
 Bounds = tuple[list[int] | None, list[int] | None, list[int], list[int] | None]
 
 
-def _ints(node: onnx.NodeProto, ctx: Context, k: int) -> list[int] | None:
-    value = ctx.const(node.input[k]) if input_name(node, k) else None
+def _ints(node: ir.Node, ctx: Context, k: int) -> list[int] | None:
+    value = ctx.const(node.inputs[k]) if input_at(node, k) is not None else None
     return None if value is None else [int(v) for v in np.ravel(value)]
 
 
-def slice_bounds(node: onnx.NodeProto, ctx: Context) -> Bounds | None:
+def slice_bounds(node: ir.Node, ctx: Context) -> Bounds | None:
     """(starts, ends, axes, steps) of a Slice of any opset; a list is None when it is
     computed, the whole is None when the axes are unknown."""
     if attr(node, "starts") is not None:  # opset < 10: attributes, no steps
@@ -240,12 +239,12 @@ def slice_bounds(node: onnx.NodeProto, ctx: Context) -> Bounds | None:
         valid = len(starts) == len(ends) == len(axes)
         return (starts, ends, axes, [1] * len(axes)) if valid else None
     starts, ends = _ints(node, ctx, 1), _ints(node, ctx, 2)
-    axes = _ints(node, ctx, 3) if input_name(node, 3) else None
-    if axes is None and not input_name(node, 3) and starts is not None:
+    axes = _ints(node, ctx, 3) if input_at(node, 3) is not None else None
+    if axes is None and not input_at(node, 3) is not None and starts is not None:
         axes = list(range(len(starts)))
     if axes is None:
         return None
-    steps = _ints(node, ctx, 4) if input_name(node, 4) else [1] * len(axes)
+    steps = _ints(node, ctx, 4) if input_at(node, 4) is not None else [1] * len(axes)
     known = [v for v in (starts, ends, steps) if v is not None]
     if any(len(v) != len(axes) for v in known) or 0 in (steps or ()):
         return None  # not a valid Slice
@@ -259,14 +258,14 @@ def _whole(start: int, end: int, step: int, dim: int | None) -> bool:
     return step == 1 and begins and ends
 
 
-def slice_(i: int, node: onnx.NodeProto, ctx: Context) -> Flow | Pin:
-    if ctx.layout(node.input[0]) is None or tracked_elsewhere(node, ctx, (0,)) is not None:
+def slice_(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
+    if ctx.layout(node.inputs[0]) is None or tracked_elsewhere(node, ctx, (0,)) is not None:
         return Pin("its bounds are computed from channels")
-    bounds, shape_ = slice_bounds(node, ctx), ctx.shape(node.input[0])
+    bounds, shape_ = slice_bounds(node, ctx), ctx.shape(node.inputs[0])
     if bounds is None or shape_ is None:
         return Pin("axes or rank unknown")
     starts, ends, axes, steps = bounds
-    dims = (shape_[0], len(ctx.layout(node.input[0])))
+    dims = (shape_[0], len(ctx.layout(node.inputs[0])))
     for k, axis in enumerate(axes):
         axis = axis + len(shape_) if axis < 0 else axis
         if axis > 1:
