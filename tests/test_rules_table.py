@@ -18,7 +18,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from dsp_deploy.compress.calibrate import collect_stats, run_model
+from dsp_deploy.compress.calibrate import collect_stats
+from dsp_deploy.inference import run_model
 from dsp_deploy.compress.groups import ChannelGroup, find_groups
 from dsp_deploy.compress.ops import OPS, table
 from dsp_deploy.compress.pipeline import probe_tensors
