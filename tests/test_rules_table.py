@@ -19,13 +19,13 @@ import pytest
 from onnx import numpy_helper
 
 from dsp_deploy.compress.calibrate import collect_stats
-from dsp_deploy.inference import run_model
 from dsp_deploy.compress.groups import ChannelGroup, find_groups
 from dsp_deploy.compress.ops import OPS, table
 from dsp_deploy.compress.pipeline import probe_tensors
 from dsp_deploy.compress.plan import make_plan
 from dsp_deploy.compress.prune import prune
 from dsp_deploy.compress.verify import compare
+from dsp_deploy.inference import run_model
 
 L = 16
 RNG_SEED = 0
