@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from dsp_deploy.compress.pipeline import Inspection
+    from dsp_deploy.compress.inspection import Inspection
 
 
 def register(app: typer.Typer) -> None:
@@ -37,7 +37,7 @@ def inspect_command(
     """Per-layer channels, params, MACs; channel groups and what pins them."""
     from dsp_deploy import io
     from dsp_deploy.commands import naming, positive
-    from dsp_deploy.compress.pipeline import inspect_model
+    from dsp_deploy.compress.inspection import inspect_model
 
     positive("--batch-size", batch_size)
     loaded = io.load_model(model)

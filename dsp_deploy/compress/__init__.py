@@ -5,7 +5,8 @@ docstring for its contract and math; ``pipeline.compress`` composes them.
 """
 
 from dsp_deploy.compress.groups import ChannelAnalysis, ChannelGroup, find_groups
-from dsp_deploy.compress.pipeline import CompressResult, Inspection, compress, inspect_model
+from dsp_deploy.compress.inspection import Inspection, inspect_model
+from dsp_deploy.compress.pipeline import CompressResult, compress
 from dsp_deploy.compress.plan import PruningPlan, make_plan
 from dsp_deploy.compress.prune import prune
 from dsp_deploy.compress.verify import ParityReport, compare, verify

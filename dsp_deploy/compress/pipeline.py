@@ -37,7 +37,6 @@ import onnxruntime as ort
 from dsp_deploy.compress.calibrate import (
     ActivationStats,
     Probe,
-    collect_stats,
     merge_stats,
 )
 from dsp_deploy.compress.folds import FoldReport, fold_indices, fold_report
@@ -119,7 +118,7 @@ def probe_segments(analysis: ChannelAnalysis) -> dict[str, np.ndarray]:
     return {t: np.array([group[a] for a in layout]) for t, layout in analysis.taps.items()}
 
 
-def _layers(analysis: ChannelAnalysis, plan: PruningPlan, before, after) -> tuple:
+def layer_reports(analysis: ChannelAnalysis, plan: PruningPlan, before, after) -> tuple:
     cost_b = {n.name: n for n in before.per_node}
     cost_a = {n.name: n for n in after.per_node}
     removed = plan.removed_atoms
@@ -228,7 +227,7 @@ def compress(
     return CompressResult(
         model=pruned,
         plan=plan,
-        layers=_layers(analysis, plan, before, after),
+        layers=layer_reports(analysis, plan, before, after),
         params=(before.params, after.params),
         macs=(before.macs, after.macs),
         decision=decision,
@@ -322,111 +321,12 @@ def _costs(model: onnx.ModelProto, pruned: onnx.ModelProto, calibration: Calibra
     return before, after
 
 
-@dataclass(frozen=True)
-class UnitStats:
-    """A unit's statistics at one channel-mixing consumer reading it (one row per
-    consumer and position), and whether ``dead`` drops the unit."""
-
-    group: int
-    unit: int
-    consumer: str
-    tensor: str
-    position: int
-    max_abs: float
-    mean: float
-    energy: float
-    active: int | None
-    dead: bool
-    kept_by: str | None = None  # why a unit the criterion chose stays (``PruningPlan.held``)
-
-
-@dataclass(frozen=True)
-class Inspection:
-    groups: tuple
-    layers: tuple[LayerReport, ...]
-    params: int
-    macs: int
-    units: tuple[UnitStats, ...]
-    bytes: int = 0  # weight storage (``ModelCost.bytes``)
-    unknown_macs: tuple[str, ...] = ()  # nodes whose MACs no shape tells (no --calib)
-
-    def dead_units(self, group: int) -> int:
-        """Units of ``group`` that the lossless ``dead`` criterion removes."""
-        return len({u.unit for u in self.units if u.group == group and u.dead})
-
-
-def _unit_stats(analysis: ChannelAnalysis, stats: ActivationStats, plan: PruningPlan):
-    taps = {
-        analysis.unit_of[a]: (t, p) for t, lay in analysis.taps.items() for p, a in enumerate(lay)
-    }
-    removed, held = set(plan.remove), dict(plan.held)
-    rows = []
-    for c in analysis.consumers:
-        s = stats.tensors[c.tensor]
-        for p, atom in enumerate(c.layout):
-            u = analysis.unit_of[atom]
-            tap = taps.get(u)
-            rows.append(
-                UnitStats(
-                    group=analysis.units[u].group,
-                    unit=u,
-                    consumer=analysis.node_names[c.node],
-                    tensor=c.tensor,
-                    position=p,
-                    max_abs=float(s.max_abs[p]),
-                    mean=float(s.mean[p]),
-                    energy=float(s.energy[p]),
-                    active=None if tap is None else int(stats.tensors[tap[0]].active[tap[1]]),
-                    dead=u in removed,
-                    kept_by=held.get(u),
-                )
-            )
-    return tuple(rows)
-
-
-def inspect_model(
-    model: onnx.ModelProto,
-    calibration: Calibration | None = None,
-    *,
-    batch_size: int = 64,
-    threads: int | None = None,
-) -> Inspection:
-    """Groups, per-layer cost and (with calibration) per-unit statistics and dead list."""
-    from dsp_deploy.compress.plan import empty_plan
-    from dsp_deploy.cost import model_cost
-
-    analysis = find_groups(model)
-    batch_size = run_batch_size(model, batch_size)
-    length = None if calibration is None else series_length(calibration)
-    sample = None if calibration is None else calibration.inputs
-    cost = model_cost(model, length=length, sample=sample)
-    units: tuple[UnitStats, ...] = ()
-    plan = empty_plan(analysis)
-    if calibration is not None:
-        stats = collect_stats(
-            model,
-            calibration.inputs,
-            probe_tensors(analysis),
-            segments=probe_segments(analysis),
-            batch_size=batch_size,
-            threads=threads,
-        )
-        plan = make_plan(analysis, stats, criterion="dead")
-        units = _unit_stats(analysis, stats, plan)
-    layers = _layers(analysis, empty_plan(analysis), cost, cost)
-    return Inspection(
-        analysis.groups, layers, cost.params, cost.macs, units, cost.bytes, cost.unknown
-    )
-
-
 __all__ = [
     "CompressOptions",
     "CompressResult",
-    "Inspection",
     "LayerReport",
-    "UnitStats",
     "compress",
-    "inspect_model",
+    "layer_reports",
     "probe_segments",
     "probe_tensors",
     "series_length",
