@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Generic, TypeVar, cast
+from typing import Generic, TypeVar
 
 import onnx
 import onnx_ir as ir
@@ -58,11 +58,14 @@ class ModelPass(ir.passes.FunctionalPass, Generic[R]):
 def apply(transform: ModelPass[R], model: onnx.ModelProto) -> Rewrite[R]:
     """Run ``transform`` on ``model`` (untouched) and return the result as a proto.
 
-    The pass reads a copy of the proto: onnx-ir's initializer tensors wrap the proto's
-    own ``TensorProto`` objects and ``Model.clone`` shares them, so renaming such a value
+    The pass edits an onnx-ir model deserialised from a private copy of the proto, which
+    nothing else holds, so it needs no second copy (``call``'s clone). The proto copy is
+    what keeps the input untouched: onnx-ir's initializer tensors wrap the proto's own
+    ``TensorProto`` objects and ``Model.clone`` shares them, so renaming such a value
     would rename the caller's tensor too (onnx-ir 1.1.0; a copy costs one memcpy).
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    result = cast(ReportedResult[R], transform(ir.from_proto(copy)))
-    return Rewrite(ir.to_proto(result.model), result.modified, cast(R, result.report))
+    private = ir.from_proto(copy)
+    modified, report = transform.rewrite(private)
+    return Rewrite(ir.to_proto(private), modified, report)
