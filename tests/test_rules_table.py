@@ -11,6 +11,7 @@ makes a new entry without a case fail.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -668,3 +669,11 @@ def test_every_entry_has_a_case() -> None:
 def test_entry(op: str) -> None:
     for case in CASES[op]:
         _check(case, op)
+
+
+def test_the_ops_command_lists_the_table(run_cli) -> None:
+    listed = run_cli("ops", "--json")
+    assert listed.code == 0
+    rows = json.loads(listed.stdout)["ops"]
+    assert [r["op"] for r in rows] == sorted(OPS) and all(r["channels"] for r in rows)
+    assert "Conv" in run_cli("ops").stdout
