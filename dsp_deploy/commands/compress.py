@@ -227,7 +227,7 @@ def _render(result: CompressResult, model: str, out: Path, written: bool) -> Non
     console = make_console()
     console.print(table)
     for label, report in (
-        ("decision", result.decision),
+        ("calibration" if result.holdout is None else "decision", result.decision),
         ("held-out", result.holdout),
         ("random inputs (report only)", result.random),
     ):

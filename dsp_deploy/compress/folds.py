@@ -61,9 +61,11 @@ class FoldReport:
 
     def summary(self) -> str:
         woken = sum(self.woken_channels)
+        per_fold = ", ".join(map(str, self.woken_channels))
         return (
-            f"{self.folds}-fold check: {woken} channel{'s' * (woken != 1)} removed without a "
-            f"fold wake on it; max |Δ| on an unseen fold {max(self.max_abs_diff):.3g}"
+            f"{self.folds}-fold check: deciding without each fold would remove {woken} "
+            f"{'channel that wakes' if woken == 1 else 'channels that wake'} on it (per fold: "
+            f"{per_fold}); max |Δ| on a left-out fold {max(self.max_abs_diff):.3g}"
         )
 
 
