@@ -26,15 +26,15 @@ node its ``auto_pad`` (logged), and ``rules`` treats such a Conv as padded. Norm
 deterministic and keeps node order, so ``find_groups`` and ``prune``, which both run it,
 see the same nodes at the same positions; the plan's fingerprint checks it.
 
-The protobuf helpers at the end (``copy_model``, ``names_read``, ``drop_unused_nodes``,
-``set_ints``) serve the modules not yet on onnx-ir (fuse, layout, the export clean-ups).
+The protobuf helpers at the end (``copy_model``, ``set_ints``) serve the code that still
+holds protos (calibration's probe copy, the pipeline's unchanged copy, the tests).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -236,32 +236,3 @@ def set_ints(node: onnx.NodeProto, name: str, values: list[int] | int) -> None:
     kept = [a for a in node.attribute if a.name != name]
     del node.attribute[:]
     node.attribute.extend([*kept, onnx.helper.make_attribute(name, values)])
-
-
-def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for a in node.attribute:
-        yield from (*([a.g] if a.HasField("g") else []), *a.graphs)
-
-
-def names_read(nodes: Iterable[onnx.NodeProto]) -> Iterator[str]:
-    """Every tensor name the proto nodes read (once per read), subgraph bodies included."""
-    for node in nodes:
-        yield from (i for i in node.input if i)
-        for g in _subgraphs(node):
-            yield from names_read(g.node)
-
-
-def drop_unused_nodes(graph: onnx.GraphProto) -> set[str]:
-    """Remove proto nodes none of whose outputs reach a graph output; returns every name
-    still read (node inputs, also inside subgraphs, and the graph outputs)."""
-    needed = {o.name for o in graph.output}
-    kept = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(i for i in node.input if i)
-            for g in _subgraphs(node):
-                needed.update(n for sub in g.node for n in sub.input)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    return needed
