@@ -1,0 +1,250 @@
+"""Post-training compression on the zoo: what ``compress`` gives a finished model, no retraining.
+
+For every model in ``benchmarks/zoo/models`` (``benchmarks/zoo/build.py``: dense and
+DSP-trained LITE and Inception, ``cpu-small`` budget) this runs what a user runs —
+``compress`` with the CLI's defaults, the training split as calibration set — once per
+configuration in ``RUNS``:
+
+* ``dead``       the lossless pass (exact on every calibration series);
+* ``dsp``        the paper's rule with the default ``lstsq`` compensation;
+* ``auto``       ``--criterion auto``: as much as the gates allow, with reconstruction;
+* ``auto-norec`` the same search with the removed channels only masked (no refit), to
+                 show what reconstruction buys.
+
+Per run it records params and MACs before/after, test accuracy of the input model and of
+the result (onnxruntime, the official test split, which ``compress`` never sees), the
+gate verdict and failures, and the wall time of the ``compress`` call (one thread). With
+``--latency`` it also benches the input and every result in one paired run (x86, one
+thread, batch 1 and 64; ``dsp_deploy.bench``): latency ratio against the input, beside
+the MACs ratio.
+
+A model a run's gates refuse is reported with the numbers it *would* have had (the CLI
+writes nothing then, unless ``--force``): the accuracy column of a refused run is what the
+gates protected the user from.
+
+    python benchmarks/posttrain.py                       # every zoo model, resumable
+    python benchmarks/posttrain.py --only lite-dense --latency
+
+Rows go to ``benchmarks/results/posttrain.csv`` as each model finishes (a rerun skips the
+(model, run) pairs already there); ``posttrain.md`` is rewritten from the CSV at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from dsp_deploy.compress import compress
+from dsp_deploy.inference import run_model
+from dsp_deploy.io import Calibration, load_model
+from dsp_deploy.options import CRITERIA, CompressOptions
+
+HERE = Path(__file__).resolve().parent
+ZOO = HERE / "zoo"
+RESULTS = HERE / "results" / "posttrain"
+AUTO = "auto" in CRITERIA
+RUNS: dict[str, dict[str, object]] = {
+    "dead": {"criterion": "dead"},
+    "dsp": {"criterion": "dsp", "compensation": "lstsq"},
+    **(
+        {
+            "auto": {"criterion": "auto"},
+            "auto-norec": {"criterion": "auto", "compensation": "none"},
+        }
+        if AUTO
+        else {}
+    ),
+}
+COLUMNS = (
+    "model", "arch", "kind", "dataset", "run", "n_calib", "n_test",
+    "params", "params_after", "macs", "macs_after",
+    "accuracy", "accuracy_after", "agreement", "verified", "failures",
+    "latency_ratio_b1", "latency_ratio_b64", "compress_seconds", "host",
+)  # fmt: skip
+
+
+def zoo_models(only: str | None) -> list[Path]:
+    paths = sorted((ZOO / "models").glob("*.onnx"))
+    return [p for p in paths if only is None or p.name.startswith(only)]
+
+
+def load_split(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(ZOO / "data" / f"{dataset}.{split}.npz") as data:
+        return data["x"], data["y"]
+
+
+def predict(model, x: np.ndarray) -> np.ndarray:
+    name = model.graph.input[0].name
+    (out,) = run_model(model, {name: x}, batch_size=256, threads=1)
+    return out.argmax(axis=1)
+
+
+def measure(path: Path, runs: Iterable[str]) -> list[dict[str, object]]:
+    """One row per run of one zoo model (latency columns empty)."""
+    arch, kind, dataset = path.stem.split("-", 2)
+    (x, y), (x_test, y_test) = load_split(dataset, "train"), load_split(dataset, "test")
+    model = load_model(path)
+    before = predict(model, x_test)
+    calibration = Calibration({model.graph.input[0].name: x}, y)
+    rows = []
+    for run in runs:
+        start = time.perf_counter()
+        result = compress(model, calibration, CompressOptions(threads=1, **RUNS[run]))
+        seconds = time.perf_counter() - start
+        after = predict(result.model, x_test)
+        rows.append(
+            {
+                "model": path.name, "arch": arch, "kind": kind, "dataset": dataset,
+                "run": run, "n_calib": len(y), "n_test": len(y_test),
+                "params": result.params[0], "params_after": result.params[1],
+                "macs": result.macs[0], "macs_after": result.macs[1],
+                "accuracy": round(float(np.mean(before == y_test)), 6),
+                "accuracy_after": round(float(np.mean(after == y_test)), 6),
+                "agreement": round(float(np.mean(before == after)), 6),
+                "verified": result.verified, "failures": " | ".join(result.failures),
+                "latency_ratio_b1": "", "latency_ratio_b64": "",
+                "compress_seconds": round(seconds, 2), "host": platform.node(),
+                "_model": result.model,
+            }
+        )  # fmt: skip
+    return rows
+
+
+def add_latency(path: Path, rows: list[dict[str, object]]) -> None:
+    """Bench the input and every result in one paired run; fill the ratio columns."""
+    import onnx
+
+    from dsp_deploy.bench.runner import BenchSettings, benchmark
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [str(path)]
+        for row in rows:
+            files.append(str(Path(tmp) / f"{row['run']}.onnx"))
+            onnx.save(row["_model"], files[-1])
+        settings = BenchSettings(batches=(1, 64), runs=60, rounds=2, paired_rounds=20)
+        report = benchmark(files, settings)
+    for c in report.comparison:
+        row = rows[[Path(f).name for f in files[1:]].index(Path(c.model).name)]
+        row[f"latency_ratio_b{c.batch}"] = round(c.latency_ratio, 4)
+
+
+def done_pairs(csv_path: Path) -> set[tuple[str, str]]:
+    if not csv_path.exists():
+        return set()
+    with csv_path.open() as handle:
+        return {(r["model"], r["run"]) for r in csv.DictReader(handle)}
+
+
+def append_rows(csv_path: Path, rows: list[dict[str, object]]) -> None:
+    new = not csv_path.exists()
+    with csv_path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown(rows: list[dict[str, str]]) -> str:
+    """The per-family target table, then one line per model and run."""
+    lines = [
+        "| family | run | models | params removed | MACs removed | Δ test acc (mean) "
+        "| Δ min | passed gates | written below −2 pt (≥ 50 calib) | latency/MACs b1 | b64 "
+        "| mean s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    families = dict.fromkeys((r["arch"], r["kind"]) for r in rows)
+    for arch, kind in families:
+        for run in RUNS:
+            group = [r for r in rows if (r["arch"], r["kind"], r["run"]) == (arch, kind, run)]
+            if group:
+                lines.append(_family_line(f"{arch} {kind}", run, group))
+    lines += ["", "| model | run | params | MACs | test accuracy | agreement | gates | s |"]
+    lines.append("|---|---|---|---|---|---|---|---|")
+    lines += [
+        f"| {r['model']} | {r['run']} | −{_frac(r, 'params'):.0%} | −{_frac(r, 'macs'):.0%} "
+        f"| {float(r['accuracy']):.3f} → {float(r['accuracy_after']):.3f} "
+        f"| {float(r['agreement']):.3f} | {'pass' if r['verified'] == 'True' else 'fail'} "
+        f"| {float(r['compress_seconds']):.1f} |"
+        for r in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _family_line(family: str, run: str, group: list[dict[str, str]]) -> str:
+    delta = [float(r["accuracy_after"]) - float(r["accuracy"]) for r in group]
+    passed = [r for r in group if r["verified"] == "True"]
+    bad = [
+        r
+        for r in passed
+        if int(r["n_calib"]) >= 50 and float(r["accuracy_after"]) - float(r["accuracy"]) < -0.02
+    ]
+    gap = {b: _gap(group, b) for b in ("1", "64")}
+    seconds = np.mean([float(r["compress_seconds"]) for r in group])
+    return (
+        f"| {family} | {run} | {len(group)} | {np.mean([_frac(r, 'params') for r in group]):.1%} "
+        f"| {np.mean([_frac(r, 'macs') for r in group]):.1%} | {100 * np.mean(delta):+.2f} pt "
+        f"| {100 * min(delta):+.1f} pt | {len(passed)}/{len(group)} | {len(bad)} "
+        f"| {gap['1']} | {gap['64']} | {seconds:.1f} |"
+    )
+
+
+def _frac(row: dict[str, str], key: str) -> float:
+    return 1 - float(row[f"{key}_after"]) / float(row[key])
+
+
+def _gap(group: list[dict[str, str]], batch: str) -> str:
+    """Mean latency ratio over MACs ratio, over the rows that were benched."""
+    pairs = [
+        float(r[f"latency_ratio_b{batch}"]) / (float(r["macs_after"]) / float(r["macs"]))
+        for r in group
+        if r[f"latency_ratio_b{batch}"]
+    ]
+    return f"{np.mean(pairs):.2f}×" if pairs else "–"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="model-name prefix, e.g. lite-dense or inception-dsp")
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma list of {list(RUNS)}")
+    parser.add_argument("--latency", action="store_true", help="also bench (slow)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    runs = [r for r in args.runs.split(",") if r]
+    if unknown := [r for r in runs if r not in RUNS]:
+        print(f"error: unknown run(s) {unknown}; expected {list(RUNS)}", file=sys.stderr)
+        return 2
+    csv_path = args.out.with_suffix(".csv")
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    seen = done_pairs(csv_path)
+    paths = zoo_models(args.only)
+    for i, path in enumerate(paths, 1):
+        todo = [r for r in runs if (path.name, r) not in seen]
+        if not todo:
+            continue
+        rows = measure(path, todo)
+        if args.latency:
+            add_latency(path, rows)
+        append_rows(csv_path, rows)
+        print(f"[{i}/{len(paths)}] {path.name}: " + ", ".join(_brief(r) for r in rows), flush=True)
+    with csv_path.open() as handle:
+        args.out.with_suffix(".md").write_text(markdown(list(csv.DictReader(handle))))
+    print(f"wrote {csv_path} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+def _brief(row: dict[str, object]) -> str:
+    frac = 1 - int(row["params_after"]) / int(row["params"])  # type: ignore[arg-type]
+    gate = "pass" if row["verified"] else "fail"
+    return f"{row['run']} −{frac:.0%} acc {row['accuracy']:.3f}→{row['accuracy_after']:.3f} {gate}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
