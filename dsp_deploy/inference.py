@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
+from dsp_deploy import progress
 from dsp_deploy.errors import ModelError
 
 if TYPE_CHECKING:
@@ -66,10 +67,12 @@ def session(
 
 
 def batches(inputs: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Yield feeds of at most ``batch_size`` samples, in order."""
+    """Yield feeds of at most ``batch_size`` samples, in order (one ``progress`` task)."""
     n = len(next(iter(inputs.values())))
-    for start in range(0, n, batch_size):
-        yield {k: v[start : start + batch_size] for k, v in inputs.items()}
+    with progress.task(total=n) as advance:
+        for start in range(0, n, batch_size):
+            yield {k: v[start : start + batch_size] for k, v in inputs.items()}
+            advance(min(batch_size, n - start))
 
 
 def run_batch(

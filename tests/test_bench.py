@@ -230,7 +230,7 @@ def test_plot_writes_a_png_or_names_the_extra(run_cli, nets, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_emulated_cortex_a72_run(run_cli, nets) -> None:
-    # First use sets qemu + an arm64 python up in the cache (~30 s, ~145 MB); later ~30 s.
+    # First use sets qemu + an arm64 python up in the cache (30-50 s, 204 MB); later ~30 s.
     args = ("--runs", "3", "--warmup", "1", "--rounds", "1", "--paired-rounds", "3", "--json")
     result = run_cli("bench", *nets, "--target", "pi4-emulated", *args)
     assert result.code == 0, result.stderr

@@ -12,7 +12,9 @@ one ``InputError`` line naming the option (exit 2):
   ``compress.options.CompressOptions``);
 * ``check_output``: an output file path is not a directory, its folder exists and is
   writable, and it is none of the run's input files (also through a symlink or a hard
-  link), so a run can never write over what it reads.
+  link), so a run can never write over what it reads; optionally, its name has the
+  right suffix (``-o out.txt`` for a model is refused) and it does not exist yet
+  (``--no-overwrite``).
 
 ``naming(path)`` prefixes a ``ModelError`` raised by library code that never saw the file
 (e.g. onnxruntime failing on the calibration data) with the model's path.
@@ -51,9 +53,15 @@ def naming(path: str | os.PathLike) -> Iterator[None]:
 
 
 def check_output(
-    path: str | os.PathLike, option: str, inputs: Iterable[str | os.PathLike | None] = ()
+    path: str | os.PathLike,
+    option: str,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    *,
+    suffix: str | None = None,
+    overwrite: bool = True,
 ) -> Path:
-    """``path`` can be written as a new file and is none of ``inputs``; returns it."""
+    """``path`` can be written as a new file and is none of ``inputs``; returns it.
+    ``suffix``: the name must end in it; ``overwrite=False``: the file must not exist."""
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{option} {p} is a directory; expected a file path")
@@ -65,6 +73,10 @@ def check_output(
     for source in inputs:
         if source is not None and _same_file(p, Path(source)):
             raise InputError(f"{option} {p} is the input file {source}; choose another path")
+    if suffix is not None and p.suffix.lower() != suffix:
+        raise InputError(f"{option} {p}: expected a file name ending in {suffix}")
+    if not overwrite and p.exists():
+        raise InputError(f"{option} {p} exists (--no-overwrite); remove it or choose another")
     return p
 
 

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from dsp_deploy.clihelp import EXIT_CODES, add_command
+
 _EMULATED_DEFAULTS = {"runs": 10, "warmup": 2, "rounds": 2, "paired_rounds": 5}  # qemu ~200×
 _NATIVE_DEFAULTS = {"runs": 100, "warmup": 10, "rounds": 3, "paired_rounds": 20}
 
@@ -58,7 +60,18 @@ def bench(
         Path | None, typer.Option(help="Write latency vs batch (and ratios) to this PNG.")
     ] = None,
 ) -> None:
-    """Measure p50/p90/p99 latency, throughput and peak RSS; compare models side by side."""
+    """Measure p50/p90/p99 latency, throughput and peak RSS; compare models side by side.
+
+    Columns: p50/p90/p99 are latency percentiles in ms over every timed call of all
+    rounds; spread is (max - min) of the rounds' medians over p50 (above ~10%: a noisy
+    machine, add --rounds); per s is samples per second; RSS the process's peak MiB.
+
+    Ratios to the first model (below 1: faster or smaller): latency is the median, with
+    its quartiles, of paired rounds that time every model back to back in one process
+    (the fair comparison); p50 is the ratio of the separate processes' p50s; MACs the
+    ideal a latency ratio would reach; lat/MACs how far from it (1: as fast as its MACs
+    promise); params, size and RSS (above an empty onnxruntime process) likewise.
+    """
     from dsp_deploy.bench import report
     from dsp_deploy.bench.results import to_json
     from dsp_deploy.bench.runner import BenchSettings, benchmark
@@ -121,4 +134,18 @@ def _progress() -> Iterator[Callable[[int, int, str], None] | None]:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bench")(bench)
+    add_command(
+        app,
+        "bench",
+        bench,
+        panels={
+            "What to measure": ("batch", "threads", "length", "target", "opt_level"),
+            "How long": ("runs", "warmup", "rounds", "paired_rounds"),
+            "Output": ("as_json", "plot"),
+        },
+        examples=(
+            "dsp-deploy bench model.onnx model.pruned.onnx -b 1 -b 64",
+            "dsp-deploy bench a.onnx b.onnx --target pi4-emulated --plot bench.png",
+        ),
+        exits={k: v for k, v in EXIT_CODES.items() if k != 1},
+    )

@@ -11,23 +11,41 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dsp_deploy.clihelp import add_command
 from dsp_deploy.commands import check_output, naming
 from dsp_deploy.options import COMPENSATIONS, CRITERIA, CompressOptions, with_changes
+from dsp_deploy.render import Folded
 
 DEFAULTS = CompressOptions()  # the library's defaults, shown and used as the CLI's
 OPTION_KEYS = frozenset({*(f.name for f in fields(CompressOptions)), "reconstruct"})
 
 if TYPE_CHECKING:
-    from dsp_deploy.compress.pipeline import CompressResult
+    from dsp_deploy.compress.pipeline import CompressResult, LayerReport
 
 
 def register(app: typer.Typer) -> None:
-    app.command("compress")(compress_command)
+    add_command(app, "compress", compress_command, panels=PANELS, examples=EXAMPLES)
+
+
+PANELS = {
+    "Files": ("calib", "output", "no_overwrite"),
+    "What to remove": ("criterion", "threshold", "min_count", "compensation", "reconstruct"),
+    "Checks (gates)": (
+        "holdout", "folds", "atol", "rtol", "min_agreement", "max_accuracy_drop", "force"
+    ),
+    "Rewrites for speed": ("align", "conv2d", "fuse"),
+    "Run and output": ("batch_size", "threads", "verbose", "quiet", "as_json"),
+}  # fmt: skip
+EXAMPLES = (
+    "dsp-deploy compress model.onnx --calib calib.npz",
+    "dsp-deploy compress model.onnx --calib c.npz --criterion dsp -o small.onnx",
+)
 
 
 NOTHING_TO_PRUNE = (
@@ -58,8 +76,17 @@ def compress_command(
         ),
     ],
     output: Annotated[
-        str | None, typer.Option("-o", "--output", help="Output path [<stem>.pruned.onnx].")
+        str | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Output .onnx [<stem>.pruned.onnx]; an existing file is replaced "
+            "(atomically: a reader sees the old or the new one) unless --no-overwrite.",
+        ),
     ] = None,
+    no_overwrite: Annotated[
+        bool, typer.Option("--no-overwrite", help="Exit 2 if the output exists.")
+    ] = False,
     criterion: Annotated[
         str, typer.Option("--criterion", help=f"{' | '.join(CRITERIA)}: lossless | paper's rule.")
     ] = DEFAULTS.criterion,
@@ -136,33 +163,61 @@ def compress_command(
         bool, typer.Option("-v", "--verbose", help="Print the per-layer table on failure too.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar (none off a terminal).")
+    ] = False,
 ) -> None:
     """Remove dead (or, with --criterion dsp, weak) channels and prove the outputs.
 
     Float convs only: a quantized model exits 2 (compress first, then quantize).
     """
     given = dict(locals())  # first: the parameters, named as CompressOptions' fields
-    from dsp_deploy import io
+    from dsp_deploy import io, progress
     from dsp_deploy.compress.pipeline import compress
     from dsp_deploy.errors import VerificationError
+    from dsp_deploy.render import progress_bar
 
     # Validated before any file is read: a bad value costs no model load.
     options = with_changes(None, {k: v for k, v in given.items() if k in OPTION_KEYS})
     loaded = io.load_model(model)
     # Before the calibration pass, not after it: a bad -o must not cost a whole run.
-    out = check_output(output or default_output(model), "--output", inputs=[model, calib])
+    out = check_output(
+        output or default_output(model),
+        "--output",
+        inputs=[model, calib],
+        suffix=".onnx",
+        overwrite=not no_overwrite,
+    )
     calibration = io.load_calibration(calib, loaded)
-    with naming(model):
+    bar = progress_bar("calibration", enabled=not (as_json or quiet))
+    with naming(model), bar as reporter, progress.reporting(reporter):
         result = compress(loaded, calibration, options)
     write = result.verified or force
     if write:
         io.save_model(result.model, out, inputs=[model, calib])
+    refusal = None if write else f"{model}: not written ({'; '.join(result.failures)})"
     if as_json:
-        typer.echo(json.dumps(_as_dict(result, model, out, write)))
+        _echo_json(_as_dict(result, model, out, write), refusal)
     elif write or verbose:
         _render(result, model, out, write)
-    if not result.verified and not force:
-        raise VerificationError(f"{model}: not written ({'; '.join(result.failures)})")
+    if refusal is not None:
+        raise VerificationError(refusal)
+
+
+def _echo_json(report: dict, refusal: str | None) -> None:
+    """The one JSON object; a refusal goes into it as ``error`` and ``exit_code``, and
+    then the exit needs no second object (``typer.Exit``, with the stderr line)."""
+    if refusal is None:
+        typer.echo(json.dumps(report))
+        return
+    from dsp_deploy.errors import VerificationError
+
+    code = VerificationError.exit_code
+    typer.echo(json.dumps({**report, "error": refusal, "exit_code": code}))
+    from dsp_deploy.cli import error_line
+
+    error_line(refusal)
+    raise typer.Exit(code)
 
 
 def _as_dict(result: CompressResult, model: str, out: Path, written: bool) -> dict:
@@ -198,33 +253,67 @@ def _pct(before: int, after: int) -> str:
     return f"{100 * (after - before) / before:+.1f}%" if before else "-"
 
 
+_HEADER = ("layer", "channels", "params", "MACs")
+
+
+def _cells(row: LayerReport | Folded[LayerReport], compact: bool) -> list[str]:
+    """One table row: a layer, or a fold of one-channel convs left at one channel."""
+    from dsp_deploy.render import count
+
+    def n(value: int) -> str:
+        return count(value, compact=compact)
+
+    if isinstance(row, Folded):
+        return [
+            row.label(lambda r: r.name),
+            f"{len(row.rows)} × 1",
+            n(row.total(lambda r: r.params[0])),
+            n(row.total(lambda r: r.macs[0])),
+        ]
+    return [
+        row.name,
+        f"{row.channels[0]} → {row.channels[1]}",
+        f"{n(row.params[0])} → {n(row.params[1])}",
+        f"{n(row.macs[0])} → {n(row.macs[1])}",
+    ]
+
+
+def _table_cells(result: CompressResult, rows: list, width: int) -> list[list[str]]:
+    """The rows' cells and the total's (last), exact numbers when they fit in ``width``,
+    else compact ones (``6.14M``), names shortened in the middle to fit."""
+    from dsp_deploy.render import count, fit, names_fit
+
+    (pb, pa), (mb, ma) = result.params, result.macs
+    for compact in (False, True):
+        n = partial(count, compact=compact)
+        total = ["total", "", f"{n(pb)} → {n(pa)}", f"{n(mb)} → {n(ma)}"]
+        cells = [*(_cells(r, compact) for r in rows), total]
+        if names_fit(_HEADER, cells, width, least=24):
+            break
+    return fit(_HEADER, cells, [0], width)
+
+
 def _render(result: CompressResult, model: str, out: Path, written: bool) -> None:
     from rich.table import Table
 
     from dsp_deploy.render import console as make_console
+    from dsp_deploy.render import fold_one_channel
 
-    table = Table(title=f"compress {model} ({result.plan.criterion})")
-    for column in ("layer", "channels", "params", "MACs"):
-        table.add_column(column, justify="left" if column == "layer" else "right")
-    for r in result.layers:
-        style = "bold" if r.channels[1] < r.channels[0] else None
-        table.add_row(
-            r.name,
-            f"{r.channels[0]} → {r.channels[1]}",
-            f"{r.params[0]:,} → {r.params[1]:,}",
-            f"{r.macs[0]:,} → {r.macs[1]:,}",
-            style=style,
-        )
-    table.add_section()
-    (pb, pa), (mb, ma) = result.params, result.macs
-    table.add_row(
-        "total",
-        "",
-        f"{pb:,} → {pa:,} ({_pct(pb, pa)})",
-        f"{mb:,} → {ma:,} ({_pct(mb, ma)})",
-        style="bold",
-    )
     console = make_console()
+    (pb, pa), (mb, ma) = result.params, result.macs
+    rows = fold_one_channel(result.layers, lambda r: r.channels == (1, 1))
+    cells = _table_cells(result, rows, console.width)
+    table = Table(
+        title=f"compress {model} ({result.plan.criterion})",
+        caption=f"params {_pct(pb, pa)}, MACs {_pct(mb, ma)}",
+    )
+    for column in _HEADER:
+        table.add_column(column, justify="left" if column == "layer" else "right", no_wrap=True)
+    for row, text in zip(rows, cells, strict=False):
+        shrunk = not isinstance(row, Folded) and row.channels[1] < row.channels[0]
+        table.add_row(*text, style="bold" if shrunk else None)
+    table.add_section()
+    table.add_row(*cells[-1], style="bold")
     console.print(table)
     for label, report in (
         ("calibration" if result.holdout is None else "decision", result.decision),
@@ -248,7 +337,8 @@ def _render(result: CompressResult, model: str, out: Path, written: bool) -> Non
         console.print(result.folds.summary())
     if not result.changed:
         console.print(NOTHING_TO_PRUNE)
-    for failure in result.failures:
-        console.print(f"[red]gate failed:[/red] {failure}")
+    if written:  # forced; when nothing is written, the error line names the failures once
+        for failure in result.failures:
+            console.print(f"[red]gate failed (--force: written anyway):[/red] {failure}")
     where = f"wrote {out}" if written else "nothing written"
     console.print(f"{where} in {result.seconds:.2f} s")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from dsp_deploy.clihelp import EXIT_CODES, add_command
 from dsp_deploy.commands import check_output, naming
 
 if TYPE_CHECKING:
@@ -25,15 +26,19 @@ VERIFY_ATOL = 1e-6  # float32 mean of M probabilities: measured within 6e-8
 
 
 def register(app: typer.Typer) -> None:
-    app.command("ensemble")(ensemble_command)
+    add_command(
+        app,
+        "ensemble",
+        ensemble_command,
+        examples=("dsp-deploy ensemble a.onnx b.onnx c.onnx -o ensemble.onnx",),
+        exits={**EXIT_CODES, 1: "the ensemble's check failed (nothing written)"},
+    )
 
 
 def ensemble_command(
     members: Annotated[
         list[str],
-        typer.Argument(
-            metavar="MEMBER.onnx", help="Member classifiers (2 or more).", show_default=False
-        ),
+        typer.Argument(metavar="MODEL", help="Member classifiers (2 or more).", show_default=False),
     ],
     output: Annotated[
         str, typer.Option("-o", "--output", help="Ensemble ONNX file to write.", show_default=False)
@@ -49,7 +54,7 @@ def ensemble_command(
     if len(members) < 2:
         raise InputError(f"an ensemble needs at least 2 member models; got {len(members)}")
     # Before loading anything: a bad -o fails in milliseconds.
-    out = check_output(output, "--output", inputs=members)
+    out = check_output(output, "--output", inputs=members, suffix=".onnx")
     loaded = []
     costs = []
     for path in members:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dsp_deploy.clihelp import EXIT_CODES, add_command
+
 if TYPE_CHECKING:
     from dsp_deploy.evaluate import EvalResult
 
@@ -16,7 +18,13 @@ _MAX_CLASS_ROWS = 20  # more classes: the summary row only
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_command)
+    add_command(
+        app,
+        "eval",
+        eval_command,
+        examples=("dsp-deploy eval model.onnx -d GunPont", "dsp-deploy eval model.onnx -d t.npz"),
+        exits={k: v for k, v in EXIT_CODES.items() if k != 1},
+    )
 
 
 def eval_command(

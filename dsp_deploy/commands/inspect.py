@@ -17,19 +17,33 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dsp_deploy.clihelp import EXIT_CODES, add_command
+from dsp_deploy.render import Folded, fold_one_channel
+
 if TYPE_CHECKING:
+    from dsp_deploy.compress.groups import ChannelGroup
     from dsp_deploy.compress.inspection import Inspection
 
 
 def register(app: typer.Typer) -> None:
-    app.command("inspect")(inspect_command)
+    add_command(
+        app,
+        "inspect",
+        inspect_command,
+        examples=("dsp-deploy inspect model.onnx", "dsp-deploy inspect model.onnx --calib c.npz"),
+        exits={k: v for k, v in EXIT_CODES.items() if k != 1},
+    )
 
 
 def inspect_command(
     model: Annotated[str, typer.Argument(help="ONNX model (.onnx).", show_default=False)],
     calib: Annotated[
         str | None,
-        typer.Option("--calib", help="Calibration .npz for statistics (as for compress)."),
+        typer.Option(
+            "--calib",
+            help="Calibration .npz (as for compress): count the dead units per group; "
+            "--json also gives each unit's activation statistics.",
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per run.")] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -102,45 +116,98 @@ def _other(result: Inspection) -> tuple[int, int]:
     )
 
 
-def _render(result: Inspection, model: str) -> None:
+_LAYERS = ("layer", "channels", "params", "MACs")
+_GROUPS = ("#", "sources", "channels", "consumers", "dead", "pinned by")
+
+
+def _layer_cells(result: Inspection) -> list[list[str]]:
+    """Per layer (LITE's one-channel convs folded into one row), then every other node."""
+    unknown = set(result.unknown_macs)
+    rows = fold_one_channel(result.layers, lambda r: r.channels[0] == 1)
+    cells = []
+    for r in rows:
+        if isinstance(r, Folded):
+            macs = r.total(lambda x: x.macs[0])
+            cells.append(
+                [r.label(lambda x: x.name), f"{len(r.rows)} × 1",
+                 f"{r.total(lambda x: x.params[0]):,}", f"{macs:,}"]
+            )  # fmt: skip
+        else:
+            macs_text = "?" if r.name in unknown else f"{r.macs[0]:,}"
+            cells.append([r.name, str(r.channels[0]), f"{r.params[0]:,}", macs_text])
+    params, macs = _other(result)
+    return [*cells, ["(every other node)", "", f"{params:,}", f"{macs:,}"]]
+
+
+def _names(names: tuple[str, ...] | list[str]) -> str:
+    """The first name, and how many more (the table is read across; --json lists all)."""
+    return names[0] + (f" +{len(names) - 1}" if len(names) > 1 else "") if names else ""
+
+
+def _group_cells(result: Inspection) -> list[list[str]]:
+    """Per channel group; one-channel groups that nothing pins folded into one row."""
+
+    def plain(g: ChannelGroup) -> bool:
+        return g.channels == 1 and not g.blocked_by
+
+    def dead(gs: tuple[ChannelGroup, ...]) -> str:
+        return str(sum(result.dead_units(g.index) for g in gs)) if result.units else "-"
+
+    cells = []
+    for g in fold_one_channel(result.groups, plain):
+        if isinstance(g, Folded):
+            first, last = g.rows[0].index, g.rows[-1].index
+            sources = g.label(lambda x: ", ".join(x.sources))
+            consumers = sorted({c for x in g.rows for c in x.consumers})
+            cells.append(
+                [f"{first}–{last}", sources, f"{len(g.rows)} × 1", _names(consumers),
+                 dead(g.rows), ""]
+            )  # fmt: skip
+        else:
+            pinned = f"{g.pinned}: {g.blocked_by}" if g.blocked_by else ""
+            cells.append(
+                [str(g.index), _names(g.sources), str(g.channels), _names(g.consumers),
+                 dead((g,)), pinned]
+            )  # fmt: skip
+    return cells
+
+
+def _table(title: str, header: tuple[str, ...], cells: list[list[str]], dim_last: bool = False):
     from rich.table import Table
 
+    table = Table(title=title)
+    for column in header:
+        numeric = column in ("channels", "params", "MACs", "dead")
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=True)
+    for i, row in enumerate(cells):
+        table.add_row(*row, style="dim" if dim_last and i == len(cells) - 1 else None)
+    return table
+
+
+def _render(result: Inspection, model: str) -> None:
     from dsp_deploy.render import console as make_console
+    from dsp_deploy.render import fit
 
     console = make_console()
     at_least = "≥ " if result.unknown_macs else ""
-    layers = Table(
-        title=f"{model}: {result.params:,} params ({result.bytes:,} bytes), "
+    title = (
+        f"{model}: {result.params:,} params ({result.bytes:,} bytes), "
         f"{at_least}{result.macs:,} MACs/sample"
     )
-    for column in ("layer", "channels", "params", "MACs"):
-        layers.add_column(column, justify="left" if column == "layer" else "right")
-    unknown = set(result.unknown_macs)
-    for r in result.layers:
-        macs_text = "?" if r.name in unknown else f"{r.macs[0]:,}"
-        layers.add_row(r.name, str(r.channels[0]), f"{r.params[0]:,}", macs_text)
-    params, macs = _other(result)
-    layers.add_row("(every other node)", "", f"{params:,}", f"{macs:,}", style="dim")
-    console.print(layers)
+    layers = fit(_LAYERS, _layer_cells(result), [0], console.width)
+    console.print(_table(title, _LAYERS, layers, dim_last=True))
     if result.unknown_macs:
         console.print(
             f"MACs unknown (no static shape; --calib counts them from a sample) for: "
             f"{', '.join(result.unknown_macs)}"
         )
-    groups = Table(title="channel groups")
-    for column in ("#", "sources", "channels", "consumers", "dead", "pinned by"):
-        groups.add_column(column)
-    for g in result.groups:
-        dead = result.dead_units(g.index)
-        groups.add_row(
-            str(g.index),
-            ", ".join(g.sources),
-            str(g.channels),
-            ", ".join(g.consumers),
-            str(dead) if result.units else "-",
-            f"{g.pinned}: {g.blocked_by}" if g.blocked_by else "",
-        )
-    console.print(groups)
+    header, cells = _GROUPS, _group_cells(result)
+    if not any(row[-1] for row in cells):  # nothing pinned: no empty column
+        header, cells = header[:-1], [row[:-1] for row in cells]
+    groups = fit(header, cells, [1, 3, 5][: len(header) - 3], console.width)
+    console.print(_table("channel groups", header, groups))
     kept = sorted({(u.unit, u.kept_by) for u in result.units if u.kept_by})
     for unit, reason in kept:  # dead, but a rule keeps them (never empty a layer, ...)
         console.print(f"unit {unit} is dead but kept: {reason}")
+    if result.units:
+        console.print('per-unit activation statistics: --json ("units")')

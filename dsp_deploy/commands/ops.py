@@ -12,9 +12,11 @@ from typing import Annotated
 
 import typer
 
+from dsp_deploy.clihelp import add_command
+
 
 def register(app: typer.Typer) -> None:
-    app.command("ops")(ops_command)
+    add_command(app, "ops", ops_command, examples=("dsp-deploy ops --json",), exits={0: "done"})
 
 
 def ops_command(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from dsp_deploy.clihelp import EXIT_CODES, add_command
 from dsp_deploy.commands import at_least, finite_at_least, positive
 from dsp_deploy.errors import InputError
 
@@ -23,8 +24,32 @@ if TYPE_CHECKING:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("sweep")(sweep_command)
-    app.command("sweep-report")(report_command)
+    exits = {k: v for k, v in EXIT_CODES.items() if k != 1}
+    add_command(
+        app,
+        "sweep",
+        sweep_command,
+        panels={
+            "Experiment": (
+                "datasets",
+                "out",
+                "archs",
+                "variants",
+                "protocol",
+                "seeds",
+                "epochs",
+                "exact_sparsity",
+            ),
+            "Ray": ("address", "num_cpus", "cpus_per_task", "gpus_per_task", "retries"),
+            "Output": ("keep_models", "report", "as_json", "quiet"),
+        },  # fmt: skip
+        examples=("dsp-deploy sweep --datasets GunPont,Coffee --archs lite -o sweep/",),
+        exits=exits,
+    )
+    add_command(
+        app, "sweep-report", report_command, examples=("dsp-deploy sweep-report sweep/",),
+        exits=exits,
+    )  # fmt: skip
 
 
 def _split(text: str) -> tuple[str, ...]:

@@ -1,4 +1,13 @@
-"""``dsp-deploy train --arch ARCH --dataset NAME|PATH -o OUT.onnx``: DSP training → ONNX."""
+"""``dsp-deploy train --arch ARCH --dataset NAME|PATH -o OUT.onnx``: DSP training → ONNX.
+
+Two parameter counts, labelled: ``params`` is the exported ONNX file's count, the one
+``compress``, ``inspect`` and ``bench`` report (every weight-like initializer,
+``dsp_deploy.cost``); ``trainable_params`` is torch's count of the network's parameters.
+They differ by what export does to BatchNorm: a BatchNorm after a conv is folded into
+it (its scale and shift, 2 per channel, become the conv's bias, 1 per channel), and one
+that is not (LITE's after the Concat) keeps its running mean and variance, 2 values per
+channel torch keeps as buffers. LITE on GunPoint: 10,318 trainable, 10,480 in the file.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 
+from dsp_deploy.clihelp import EXIT_CODES, add_command
 from dsp_deploy.commands import check_output, finite_at_least, positive
 
 if TYPE_CHECKING:
@@ -16,7 +26,21 @@ if TYPE_CHECKING:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train_command)
+    add_command(
+        app,
+        "train",
+        train_command,
+        panels={
+            "What to train": ("arch", "dataset", "output", "calib_out"),
+            "Training": ("epochs", "sparsity", "seed", "batch_size", "protocol", "retrain_epochs"),
+            "Run and output": ("threads", "device", "as_json", "quiet"),
+        },  # fmt: skip
+        examples=(
+            "dsp-deploy train --arch lite -d GunPont -o lite.onnx --calib-out calib.npz",
+            "dsp-deploy train --arch lite -d GunPont -o dense.onnx --sparsity 0 --epochs 300",
+        ),
+        exits={k: v for k, v in EXIT_CODES.items() if k != 1},
+    )
 
 
 def train_command(
@@ -103,6 +127,9 @@ def train_command(
         training=_training_settings(request, outcome),
     )
     exported = to_onnx(outcome.model, length=length, channels=channels, meta=meta)
+    from dsp_deploy.cost import model_cost
+
+    onnx_params = model_cost(exported).params
     if calib_out is not None:
         # Before the model: once the model exists, its calibration set is complete too.
         # `classes` lets `dsp-deploy eval MODEL --dataset CALIB.npz` map labels by name.
@@ -110,7 +137,7 @@ def train_command(
             calib_out, x=train_set.X, y=train_set.y, classes=np.array(train_set.classes)
         )
     save_model(exported, output)
-    summary = _summary(request, outcome, output, calib_out, train_set.name)
+    summary = _summary(request, outcome, output, calib_out, train_set.name, onnx_params)
     if as_json:
         typer.echo(json.dumps(summary))
     else:
@@ -120,7 +147,7 @@ def train_command(
 def _check_outputs(output: Path, calib_out: Path | None, dataset: str) -> None:
     """Fail before training, not after: each output is writable and is no input."""
     inputs = [dataset] if Path(dataset).is_file() else []
-    check_output(output, "--output", inputs=inputs)
+    check_output(output, "--output", inputs=inputs, suffix=".onnx")
     if calib_out is not None:
         check_output(calib_out, "--calib-out", inputs=[*inputs, output])
 
@@ -144,7 +171,12 @@ def _training_settings(request: TrainRequest, outcome: TrainOutcome) -> dict[str
 
 
 def _summary(
-    request: TrainRequest, outcome: TrainOutcome, output: Path, calib: Path | None, name: str
+    request: TrainRequest,
+    outcome: TrainOutcome,
+    output: Path,
+    calib: Path | None,
+    name: str,
+    onnx_params: int,
 ) -> dict[str, Any]:
     def taps(analysis: Any) -> dict[str, list[int]]:
         return {t.name: [len(t.dead), t.channels] for t in analysis.taps}
@@ -163,13 +195,14 @@ def _summary(
         "sparsity": request.lam,
         "device": request.device,
         "train_accuracy": outcome.train_accuracy,
-        "params": outcome.params,
+        "params": onnx_params,
+        "trainable_params": outcome.params,
         "seconds": round(outcome.seconds, 3),
         "dead_channels": dead,
         "members": [
             {
                 "seed": m.seed,
-                "params": m.params,
+                "trainable_params": m.params,
                 # None where the DSP training was loaded, not run (pipeline.train)
                 "best_epoch": None if m.train is None else m.train.best_epoch,
                 "best_loss": None if m.train is None else m.train.best_loss,
@@ -248,7 +281,7 @@ def _render(summary: dict[str, Any]) -> None:
     table = Table(title=f"{summary['arch']} on {summary['dataset']} → {summary['output']}")
     table.add_column("member")
     table.add_column("seed", justify="right")
-    table.add_column("params", justify="right")
+    table.add_column("trainable params", justify="right")
     table.add_column("best epoch", justify="right")
     table.add_column("train acc.", justify="right")
     table.add_column("dead channels per tap (train set)")
@@ -257,7 +290,7 @@ def _render(summary: dict[str, Any]) -> None:
         table.add_row(
             str(i),
             str(m["seed"]),
-            str(m["params"]),
+            f"{m['trainable_params']:,}",
             str(m["best_epoch"]),
             f"{m['train_accuracy']:.4f}",
             dead,
@@ -265,6 +298,7 @@ def _render(summary: dict[str, Any]) -> None:
     out = console()
     out.print(table)
     out.print(
-        f"train accuracy {summary['train_accuracy']:.4f}, {summary['params']} params, "
-        f"{summary['seconds']:.1f} s"
+        f"train accuracy {summary['train_accuracy']:.4f}, {summary['params']:,} params in "
+        f"the ONNX file (as compress, inspect and bench count them; "
+        f"{summary['trainable_params']:,} trainable in torch), {summary['seconds']:.1f} s"
     )
