@@ -212,6 +212,8 @@ def override(
 ) -> ModelSignature:
     """``sig`` with the caller's choices in place of the metadata's (origin ``argument``)."""
     changes: dict[str, tuple[Any, str]] = {}
+    if isinstance(classes, str | bytes):
+        raise OptionError(f"classes must be a list of names; got the string {classes!r}")
     if classes is not None:
         names = tuple(str(c) for c in classes)
         width = _fixed(sig.outputs[0].shape[1]) if _rank(sig.outputs[0]) == 2 else None

@@ -310,6 +310,7 @@ def test_overrides_replace_the_metadata_and_say_so() -> None:
         ({"classes": ["a", "b"]}, "m: 2 class names given; its output p has 4 columns"),
         ({"normalisation": "minmax"}, "normalisation must be znorm or none; got 'minmax'"),
         ({"output": "scores"}, "output must be probabilities or logits; got 'scores'"),
+        ({"classes": "abcd"}, "classes must be a list of names; got the string 'abcd'"),
     ],
 )
 def test_bad_overrides_are_option_errors(kwargs: dict, message: str) -> None:
@@ -345,6 +346,6 @@ def test_a_classifier_logs_one_warning_and_none_once_declared(
     caplog.clear()
     with caplog.at_level("WARNING", logger="dsp_deploy"):
         clf = Classifier(
-            tmp_path / "bare.onnx", normalisation="none", output="logits", classes="abcd"
+            tmp_path / "bare.onnx", normalisation="none", output="logits", classes=list("abcd")
         )
     assert caplog.records == [] and list(clf.predict([[0.0, 0.0, 0.0, 9.0]])) == ["d"]
