@@ -54,8 +54,9 @@ def metadata_command(
     """Show the model's inputs, classes, normalisation and output kind; -o writes a copy
     that declares them (the input is never changed).
 
-    Example: dsp-deploy metadata mine.onnx --classes walk,run --normalisation znorm
-    --output logits -o mine.meta.onnx
+    Example:
+
+    dsp-deploy metadata m.onnx --classes a,b --normalisation znorm --output logits -o out.onnx
     """
     from dsp_deploy import metadata as meta
     from dsp_deploy.commands import check_output
