@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dsp_deploy import metadata
 from dsp_deploy.compress import compress
 from dsp_deploy.data import load_train_test
 from dsp_deploy.inference import run_model
 from dsp_deploy.io import Calibration, load_calibration, load_model
 from dsp_deploy.options import CompressOptions
+from dsp_deploy.signature import from_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -49,7 +49,7 @@ def _run(model, calibration: Calibration) -> dict:
 def check(name: str, calib: str) -> dict:
     model = load_model(ROOT / "models" / f"{name}.onnx")
     shipped = load_calibration(ROOT / "calibration" / f"{calib}.npz", model)
-    normalise = metadata.read_metadata(model).get(metadata.NORMALISATION) != "none"
+    normalise = from_model(model).normalises  # the reading every tool shares
     train, test = load_train_test("GunPoint", normalise=normalise)
     (key,) = shipped.inputs
     small = _run(model, shipped)

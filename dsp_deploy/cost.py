@@ -197,7 +197,9 @@ def _resolve_dims(value: onnx.ValueInfoProto, batch: int | None, length: int | N
             if is_batch and batch is not None and dim.dim_value != batch:
                 raise InputError(
                     f"model input {value.name!r} has a fixed batch of {dim.dim_value}; "
-                    f"cannot run it at batch {batch}"
+                    f"cannot run it at batch {batch}: re-export it with a dynamic batch "
+                    f"axis, torch.onnx.export(..., dynamic_axes={{{value.name!r}: {{0: "
+                    "'batch'}})"
                 )
             resolved.append(dim.dim_value)
         elif is_batch:

@@ -28,6 +28,7 @@ the memory available (``.npz``: from the array headers; text: from the file size
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import logging
 import os
@@ -174,7 +175,23 @@ def _find_named(name: str) -> tuple[str, Path, Path]:
             logger.debug("dataset %s found in %s", name, folder)
             return folder.name, pair[0], pair[1]
     installed = all(_package_dir(p) is not None for p in _UCR_PACKAGES)
-    raise DatasetError(_not_found_message(name, ucr_installed=installed))
+    message = _not_found_message(name, ucr_installed=installed)
+    close = closest_names(name, _known_names(roots))
+    if close:
+        message += f"; closest names: {', '.join(close)}"
+    raise DatasetError(message)
+
+
+def _known_names(roots: Iterable[tuple[Path, str]]) -> tuple[str, ...]:
+    """Dataset folder names under the installed sources."""
+    found = {d.name for root, _ in roots if root.is_dir() for d in root.iterdir() if d.is_dir()}
+    return tuple(sorted(found))
+
+
+def closest_names(name: str, known: Iterable[str], n: int = 3) -> tuple[str, ...]:
+    """Up to ``n`` of ``known`` closest to ``name`` (case ignored; ``difflib`` ratio ≥ 0.6)."""
+    by_lower = {k.lower(): k for k in known}
+    return tuple(by_lower[m] for m in difflib.get_close_matches(name.lower(), by_lower, n=n))
 
 
 def _match_folder(root: Path, name: str) -> Path | None:

@@ -5,7 +5,8 @@ Contract
 ``evaluate(model, source, split)`` reads the model with ``dsp_deploy.io.load_model`` and
 its contract with ``dsp_deploy.signature`` (the runtime's reading, default included),
 prepares the split with ``dsp_deploy.data`` the way that asks (``dsp.normalisation``;
-raw values when absent, as the runtime feeds them) and checks that it fits:
+raw values when absent, as the runtime feeds them, with the runtime's one warning naming
+the metadata to set) and checks that it fits:
 
 * the model has one float32 input of rank 3, ``(N, C, L)``; C and L (each fixed dim or,
   where the dim is dynamic, ``dsp.input_channels`` / ``dsp.input_length``) equal the
@@ -39,7 +40,7 @@ from dsp_deploy import metadata as meta
 from dsp_deploy.data import SPLITS, Dataset, label_key, load_dataset
 from dsp_deploy.errors import InputError, ModelError
 from dsp_deploy.io import load_model, model_inputs
-from dsp_deploy.signature import ModelSignature, from_model
+from dsp_deploy.signature import ModelSignature, default_warning, detect_output, from_model
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ def evaluate(
     _check_shape(signature, data, path)
     columns = _column_classes(signature, data, path)
     session = inference.session(model, threads, label=f"model {path}")
+    signature = _resolve(signature, session, path)
     start = time.perf_counter()
     scores = _predict(session, signature, data.X, batch_size, path)
     seconds = time.perf_counter() - start
@@ -129,6 +131,18 @@ def _signature(model: onnx.ModelProto, path: str) -> ModelSignature:
     return sig
 
 
+def _resolve(signature: ModelSignature, session: ort.InferenceSession, path: str) -> ModelSignature:
+    """The output kind detected as the runtime does, and its one warning on defaults."""
+    sig = detect_output(
+        signature, lambda x: session.run([signature.output_name], {signature.input_name: x})[0],
+        f"model {path}",
+    )  # fmt: skip
+    warning = default_warning(sig, path)
+    if warning is not None:
+        logger.warning("%s", warning)
+    return sig
+
+
 def _expected_dims(signature: ModelSignature) -> tuple[Dim, ...]:
     """(N, C, L): the batch dim as the graph has it, C and L from the signature."""
     dims = signature.inputs[0].shape or (None, None, None)
@@ -154,7 +168,7 @@ def _check_shape(signature: ModelSignature, data: Dataset, path: str) -> None:
 def _column_classes(signature: ModelSignature, data: Dataset, path: str) -> np.ndarray | None:
     """Dataset class index of each model output column (None: decide by index order)."""
     if signature.classes is None:
-        logger.info("model %s has no %s; assuming index order", path, meta.CLASSES)
+        logger.debug("model %s has no %s; assuming index order", path, meta.CLASSES)
         return None
     key = label_key((*signature.classes, *data.classes))
     index = {key(c): i for i, c in enumerate(data.classes)}

@@ -75,6 +75,9 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """
     p = Path(path)
     modelcheck.check_file(p)
+    foreign = foreign_format(p)
+    if foreign is not None:
+        raise ModelError(f"model file {p} is {foreign}, not ONNX")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError, RuntimeWarning-wrapped errors, ...
@@ -87,6 +90,45 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         _load_external_data(model, p)
     modelcheck.check_model(model, p)
     return model
+
+
+_EXPORT_HINT = "export it to ONNX first (README: Bring your own model)"
+_PICKLE = f"a pickle (a PyTorch checkpoint or scikit-learn model?): {_EXPORT_HINT}"
+_MAGIC = (  # (leading bytes, what the file is)
+    (b"\x89HDF\r\n\x1a\n", f"an HDF5 file (a Keras .h5 model?): {_EXPORT_HINT} (tf2onnx)"),
+    (b"\x93NUMPY", "a NumPy .npy array (calibration data belongs in --calib)"),
+    *((b"\x80" + bytes([v]), _PICKLE) for v in range(2, 6)),  # pickle protocols 2 to 5
+)
+_SUFFIXES = {
+    ".pt": f"a PyTorch checkpoint: {_EXPORT_HINT}",
+    ".pth": f"a PyTorch checkpoint: {_EXPORT_HINT}",
+    ".ckpt": f"a training checkpoint: {_EXPORT_HINT}",
+    ".safetensors": f"a safetensors weights file: {_EXPORT_HINT}",
+    ".keras": f"a Keras model: {_EXPORT_HINT} (tf2onnx)",
+    ".h5": f"an HDF5 file (a Keras .h5 model?): {_EXPORT_HINT} (tf2onnx)",
+    ".tflite": f"a TensorFlow Lite model: {_EXPORT_HINT}",
+    ".npz": "a NumPy .npz archive (calibration data belongs in --calib)",
+}
+
+
+def foreign_format(path: Path) -> str | None:
+    """What a file that is surely not ONNX is (by its first bytes or name), else None.
+
+    onnx writes ``ir_version`` (protobuf key ``\x08``) first. A ZIP (``torch.save``
+    since PyTorch 1.6, ``.npz``), a pickle, HDF5 or ``.npy`` file starts with magic
+    bytes of its own; a file named ``.pt``/``.pth``/... that does not start like ONNX is
+    taken for what its name says.
+    """
+    with path.open("rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04"):
+        if b"data.pkl" in head or path.suffix.lower() in (".pt", ".pth"):
+            return f"a PyTorch checkpoint (torch.save): {_EXPORT_HINT}"
+        return _SUFFIXES.get(path.suffix.lower(), "a ZIP archive")
+    known = next((what for magic, what in _MAGIC if head.startswith(magic)), None)
+    if known is not None or head.startswith(b"\x08"):
+        return known
+    return _SUFFIXES.get(path.suffix.lower())
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:

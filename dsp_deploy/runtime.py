@@ -39,12 +39,17 @@ carries no class names.
 *Models without our metadata* work too, under the one default every reader of a model
 shares (:mod:`dsp_deploy.signature`): no ``dsp.normalisation`` → the input goes in as
 raw float32; no ``dsp.output`` → the first output is probabilities when a Softmax
-produces it, else logits (and gets the softmax); ``predict`` then gives argmax indices.
+produces it, else detected once at load from a probe input (rows ≥ 0 summing to 1 →
+probabilities, else logits, which get the softmax); no ``dsp.classes`` → ``predict``
+gives argmax indices. One warning (logged) says what was assumed and names the
+``dsp-deploy metadata`` command that declares it. ``Classifier(path, normalisation=
+"znorm", classes=[...], output="logits")`` overrides the metadata for this process.
+
 The graph is read with onnx when it is installed, else from the file's bytes, so a
-vendored copy of this file (with ``signature``, ``metadata`` and ``errors``) beside
-numpy and onnxruntime alone reads the same. A fixed batch dim b is honoured by running
-chunks of b (the last one padded with zeros). A missing, unreadable or unsupported model
-raises ``ModelError``.
+vendored copy of this file (with ``signature``, ``protobuf_wire``, ``metadata`` and
+``errors``) beside numpy and onnxruntime alone reads the same. A fixed batch dim b is
+honoured by running chunks of b (the last one padded with zeros). A missing,
+unreadable or unsupported model raises ``ModelError``.
 """
 
 from __future__ import annotations
@@ -98,12 +103,28 @@ class Classifier:
     array(['1'], dtype='<U1')
     """
 
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        threads: int | None = None,
+        normalisation: str | None = None,
+        classes: Sequence[str] | None = None,
+        output: str | None = None,
+    ) -> None:
         self._path = Path(path)
         self._session, softmax = _open_session(self._path, threads)
         self._metadata = MappingProxyType(dict(self._session.get_modelmeta().custom_metadata_map))
-        self._signature = sig = _signature(self._session, self._path, softmax)
+        sig = _signature(self._session, self._path, softmax)
+        label = f"model {self._path}"
+        sig = contract.override(
+            sig, classes=classes, normalisation=normalisation, output=output, label=label
+        )
         self._outputs = [sig.output_name]
+        self._signature = sig = contract.detect_output(sig, self._run_once, label)
+        warning = contract.default_warning(sig, str(self._path))
+        if warning is not None:
+            logger.warning("%s", warning)
         self._names = None if sig.classes is None else np.asarray(sig.classes, dtype=str)
         logger.debug(
             "loaded %s: input %s (C=%s, L=%s), %s classes, normalisation %s",
@@ -142,7 +163,7 @@ class Classifier:
         return f"Classifier({str(self._path)!r}, classes={n}, C={sig.channels}, L={sig.length})"
 
     def predict_proba(self, series: Any) -> np.ndarray:
-        """Scores ``(n, K)`` float32 for one series or a batch (probabilities for our models)."""
+        """Probabilities ``(n, K)`` float32 for one series or a batch (logits get a softmax)."""
         x = self._prepare(series)
         out = self._run(x)
         if self.signature.logits:
@@ -162,6 +183,9 @@ class Classifier:
             _check_values(x, limit=_FLOAT32_MAX)
             return np.ascontiguousarray(x, dtype=np.float32)
         return znormalise(x)
+
+    def _run_once(self, x: np.ndarray) -> np.ndarray:
+        return self._session.run(self._outputs, {self._session.get_inputs()[0].name: x})[0]
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         size = self.signature.batch

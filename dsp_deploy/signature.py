@@ -21,11 +21,23 @@ The default for models without our metadata (one rule, for every reader)
 * normalisation: ``dsp.normalisation`` when present (``znorm-per-series`` | ``none``),
   else ``none``: the input goes in raw.
 * output kind: ``dsp.output`` when present (``probabilities`` | ``logits``), else read
-  from the graph: the first output produced by a ``Softmax`` → ``probabilities``, any
-  other producer → ``logits``. Logits become probabilities with one softmax
-  (``softmax``): the runtime's ``predict_proba`` and an ensemble's mean both apply it;
-  argmax (``evaluate``, ``predict``) is the same either way. (An ensemble's final
-  ``Mean`` of probabilities is no Softmax: ensembles carry ``dsp.output``.)
+  from the graph: the first output produced by a ``Softmax`` → ``probabilities``; any
+  other producer → detected (``detect_output``): the model is run once on a seeded
+  standard-normal probe ``(b, C, L)`` (b = the fixed batch, else 4), and rows that are
+  all ≥ 0 and sum to 1 (within 1e-3) mean ``probabilities``, anything else ``logits``.
+  A probabilities model gives such rows for any input, a logits model almost never (a
+  LogSoftmax output, negative, reads as logits: its softmax is the probabilities). With
+  C or L unknown there is no probe and ``logits`` stays the default. Logits become
+  probabilities with one softmax (``softmax``): the runtime's ``predict_proba`` and an
+  ensemble's mean both apply it; argmax (``evaluate``, ``predict``) is the same either
+  way. (An ensemble's final ``Mean`` of probabilities is no Softmax: ensembles carry
+  ``dsp.output``.)
+* where each value came from: ``ModelSignature.origins`` maps channels, length, classes,
+  normalisation and output_kind to ``metadata`` | ``graph`` (a fixed dim, a final
+  Softmax, the output's width) | ``detected`` | ``argument`` (``override``: the caller's
+  choice, e.g. ``Classifier(path, normalisation=...)``) | ``default``.
+  ``default_warning`` is the one warning a reader logs when a value is a default or a
+  guess: it names the keys to set and the ``dsp-deploy metadata`` command that sets them.
 
 ``bench`` times any model, classifier or not, and needs only its input shapes
 (``cost.input_shapes``: the same ``dsp.input_length`` for a dynamic last axis).
@@ -37,35 +49,54 @@ A value outside these choices, or metadata that disagrees with the graph, raises
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from dsp_deploy import metadata as meta
-from dsp_deploy.errors import ModelError
+from dsp_deploy import protobuf_wire as wire
+from dsp_deploy.errors import ModelError, OptionError
 
 __all__ = [
     "LOGITS",
     "NO_NORMALISATION",
+    "ORIGINS",
     "OUTPUT_KINDS",
     "PROBABILITIES",
     "ModelSignature",
     "TensorSpec",
+    "default_warning",
+    "detect_output",
     "file_ends_in_softmax",
     "from_model",
     "from_session",
     "graph_ends_in_softmax",
+    "looks_like_probabilities",
+    "normalisation_name",
+    "override",
     "read_signature",
     "softmax",
     "tensor_spec",
+    "undeclared",
 ]
 
 LOGITS, PROBABILITIES = "logits", "probabilities"
 OUTPUT_KINDS = (PROBABILITIES, LOGITS)
 NO_NORMALISATION = "none"
 NORMALISATIONS = (meta.ZNORM, NO_NORMALISATION)
+_ALIASES = {"znorm": meta.ZNORM}  # what people type for znorm-per-series
+ORIGINS = ("metadata", "graph", "detected", "argument", "default")
+METADATA, GRAPH, DETECTED, ARGUMENT, DEFAULT = ORIGINS
+_KEYS = {  # signature field -> the metadata key that declares it
+    "channels": meta.INPUT_CHANNELS,
+    "length": meta.INPUT_LENGTH,
+    "classes": meta.CLASSES,
+    "normalisation": meta.NORMALISATION,
+    "output_kind": meta.OUTPUT,
+}
+_PROBE_SEED, _PROBE_BATCH, _SUM_TOLERANCE = 0, 4, 1e-3
 
 Dim = int | str | None  # fixed size, symbolic name, or unknown
 
@@ -93,6 +124,11 @@ class ModelSignature:
     class_count: int | None  # len(classes) or the first output's fixed width
     normalisation: str  # meta.ZNORM | NO_NORMALISATION
     output_kind: str  # PROBABILITIES | LOGITS
+    origins: tuple[tuple[str, str], ...] = ()  # (field, one of ORIGINS), module docstring
+
+    def origin(self, field: str) -> str:
+        """Where ``field`` (channels, length, classes, normalisation, output_kind) came from."""
+        return dict(self.origins).get(field, DEFAULT)
 
     @property
     def input_name(self) -> str:
@@ -132,18 +168,131 @@ def read_signature(
             f"{label}: {meta.CLASSES} names {len(classes)} classes; "
             f"output {outputs[0].name} has {width} columns"
         )
+    declared_kind = _choice(metadata, meta.OUTPUT, OUTPUT_KINDS, label)
+    channels = _dim(dims[1] if dims else None, metadata, meta.INPUT_CHANNELS, label)
+    length = _dim(dims[2] if dims else None, metadata, meta.INPUT_LENGTH, label)
+    graph_found = {  # what the graph alone says, where the metadata says nothing
+        "channels": channels is not None,
+        "length": length is not None,
+        "output_kind": ends_in_softmax,
+    }
     return ModelSignature(
         inputs=tuple(inputs),
         outputs=tuple(outputs),
-        channels=_dim(dims[1] if dims else None, metadata, meta.INPUT_CHANNELS, label),
-        length=_dim(dims[2] if dims else None, metadata, meta.INPUT_LENGTH, label),
+        channels=channels,
+        length=length,
         batch=_fixed(dims[0]) if dims else None,
         classes=classes,
         class_count=len(classes) if classes is not None else width,
         normalisation=_choice(metadata, meta.NORMALISATION, NORMALISATIONS, label)
         or NO_NORMALISATION,
-        output_kind=_choice(metadata, meta.OUTPUT, OUTPUT_KINDS, label)
-        or (PROBABILITIES if ends_in_softmax else LOGITS),
+        output_kind=declared_kind or (PROBABILITIES if ends_in_softmax else LOGITS),
+        origins=tuple(
+            (field, METADATA if key in metadata else GRAPH if graph_found.get(field) else DEFAULT)
+            for field, key in _KEYS.items()
+        ),
+    )
+
+
+def normalisation_name(text: str) -> str:
+    """``znorm`` | ``znorm-per-series`` | ``none`` as the metadata spells it; else OptionError."""
+    name = _ALIASES.get(text, text)
+    if name not in NORMALISATIONS:
+        raise OptionError(f"normalisation must be znorm or none; got {text!r}")
+    return name
+
+
+def override(
+    sig: ModelSignature,
+    *,
+    classes: Sequence[str] | None = None,
+    normalisation: str | None = None,
+    output: str | None = None,
+    label: str = "model",
+) -> ModelSignature:
+    """``sig`` with the caller's choices in place of the metadata's (origin ``argument``)."""
+    changes: dict[str, tuple[Any, str]] = {}
+    if isinstance(classes, str | bytes):
+        raise OptionError(f"classes must be a list of names; got the string {classes!r}")
+    if classes is not None:
+        names = tuple(str(c) for c in classes)
+        width = _fixed(sig.outputs[0].shape[1]) if _rank(sig.outputs[0]) == 2 else None
+        if not names or (width is not None and width != len(names)):
+            raise OptionError(
+                f"{label}: {len(names)} class names given; its output "
+                f"{sig.output_name} has {width if width is not None else 'a known number of'} "
+                "columns"
+            )
+        changes["classes"] = (names, ARGUMENT)
+    if normalisation is not None:
+        changes["normalisation"] = (normalisation_name(normalisation), ARGUMENT)
+    if output is not None:
+        if output not in OUTPUT_KINDS:
+            raise OptionError(f"output must be probabilities or logits; got {output!r}")
+        changes["output_kind"] = (output, ARGUMENT)
+    return _with(sig, changes)
+
+
+def looks_like_probabilities(scores: np.ndarray) -> bool:
+    """Whether every row of ``(n, K)`` scores is ≥ 0 and sums to 1 (within 1e-3)."""
+    rows = np.asarray(scores, dtype=np.float64)
+    if rows.ndim != 2 or rows.size == 0 or not np.isfinite(rows).all():
+        return False
+    return bool(rows.min() >= 0 and np.abs(rows.sum(axis=1) - 1).max() <= _SUM_TOLERANCE)
+
+
+def detect_output(
+    sig: ModelSignature, run: Callable[[np.ndarray], np.ndarray], label: str = "model"
+) -> ModelSignature:
+    """``sig`` with its output kind detected when only the default gave it (module doc).
+
+    ``run(x)`` returns the first output for an input ``x``; it is called once, on a
+    seeded standard-normal probe of the input's shape, only when needed.
+    """
+    if sig.origin("output_kind") != DEFAULT or sig.channels is None or sig.length is None:
+        return sig
+    dtype = {"tensor(double)": np.float64, "tensor(float16)": np.float16}.get(
+        sig.inputs[0].dtype, np.float32
+    )
+    shape = (sig.batch or _PROBE_BATCH, sig.channels, sig.length)
+    probe = np.random.default_rng(_PROBE_SEED).standard_normal(shape).astype(dtype)
+    try:
+        scores = run(probe)
+    except Exception as e:  # onnxruntime raises its own exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{label}: cannot run on an input of shape {shape}: {first}") from e
+    kind = PROBABILITIES if looks_like_probabilities(scores) else LOGITS
+    return _with(sig, {"output_kind": (kind, DETECTED)})
+
+
+def undeclared(sig: ModelSignature) -> tuple[str, ...]:
+    """Metadata keys whose values the reader guessed or defaulted (none given by the caller)."""
+    guessed = (DEFAULT, DETECTED)
+    fields = ("normalisation", "output_kind", "classes")
+    return tuple(_KEYS[f] for f in fields if sig.origin(f) in guessed)
+
+
+def default_warning(sig: ModelSignature, path: str) -> str | None:
+    """The one warning for a model read with defaults: what was assumed, how to declare it."""
+    keys = undeclared(sig)
+    if not keys:
+        return None
+    assumed = {
+        meta.NORMALISATION: "its input goes in raw",
+        meta.OUTPUT: f"its output reads as {sig.output_kind} ({sig.origin('output_kind')})",
+        meta.CLASSES: "classes are column indices",
+    }
+    options = {
+        meta.NORMALISATION: "--normalisation znorm|none",
+        meta.OUTPUT: f"--output {sig.output_kind}",
+        meta.CLASSES: "--classes NAME,NAME,...",
+    }
+    return (
+        f"model {path} has no {', '.join(keys)} metadata: "
+        + "; ".join(assumed[k] for k in keys)
+        + f". Declare them: dsp-deploy metadata {path} "
+        + " ".join(options[k] for k in keys)
+        + " -o OUT.onnx"
     )
 
 
@@ -191,6 +340,21 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 
 
 # --- reading ---------------------------------------------------------------------------
+
+
+def _with(sig: ModelSignature, changes: Mapping[str, tuple[Any, str]]) -> ModelSignature:
+    """``sig`` with fields replaced and their origins recorded."""
+    if not changes:
+        return sig
+    origins = {**dict(sig.origins), **{f: origin for f, (_, origin) in changes.items()}}
+    values = {f: value for f, (value, _) in changes.items()}
+    if "classes" in values:
+        values["class_count"] = len(values["classes"])
+    return replace(sig, **values, origins=tuple(origins.items()))
+
+
+def _rank(spec: TensorSpec) -> int | None:
+    return None if spec.shape is None else len(spec.shape)
 
 
 def _fixed(dim: Dim) -> int | None:
@@ -254,51 +418,6 @@ def tensor_spec(value: Any) -> TensorSpec:
     return TensorSpec(value.name, dtype, dims)
 
 
-# --- the graph's last op without onnx ------------------------------------------------------
-# Protobuf wire format: a field is a varint key (number << 3 | wire type) then a varint
-# (type 0), 8 bytes (1), a varint length and that many bytes (2) or 4 bytes (5).
-# ModelProto.graph = 7; GraphProto.node = 1, .output = 12; NodeProto.output = 2,
-# .op_type = 4; ValueInfoProto.name = 1 (onnx.proto3).
-
-
 def file_ends_in_softmax(data: bytes) -> bool:
     """``graph_ends_in_softmax`` from a serialized model, for apps without onnx."""
-    try:
-        graph = next(v for f, v in _fields(memoryview(data)) if f == 7)
-        outputs = [v for f, v in _fields(graph) if f == 12]
-        name = next(bytes(v) for f, v in _fields(outputs[0]) if f == 1)
-        for node in (v for f, v in _fields(graph) if f == 1):
-            fields = list(_fields(node))
-            if any(f == 2 and bytes(v) == name for f, v in fields):
-                return any(f == 4 and bytes(v) == b"Softmax" for f, v in fields)
-    except (StopIteration, IndexError, ValueError, TypeError):
-        pass  # not a model onnxruntime could load either
-    return False
-
-
-def _fields(buf: memoryview):
-    """``(field number, bytes)`` of each length-delimited field; other fields skipped."""
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        wire = key & 7
-        if wire == 0:
-            _, i = _varint(buf, i)
-        elif wire in (1, 5):
-            i += 8 if wire == 1 else 4
-        elif wire == 2:
-            size, i = _varint(buf, i)
-            yield key >> 3, buf[i : i + size]
-            i += size
-        else:
-            raise ValueError(f"protobuf wire type {wire} at byte {i}")
-
-
-def _varint(buf: memoryview, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[i]
-        value |= (byte & 0x7F) << shift
-        i, shift = i + 1, shift + 7
-        if byte < 0x80:
-            return value, i
+    return wire.ends_in_softmax(data)

@@ -205,3 +205,22 @@ def test_readme_snippet_runs_and_prints_what_it_says(model: Path, sample, tmp_pa
     assert lines[3] == (
         "series have length 100; the model expects 150 (resample or crop them to that length first)"
     )
+
+
+def test_app_prints_probabilities_for_a_bare_logits_model(app, tmp_path, capsys) -> None:
+    # A user's export: no metadata, logits out. The column is a probability, not a logit.
+    import onnx
+
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[N, 1, 3] x) => (float[N, 3] p) { p = Flatten <axis = 1> (x) }
+        """
+    )
+    onnx.save(model, tmp_path / "bare.onnx")
+    (tmp_path / "in.csv").write_text("0,1,2\n3,-1,0\n")
+    assert app.main(["--model", str(tmp_path / "bare.onnx"), str(tmp_path / "in.csv")]) == 0
+    rows = parse_output(capsys.readouterr().out)
+    logits = np.array([[0, 1, 2], [3, -1, 0]], dtype=np.float64)
+    top = np.exp(logits).max(axis=1) / np.exp(logits).sum(axis=1)
+    assert [(r[1], r[2]) for r in rows] == [("2", round(top[0], 4)), ("0", round(top[1], 4))]

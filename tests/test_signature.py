@@ -18,6 +18,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from dsp_deploy import ensemble, metadata
 from dsp_deploy import signature as sig
@@ -79,8 +82,13 @@ def test_every_reader_takes_a_bare_logits_model_as_raw_input_and_logits(logits_f
     assert (read.channels, read.length, read.batch, read.classes, read.class_count) == (
         1, L, None, None, CLASSES,
     )  # fmt: skip
-    assert Classifier(path).signature == read  # the session front end reads the same
+    assert read.origin("output_kind") == "default"  # no final Softmax: a probe decides
+    session = ort.InferenceSession(path.read_bytes(), providers=["CPUExecutionProvider"])
+    detected = sig.detect_output(read, lambda x: session.run(None, {"x": x})[0])
+    assert detected.output_kind == sig.LOGITS and detected.origin("output_kind") == "detected"
+    assert Classifier(path).signature == detected  # the session front end reads the same
     member = ensemble.signature(model, "m")
+    assert member.shared == detected
     assert (member.normalisation, member.output_kind) == (read.normalisation, read.output_kind)
 
 
@@ -214,3 +222,130 @@ def test_runtime_without_onnx_reads_the_graph_from_the_bytes(tmp_path: Path) -> 
     kinds, onnx_loaded = json.loads(run.stdout)
     assert kinds == {"logits": ["logits", 1.0], "probs": ["probabilities", 1.0]}
     assert onnx_loaded is False
+
+
+# --- where each value came from; detection; overrides; the one warning ------------------
+
+
+def text_model(body: str, out: str = "float[N, 4] p", dims: str = "N, 1, 4") -> onnx.ModelProto:
+    return onnx.parser.parse_model(
+        f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[{dims}] x) => ({out})
+        {{
+            f = Flatten <axis = 1> (x)
+            {body}
+        }}
+        """
+    )
+
+
+def probed(model: onnx.ModelProto) -> sig.ModelSignature:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sig.detect_output(sig.from_model(model), lambda x: session.run(None, {"x": x})[0])
+
+
+def test_origins_name_metadata_graph_and_default() -> None:
+    model = softmax_text_model()
+    metadata.write_metadata(model, {metadata.CLASSES: '["a", "b", "c", "d"]'})
+    read = sig.from_model(model)
+    assert dict(read.origins) == {
+        "channels": "graph", "length": "graph", "classes": "metadata",
+        "normalisation": "default", "output_kind": "graph",
+    }  # fmt: skip
+    assert sig.undeclared(read) == (metadata.NORMALISATION,)
+
+
+@pytest.mark.parametrize(
+    ("body", "kind", "origin"),
+    [
+        ("s = Softmax <axis = 1> (f)\n p = Identity (s)", sig.PROBABILITIES, "detected"),
+        ("p = LogSoftmax <axis = 1> (f)", sig.LOGITS, "detected"),
+        ("p = Relu (f)", sig.LOGITS, "detected"),  # ≥ 0 but rows do not sum to 1
+        ("p = Softmax <axis = 1> (f)", sig.PROBABILITIES, "graph"),  # no probe needed
+    ],
+)
+def test_the_output_kind_is_detected_from_a_probe(body: str, kind: str, origin: str) -> None:
+    read = probed(text_model(body))
+    assert (read.output_kind, read.origin("output_kind")) == (kind, origin)
+
+
+def test_no_probe_when_the_length_is_unknown() -> None:
+    model = text_model("p = Identity (f)", out="float[N, K] p", dims="N, 1, T")
+    calls: list[np.ndarray] = []
+    read = sig.detect_output(sig.from_model(model), calls.append)
+    assert (read.output_kind, read.origin("output_kind"), calls) == (sig.LOGITS, "default", [])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hnp.arrays(
+        np.float32, st.tuples(st.integers(1, 6), st.integers(2, 8)),
+        elements=st.floats(-30, 30, width=32),
+    )
+)  # fmt: skip
+def test_softmax_rows_look_like_probabilities_and_shifted_rows_do_not(z: np.ndarray) -> None:
+    assert sig.looks_like_probabilities(sig.softmax(z))
+    shifted = sig.softmax(z) - 0.01
+    assert not sig.looks_like_probabilities(shifted)
+    assert not sig.looks_like_probabilities(sig.softmax(z) * 1.01)
+
+
+def test_overrides_replace_the_metadata_and_say_so() -> None:
+    model = softmax_text_model()
+    metadata.write_metadata(model, {metadata.NORMALISATION: "none"})
+    read = sig.override(
+        sig.from_model(model), classes=["w", "x", "y", "z"], normalisation="znorm", output="logits"
+    )
+    assert (read.classes, read.class_count, read.normalisation, read.output_kind) == (
+        ("w", "x", "y", "z"), 4, metadata.ZNORM, sig.LOGITS,
+    )  # fmt: skip
+    assert {read.origin(f) for f in ("classes", "normalisation", "output_kind")} == {"argument"}
+    assert sig.undeclared(read) == () and sig.default_warning(read, "m.onnx") is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"classes": ["a", "b"]}, "m: 2 class names given; its output p has 4 columns"),
+        ({"normalisation": "minmax"}, "normalisation must be znorm or none; got 'minmax'"),
+        ({"output": "scores"}, "output must be probabilities or logits; got 'scores'"),
+        ({"classes": "abcd"}, "classes must be a list of names; got the string 'abcd'"),
+    ],
+)
+def test_bad_overrides_are_option_errors(kwargs: dict, message: str) -> None:
+    from dsp_deploy.errors import OptionError
+
+    with pytest.raises(OptionError) as info:
+        sig.override(sig.from_model(softmax_text_model()), label="m", **kwargs)
+    assert str(info.value) == message
+
+
+def test_the_warning_names_what_was_assumed_and_the_command() -> None:
+    read = probed(text_model("p = Identity (f)"))
+    text = sig.default_warning(read, "mine.onnx")
+    assert text == (
+        "model mine.onnx has no dsp.normalisation, dsp.output, dsp.classes metadata: its "
+        "input goes in raw; its output reads as logits (detected); classes are column "
+        "indices. Declare them: dsp-deploy metadata mine.onnx --normalisation znorm|none "
+        "--output logits --classes NAME,NAME,... -o OUT.onnx"
+    )
+
+
+def test_a_classifier_logs_one_warning_and_none_once_declared(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = text_model("p = Identity (f)")
+    onnx.save(model, tmp_path / "bare.onnx")
+    with caplog.at_level("WARNING", logger="dsp_deploy"):
+        clf = Classifier(tmp_path / "bare.onnx")
+        clf.predict_proba(np.ones((3, 4)))
+        clf.predict(np.ones((5, 4)))
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "dsp.normalisation, dsp.output, dsp.classes" in caplog.records[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dsp_deploy"):
+        clf = Classifier(
+            tmp_path / "bare.onnx", normalisation="none", output="logits", classes=list("abcd")
+        )
+    assert caplog.records == [] and list(clf.predict([[0.0, 0.0, 0.0, 9.0]])) == ["d"]

@@ -373,3 +373,20 @@ def test_end_to_end_train_export_eval(run_cli, tmp_path) -> None:
     report = json.loads(evaluated.stdout)
     assert report["n"] == 1029
     assert report["accuracy"] > 0.7, report  # chance is 0.5
+
+
+def test_member_accuracy_after_too_few_epochs_says_untrained_not_batchnorm(caplog) -> None:
+    from dsp_deploy.train.loop import EpochRecord, TrainResult
+    from dsp_deploy.train.pipeline import _member_accuracy
+
+    X, y = np.zeros((10, 1, 8), np.float32), np.array([0, 1] * 5)
+    chance = EpochRecord(epoch=1, loss=0.70, ce=0.69, sparsity=0.01, lr=1e-3)
+    with caplog.at_level("WARNING", logger="dsp_deploy.train.pipeline"):
+        _member_accuracy(_OneClass(), X, y, 7, TrainResult((chance,), 1, 0.70, 0.0))
+    assert "untrained (best cross-entropy 0.6900, chance is 0.6931, after 1 epochs)" in caplog.text
+    assert "BatchNorm" not in caplog.text
+    caplog.clear()
+    fitted = EpochRecord(epoch=1, loss=0.16, ce=0.155, sparsity=0.005, lr=1e-3)
+    with caplog.at_level("WARNING", logger="dsp_deploy.train.pipeline"):
+        _member_accuracy(_OneClass(), X, y, 7, TrainResult((fitted,), 1, 0.16, 0.0))
+    assert "BatchNorm running statistics" in caplog.text and "untrained" not in caplog.text

@@ -51,8 +51,9 @@ EXAMPLES = (
 NOTHING_TO_PRUNE = (
     "nothing to prune: no channel is zero (or a foldable constant) on every calibration "
     "sample, so the model is written unchanged. Normally trained models rarely have dead "
-    "channels: train with a sparsity loss (dsp-deploy train --sparsity), or try the lossy "
-    "--criterion dsp (gated on held-out samples)."
+    "channels: train with a sparsity loss (dsp-deploy train --sparsity; for your own "
+    "network, dsp_deploy.train.sparsity.dsp_penalty: README, Bring your own model), or try "
+    "the lossy --criterion dsp (gated on held-out samples)."
 )
 
 

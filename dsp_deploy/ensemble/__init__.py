@@ -19,8 +19,9 @@ ensemble ``train --arch litetime --seed S`` gives, up to float32 rounding of the
   may differ in width and architecture. A disagreement raises ``InputError`` naming both
   members and both values.
 * A member whose ``dsp.output`` is ``logits`` gets a Softmax(axis=-1); one without
-  ``dsp.output`` must end in a Softmax (else it is refused: averaging logits as if they
-  were probabilities would give a different ensemble, silently).
+  ``dsp.output`` is read as every tool reads it (``dsp_deploy.signature``: a final
+  Softmax means probabilities, else the kind detected on a probe input), with one
+  warning naming the metadata to set.
 * Opsets: members at a lower default-domain opset are converted up to the highest with
   ``onnx.version_converter`` (upgrades are what its adapters cover well; downgrades are
   not, e.g. Relu 14 → 13). Other domains must agree on their version.
@@ -63,6 +64,7 @@ from dsp_deploy.ensemble.meta import ensemble_arch, merge_training, write_metada
 from dsp_deploy.ensemble.verify import EnsembleCheck, verify
 from dsp_deploy.errors import InputError, ModelError, OptionError
 from dsp_deploy.passes import Rewrite
+from dsp_deploy.signature import default_warning
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +135,10 @@ def _signatures(
     if len(labels) != len(members):
         raise OptionError(f"{len(labels)} labels for {len(members)} members; expected one each")
     sigs = [signature(m, label) for m, label in zip(members, labels, strict=True)]
+    for sig in sigs:
+        warning = default_warning(sig.shared, sig.label)
+        if warning is not None:
+            logger.warning("%s", warning)
     for sig in sigs[1:]:
         check_agree(sigs[0], sig)
     return sigs

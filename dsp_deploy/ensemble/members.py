@@ -3,8 +3,8 @@
 See ``dsp_deploy.ensemble`` for the contract: one run-time input ``[batch, channels,
 length]``, one output ``[batch, classes]``, agreeing dtypes, dims, class names and
 normalisation; ``dsp.output``, or without it the default every reader shares
-(``dsp_deploy.signature``: a final Softmax means probabilities, any other last node
-logits), tells logits from probabilities.
+(``dsp_deploy.signature``: a final Softmax means probabilities, else the kind detected
+on a probe input), tells logits from probabilities.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import onnx
 
 from dsp_deploy import metadata
 from dsp_deploy.errors import InputError
-from dsp_deploy.signature import LOGITS, PROBABILITIES, tensor_spec
+from dsp_deploy.inference import run_model
+from dsp_deploy.signature import LOGITS, PROBABILITIES, ModelSignature, detect_output, tensor_spec
 from dsp_deploy.signature import from_model as read_model_signature
 
 __all__ = ["LOGITS", "PROBABILITIES", "MemberSignature", "check_agree", "dims", "signature"]
@@ -43,6 +44,7 @@ class MemberSignature:
     opset: int  # default domain
     other_opsets: Mapping[str, int]
     meta: Mapping[str, str]
+    shared: ModelSignature  # the reading every tool shares (dsp_deploy.signature)
 
 
 def signature(model: onnx.ModelProto, label: str) -> MemberSignature:
@@ -67,6 +69,7 @@ def signature(model: onnx.ModelProto, label: str) -> MemberSignature:
             f"{label}: output {y.name!r} has shape {_shape_text(y_dims)}; expected [batch, classes]"
         )
     shared = read_model_signature(model, label)  # the runtime's reading, default included
+    shared = detect_output(shared, lambda x: run_model(model, {shared.input_name: x})[0], label)
     classes, names = shared.class_count, shared.classes
     if classes is None:
         raise InputError(
@@ -90,6 +93,7 @@ def signature(model: onnx.ModelProto, label: str) -> MemberSignature:
         opset=domains.pop(""),
         other_opsets=domains,
         meta=metadata.read_metadata(model),
+        shared=shared,
     )
 
 

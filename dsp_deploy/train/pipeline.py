@@ -154,24 +154,43 @@ def _member_accuracy(
     """Eval-mode accuracy of one member on its training set; a warning when it is no
     better than always answering the majority class.
 
-    Seen here: an InceptionTime member (GunPoint, seed 9413, λ = 1e-5) reached its best
-    training loss, 0.155, in train mode, yet answered one class for 49 of the 50 training
-    series in eval mode (BatchNorm's running statistics, not the batch's); the ensemble
-    it belongs to still scored 0.993, but the member alone is useless.
+    Two causes, told apart by the best epoch's cross-entropy: near chance (at least half
+    of ln K for K classes) the member is *untrained* (too few epochs, a learning rate
+    too high or low); below, it learnt in train mode but not in eval mode. Seen here: an
+    InceptionTime member (GunPoint, seed 9413, λ = 1e-5) reached its best training loss,
+    0.155, in train mode, yet answered one class for 49 of the 50 training series in
+    eval mode (BatchNorm's running statistics, not the batch's); the ensemble it belongs
+    to still scored 0.993, but the member alone is useless.
     """
     accuracy = float(np.mean(predict_proba(probability_model([net]), X).argmax(axis=1) == y))
     majority = float(np.bincount(y).max() / len(y))
     if accuracy <= majority:
         log.warning(
             "warning: the member with seed %d scores %.3f on its own training set in eval "
-            "mode, no better than the majority class (%.3f), though its best training "
-            "loss was %.4f: its BatchNorm running statistics do not fit its weights",
+            "mode, no better than the majority class (%.3f): %s",
             seed,
             accuracy,
             majority,
-            result.best_loss,
+            _why_no_better(result, max(int(y.max()) + 1, 2)),
         )
     return accuracy
+
+
+def _why_no_better(result: TrainResult, classes: int) -> str:
+    """Untrained (cross-entropy near chance) or a train/eval mismatch (BatchNorm)."""
+    epochs = len(result.history)
+    best = result.history[result.best_epoch - 1].ce if epochs >= result.best_epoch > 0 else None
+    ce = result.best_loss if best is None else best
+    chance = math.log(classes)
+    if ce >= 0.5 * chance:
+        return (
+            f"it looks untrained (best cross-entropy {ce:.4f}, chance is {chance:.4f}, "
+            f"after {epochs or '?'} epochs): train longer (--epochs)"
+        )
+    return (
+        f"its best training loss was {ce:.4f}, so its BatchNorm running statistics do not "
+        "fit its weights"
+    )
 
 
 def _check_states(

@@ -56,7 +56,19 @@ def group_l21(feature_map: torch.Tensor) -> torch.Tensor:
 def dsp_penalty(
     taps: Sequence[torch.Tensor], layer_weights: Sequence[float], sparsity: float
 ) -> torch.Tensor:
-    """``λ · Σ_l w_l · L2,1(F_l)``; zero (no graph) when ``sparsity`` is 0."""
+    """``λ · Σ_l w_l · L2,1(F_l)``; zero (no graph) when ``sparsity`` is 0.
+
+    ``taps``: the post-BN-ReLU feature maps ``(B, C_l, T)`` of the layers to thin, from
+    the same forward pass as the logits; ``layer_weights``: one ``w_l`` each. Any
+    network can be trained with it (README, "Bring your own model")::
+
+        taps = []                   # the network appends its post-ReLU maps when given
+        logits = net(xb, taps)
+        loss = F.cross_entropy(logits, yb) + dsp_penalty(taps, [1.0] * len(taps), 1e-3)
+
+    Channels the penalty drives to zero on all training data are what
+    ``dsp-deploy compress`` then removes without changing the outputs.
+    """
     if len(taps) != len(layer_weights):
         raise ValueError(f"{len(taps)} tapped maps but {len(layer_weights)} layer weights")
     if sparsity == 0.0:  # on the maps' device, so the loss and its sum stay on it
