@@ -15,12 +15,25 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from dsp_deploy.clihelp import EXIT_CODES, add_command
+
 if TYPE_CHECKING:
     from dsp_deploy.signature import ModelSignature
 
 
 def register(app: typer.Typer) -> None:
-    app.command("metadata")(metadata_command)
+    add_command(
+        app,
+        "metadata",
+        metadata_command,
+        panels={"Declare (writes a copy)": ("classes", "normalisation", "output", "length", "out")},
+        examples=(
+            "dsp-deploy metadata mine.onnx",
+            "dsp-deploy metadata mine.onnx --classes a,b --normalisation znorm "
+            "--output logits -o mine.declared.onnx",
+        ),
+        exits={k: v for k, v in EXIT_CODES.items() if k != 1},
+    )
 
 
 def metadata_command(
@@ -53,10 +66,6 @@ def metadata_command(
 ) -> None:
     """Show the model's inputs, classes, normalisation and output kind; -o writes a copy
     that declares them (the input is never changed).
-
-    Example:
-
-    dsp-deploy metadata m.onnx --classes a,b --normalisation znorm --output logits -o out.onnx
     """
     from dsp_deploy import metadata as meta
     from dsp_deploy.commands import check_output
