@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dsp_experiments.results import Key, row_key
-from dsp_experiments.tasks import DSP_VARIANTS, VARIANTS
+from dsp_experiments.tasks import CHECKED_VARIANTS, VARIANTS
 
 LEVELS: tuple[str, ...] = ("single", "ensemble")
 # The paper's mean compression: LITETime 58%, InceptionTime 75% (PAPER.md); its members
@@ -219,7 +219,7 @@ def summary(table: Sequence[Cell]) -> tuple[Comparison, ...]:
     for level in LEVELS:
         for variant in VARIANTS[1:]:
             out += compare(table, variant, "dense", level)
-        for variant in DSP_VARIANTS:
+        for variant in CHECKED_VARIANTS:
             out += compare(table, variant, "narrow", level)
     return tuple(out)
 
@@ -245,7 +245,7 @@ def targets(comparisons: Sequence[Comparison]) -> tuple[TargetCheck, ...]:
     by_key = {(c.arch, c.variant, c.baseline, c.level): c for c in comparisons}
     out = []
     for c in comparisons:
-        if c.baseline != "dense" or c.variant not in DSP_VARIANTS:
+        if c.baseline != "dense" or c.variant not in CHECKED_VARIANTS:
             continue
         target = PAPER_COMPRESSION.get(c.arch)
         if target is None:

@@ -49,7 +49,7 @@ def sweep_command(
         typer.Option(
             "--variants",
             help="Comma list or 'all': dense, dsp-onnx, dsp-onnx-rule, dsp-retrain, dsp-exact, "
-            "narrow.",
+            "narrow (and dsp-onnx-auto, dense-onnx-auto where compress has --criterion auto).",
         ),
     ] = "all",
     protocol: Annotated[str, typer.Option("--protocol", help="paper | cpu-small.")] = "cpu-small",
