@@ -142,6 +142,14 @@ def report_command(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Report folder [DIR/report].")
     ] = None,
+    published: Annotated[
+        Path | None,
+        typer.Option(
+            "--published",
+            help="CSV (arch,dataset,published) of published ensemble accuracies, for archs "
+            "whose package is not installed (e.g. a report's published.csv).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Tables, statistics and plots of a sweep folder, into DIR/report."""
@@ -156,7 +164,7 @@ def report_command(
     target = output or folder / "report"
     if target.exists() and not target.is_dir():
         raise InputError(f"--output {target} exists and is not a folder; expected a folder")
-    result = build_report(folder)
+    result = build_report(folder, published)
     files = write_report(result, target)
     if as_json:
         summary = [asdict(c) for c in result.summary]
