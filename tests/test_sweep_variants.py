@@ -170,3 +170,24 @@ def test_without_its_upstreams_model_an_auto_task_trains_its_own(auto_as_dead, m
 def test_an_unregistered_variant_is_refused() -> None:
     with pytest.raises(InputError, match="unknown variant 'fancy'"):
         _task("fancy")
+
+
+def test_a_resumed_run_reads_each_upstreams_saved_kinds_from_the_folder(tmp_path) -> None:
+    from dsp_experiments.results import ResultsStore, row_key
+    from dsp_experiments.runner import upstream_from_disk
+
+    store = ResultsStore(tmp_path)
+    saved = {"dense": {"final": b"dense onnx"}, "dsp-onnx": {"sparse": b"s", "state": b"t"}}
+    for variant in ("dense", "dsp-onnx", "dsp-exact"):
+        row = {"dataset": "A", "arch": "lite", "variant": variant, "seed": 1, "accuracy": 1}
+        probs = np.eye(2, dtype=np.float32)
+        store.commit(row, probabilities=probs, labels=np.arange(2), models=saved.get(variant, {}))
+    rows = {row_key(r): r for r in store.rows()}
+    for variant in ("dense", "dsp-onnx", "dsp-exact"):
+        key = ("A", "lite", variant, "1")
+        assert upstream_from_disk(store, rows, key).models == saved.get(variant, {})
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        "A__lite__dense__1.final.onnx",
+        "A__lite__dsp-onnx__1.sparse.onnx",
+        "A__lite__dsp-onnx__1.state.pt",
+    ]

@@ -229,8 +229,8 @@ def _cost_info(request: Any, result: Any) -> dict[str, Any]:
 
 def _epochs(protocol: Any) -> str:
     if protocol.target_steps is None:
-        return str(protocol.max_epochs)
-    return f"≈{protocol.target_steps} steps ({protocol.min_epochs}–{protocol.max_epochs} epochs)"
+        return f"{protocol.max_epochs} epochs"
+    return f"≈{protocol.target_steps} steps, {protocol.min_epochs}–{protocol.max_epochs} epochs"
 
 
 def _render_costs(info: dict[str, Any]) -> None:
