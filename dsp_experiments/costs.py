@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,7 +43,8 @@ from dsp_deploy.errors import InputError
 from dsp_experiments.datasets import DatasetShape
 
 if TYPE_CHECKING:
-    from dsp_experiments.runner import Plan
+    from dsp_experiments.protocols import Protocol
+    from dsp_experiments.runner import Plan, SweepRequest
     from dsp_experiments.tasks import Task
 
 DEFAULT_MEASURED = (
@@ -201,7 +202,9 @@ def estimate(
     return tuple(lines)
 
 
-def _hours(fit: Fit | None, tasks: Sequence[Task], shapes: Mapping[str, DatasetShape]):
+def _hours(
+    fit: Fit | None, tasks: Sequence[Task], shapes: Mapping[str, DatasetShape]
+) -> float | None:
     if fit is None:
         return None
     seconds = (task_seconds(fit, shapes[t.dataset], t.epochs, t.batch_size) for t in tasks)
@@ -261,3 +264,33 @@ def cost_plan(plan: Plan, shapes: Mapping[str, DatasetShape], measured: Path) ->
         measured=str(measured),
         measured_rows=len(rows),
     )
+
+
+def cost_summary(request: SweepRequest, result: CostPlan) -> dict[str, Any]:
+    """The dry run as a JSON-ready dict (what ``sweep --dry-run --json`` prints)."""
+    p = request.protocol
+    return {
+        "protocol": p.name,
+        "epochs": _epochs(p),
+        "datasets": len(request.datasets),
+        "datasets_per_arch": dict(result.datasets),
+        "seeds": list(p.seeds),
+        "archs": list(request.archs),
+        "variants": list(request.variants),
+        "tasks": result.tasks,
+        "pending": result.pending,
+        "skipped": [{"dataset": d, "arch": a, "why": w} for d, a, w in result.skipped],
+        "measured": result.measured,
+        "measured_rows": result.measured_rows,
+        "model": "train ≈ a·E·n·L + b·S, rest ≈ c·(n+n_test)·L + d, per arch, variant "
+        "and device (dsp_experiments.costs)",
+        "lines": [asdict(line) for line in result.lines],
+        "core_hours": result.total("core_hours"),
+        "gpu_hours": result.total("gpu_hours"),
+    }
+
+
+def _epochs(protocol: Protocol) -> str:
+    if protocol.target_steps is None:
+        return f"{protocol.max_epochs} epochs"
+    return f"≈{protocol.target_steps} steps, {protocol.min_epochs}–{protocol.max_epochs} epochs"

@@ -123,7 +123,7 @@ def sweep_command(
     finite_at_least("--exact-sparsity", exact_sparsity)
     if not 0 <= gpus_per_task <= 1:
         raise InputError(f"--gpus-per-task must be in [0, 1], got {gpus_per_task}")
-    if gpus_per_task > 0 and address is None:
+    if gpus_per_task > 0 and address is None and not dry_run:
         from dsp_deploy.train.loop import resolve_device
 
         resolve_device("cuda")  # a local sweep needs a GPU here; a cluster's is checked there
@@ -186,7 +186,7 @@ def _dry_run(request: Any, out: Path | None, measured: Path | None, as_json: boo
     from dsp_deploy.errors import require
 
     require("scipy", "sweep")
-    from dsp_experiments.costs import DEFAULT_MEASURED, cost_plan
+    from dsp_experiments.costs import DEFAULT_MEASURED, cost_plan, cost_summary
     from dsp_experiments.datasets import dataset_shapes
     from dsp_experiments.results import ResultsStore
     from dsp_experiments.runner import plan_sweep
@@ -195,42 +195,11 @@ def _dry_run(request: Any, out: Path | None, measured: Path | None, as_json: boo
     store = ResultsStore(out) if out is not None else None
     plan = plan_sweep(request, shapes, store)
     result = cost_plan(plan, shapes, measured or DEFAULT_MEASURED)
-    info = _cost_info(request, result)
+    info = cost_summary(request, result)
     if as_json:
         typer.echo(json.dumps(info))
         return
     _render_costs(info)
-
-
-def _cost_info(request: Any, result: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    p = request.protocol
-    return {
-        "protocol": p.name,
-        "epochs": _epochs(p),
-        "datasets": len(request.datasets),
-        "datasets_per_arch": dict(result.datasets),
-        "seeds": list(p.seeds),
-        "archs": list(request.archs),
-        "variants": list(request.variants),
-        "tasks": result.tasks,
-        "pending": result.pending,
-        "skipped": [{"dataset": d, "arch": a, "why": w} for d, a, w in result.skipped],
-        "measured": result.measured,
-        "measured_rows": result.measured_rows,
-        "model": "train ≈ a·E·n·L + b·S, rest ≈ c·(n+n_test)·L + d, per arch, variant "
-        "and device (dsp_experiments.costs)",
-        "lines": [asdict(line) for line in result.lines],
-        "core_hours": result.total("core_hours"),
-        "gpu_hours": result.total("gpu_hours"),
-    }
-
-
-def _epochs(protocol: Any) -> str:
-    if protocol.target_steps is None:
-        return f"{protocol.max_epochs} epochs"
-    return f"≈{protocol.target_steps} steps, {protocol.min_epochs}–{protocol.max_epochs} epochs"
 
 
 def _render_costs(info: dict[str, Any]) -> None:
