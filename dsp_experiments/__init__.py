@@ -6,13 +6,17 @@ core never imports it, so what installs on a Pi carries no statistics, Ray or pl
 ``dsp-deploy sweep`` and ``sweep-report`` import it inside the command.
 
 One task = (dataset, arch, variant, seed) → one row of ``DIR/results.csv``
-(:mod:`~dsp_experiments.tasks`, what a row measures: :mod:`~dsp_experiments.measure`);
+(:mod:`~dsp_experiments.tasks`, the variant table; its library calls:
+:mod:`~dsp_experiments.training`; what a row measures: :mod:`~dsp_experiments.measure`);
 budgets (:mod:`~dsp_experiments.protocols`); the folder and its commit protocol
 (:mod:`~dsp_experiments.results`); planning and the Ray executor
-(:mod:`~dsp_experiments.runner`), the local executor (:mod:`~dsp_experiments.local`);
-merging folders (:mod:`~dsp_experiments.merge`);
-statistics, tables and plots (:mod:`~dsp_experiments.stats`,
-:mod:`~dsp_experiments.report`, :mod:`~dsp_experiments.plots`). Importing this package
+(:mod:`~dsp_experiments.runner`, datasets by shape: :mod:`~dsp_experiments.datasets`), the
+local executor (:mod:`~dsp_experiments.local`); what a plan costs
+(:mod:`~dsp_experiments.costs`); merging folders (:mod:`~dsp_experiments.merge`);
+statistics, ensembles, tables and plots (:mod:`~dsp_experiments.stats`,
+:mod:`~dsp_experiments.report`, :mod:`~dsp_experiments.report_md`,
+:mod:`~dsp_experiments.tables`, :mod:`~dsp_experiments.published`,
+:mod:`~dsp_experiments.plots`). Importing this package
 imports neither torch nor ray: the task imports torch on the worker, the runner ray.
 """
 

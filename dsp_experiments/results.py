@@ -5,11 +5,13 @@ Layout of ``DIR``::
     sweep.json            the protocol the sweep runs under (a rerun must match it)
     results.csv           one row per finished task, keyed by (dataset, arch, variant, seed)
     probs/KEY.npz         the task's test-set probabilities and labels (for ensembles)
-    models/KEY.KIND.EXT   ``KEY.sparse.onnx``: the DSP-trained model before compression
-                          (dsp-onnx, dsp-exact), which dsp-onnx-rule reads;
-                          ``KEY.state.pt``: dsp-onnx's trained member as a torch
+    models/KEY.KIND.EXT   what a downstream task reads (``tasks.saved_kinds``), whatever
+                          ``keep_models`` says: ``KEY.sparse.onnx``, dsp-onnx's model before
+                          compression (dsp-onnx-rule and dsp-onnx-auto read it);
+                          ``KEY.state.pt``, dsp-onnx's trained member as a torch
                           ``state_dict`` (``torch.save``), which dsp-retrain starts from;
-                          ``KEY.final.onnx``: every task's final model, with ``keep_models``
+                          ``KEY.final.onnx``, dense's model (dense-onnx-auto reads it) and,
+                          with ``keep_models``, every task's final model
     failures.jsonl        one JSON line (key, error, time) per failed task, appended by the
                           runner (``runner._log_failure``); a failed task gets no row, so a
                           rerun runs it again
@@ -99,6 +101,8 @@ COLUMNS: tuple[str, ...] = (
     "n_classes",
     "host",
     "device",  # where the task trained: cpu, or cuda:<GPU name> (empty in older rows)
+    "threads",  # the task's CPU threads (empty in older rows: 1)
+    "gpus",  # the task's share of a GPU, 0 on CPU (empty in older rows)
 )
 
 Key = tuple[str, str, str, str]

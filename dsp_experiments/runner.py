@@ -6,14 +6,15 @@ decides whether the dataset is in (``Protocol.admits``) and for how many epochs 
 already in ``results.csv`` are done and skipped. Order: seed-major (every dataset's
 first seed before any second seed), so a partial sweep already covers many datasets.
 
-Dependencies (``tasks.UPSTREAM``): a ``dsp-onnx-rule`` task reads its ``dsp-onnx`` task's
-sparse model, a ``dsp-retrain`` task its trained weights (``state``), a ``narrow`` task its
-``dsp-retrain`` task's parameter count; so dsp-onnx → dsp-retrain → narrow is a chain. When
+Dependencies (``tasks.UPSTREAM``, the variant table ``tasks.DEFINED``): a ``dsp-onnx-rule``
+task reads its ``dsp-onnx`` task's sparse model, a ``dsp-retrain`` task its trained weights
+(``state``), a ``narrow`` task its ``dsp-retrain`` task's parameter count; so dsp-onnx →
+dsp-retrain → narrow is a chain. When
 the upstream runs in this sweep, its Ray ``ObjectRef`` is the downstream's argument, so Ray
 starts the downstream once the upstream has finished; when the upstream finished in an
-earlier run, its row and saved models are read back from the folder. ``narrow`` without
-either is refused at planning time; a rule or retrain task without either trains its own
-DSP model.
+earlier run, its row and saved models are read back from the folder. A ``required``
+upstream (narrow's) missing from both is refused at planning time; any other task without
+its upstream trains its own model.
 
 Execution. Local Ray by default (``ray.init(num_cpus=...)``, no dashboard), or an
 existing cluster with ``address``; a Ray session that is already initialised in this
@@ -42,9 +43,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dsp_deploy.errors import InputError, require
+from dsp_experiments.datasets import DatasetShape, shapes_of
 from dsp_experiments.protocols import Protocol
 from dsp_experiments.results import Key, ResultsStore, row_key
-from dsp_experiments.tasks import ARCHS, UPSTREAM, VARIANTS, Task, TaskOutput, run_task
+from dsp_experiments.tasks import (
+    ARCHS,
+    REGISTERED,
+    VARIANTS,
+    Task,
+    TaskOutput,
+    run_task,
+    saved_kinds,
+)
 
 if TYPE_CHECKING:
     from dsp_deploy.data import Dataset
@@ -52,8 +62,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DataPairs = Mapping[str, tuple["Dataset", "Dataset"]]
-# the model kinds downstream tasks read: rule tasks "sparse", retrain tasks "state"
-_UPSTREAM_MODELS: tuple[str, ...] = ("sparse", "state")
 
 
 @dataclass(frozen=True)
@@ -125,25 +133,32 @@ def load_datasets(sources: Sequence[str]) -> dict[str, tuple[Dataset, Dataset]]:
     return pairs
 
 
-def plan_sweep(request: SweepRequest, data: DataPairs, store: ResultsStore) -> Plan:
-    """Every task of ``request`` and the ones not yet in ``store``; see the module doc."""
+def plan_sweep(
+    request: SweepRequest,
+    data: Mapping[str, DatasetShape | tuple[Dataset, Dataset]],
+    store: ResultsStore | None,
+) -> Plan:
+    """Every task of ``request`` and the ones not yet in ``store``; see the module doc.
+    ``data``: each source's loaded (train, test) pair, or only its shape (a dry run);
+    ``store`` None: nothing is done yet."""
     from dsp_deploy.archs import get_arch
 
     protocol, tasks, skipped = request.protocol, [], []
+    shapes = shapes_of(data)
     for seed in protocol.seeds:
         for source in request.datasets:
-            train, _ = data[source]
-            n, length = len(train.y), int(train.X.shape[-1])
+            shape = shapes[source]
+            n, length = shape.n_train, shape.length
             for arch in request.archs:
                 spec = get_arch(arch)
                 if not protocol.admits(spec.family, n, length):
                     why = f"step cost {protocol.step_cells(n, length)} over the protocol bound"
                     if seed == protocol.seeds[0]:
-                        skipped.append((train.name, arch, why))
+                        skipped.append((shape.name, arch, why))
                     continue
                 for variant in request.variants:
-                    tasks.append(_task(request, train.name, arch, variant, seed, n, spec))
-    done = store.done()
+                    tasks.append(_task(request, shape.name, arch, variant, seed, n, spec))
+    done = store.done() if store is not None else frozenset()
     _check_upstreams(tasks, done)
     pending = tuple(t for t in tasks if t.key not in done)
     return Plan(tuple(tasks), pending, tuple(skipped))
@@ -151,12 +166,7 @@ def plan_sweep(request: SweepRequest, data: DataPairs, store: ResultsStore) -> P
 
 def _task(request: SweepRequest, name: str, arch: str, variant: str, seed: int, n: int, spec):
     protocol = request.protocol
-    if variant in ("dense", "narrow"):
-        sparsity = 0.0
-    elif variant == "dsp-exact":
-        sparsity = protocol.exact_lambda(spec.family)
-    else:
-        sparsity = spec.sparsity
+    sparsity = REGISTERED[variant].sparsity(spec, protocol)
     return Task(
         dataset=name,
         arch=arch,
@@ -176,10 +186,11 @@ def _task(request: SweepRequest, name: str, arch: str, variant: str, seed: int, 
 def _check_upstreams(tasks: Sequence[Task], done: frozenset[Key]) -> None:
     planned = {t.key for t in tasks}
     for t in tasks:
-        if t.variant == "narrow" and t.upstream_key not in planned | done:
+        variant = REGISTERED[t.variant]
+        if variant.required and t.upstream_key not in planned | done:
             raise InputError(
-                f"variant narrow needs {UPSTREAM['narrow']} for {t.dataset}/{t.arch}/seed "
-                f"{t.seed} (its parameter target); add {UPSTREAM['narrow']} to --variants"
+                f"variant {t.variant} needs {variant.upstream} for {t.dataset}/{t.arch}/seed "
+                f"{t.seed}; add {variant.upstream} to --variants"
             )
 
 
@@ -188,7 +199,7 @@ def upstream_from_disk(
 ) -> TaskOutput:
     """A finished upstream's row and the saved models its downstreams read, if present:
     what a task gets for an upstream that finished in an earlier run (any executor)."""
-    paths = {kind: store.model_path(key, kind) for kind in _UPSTREAM_MODELS}
+    paths = {kind: store.model_path(key, kind) for kind in saved_kinds(key[2])}
     models = {kind: path.read_bytes() for kind, path in paths.items() if path.exists()}
     empty = np.zeros((0, 0), np.float32)
     return TaskOutput(dict(rows[key]), empty, np.zeros(0, np.int64), models)

@@ -2,8 +2,11 @@
 
 A *cell* is one (arch, dataset, variant) over the seeds it has. Its single-model numbers
 are means over those seeds; its ensemble accuracy is that of the mean softmax over the
-seeds (``p(x) = (1/M) Σ_m p_m(x)``, as LITETime/InceptionTime), formed when M ≥ 2; the
-ensemble's params and MACs are the members' sums (the paper's accounting).
+seeds (``p(x) = (1/M) Σ_m p_m(x)``, as LITETime/InceptionTime, from the probabilities each
+task stored), formed when the cell has every seed of the sweep (``members``: the seeds in
+its ``sweep.json``; without one, any) and M ≥ 2, so that every ensemble of a report has
+the same M; the ensemble's params and MACs are the members' sums (the paper's accounting), and
+its compression, 1 − Σ params / Σ params_dense, the members' mean.
 
 A comparison of variant v against a baseline b (``dense``, or ``narrow`` for the DSP
 variants) runs over the datasets where both cells exist, at one level (``single``: the
@@ -12,7 +15,8 @@ published dense architecture), the mean accuracy change v − b, wins/ties/losse
 from v's side (a tie is an equal accuracy), and the two-sided Wilcoxon signed-rank p over
 the paired accuracies (1 when every pair is equal; None with fewer than 2 datasets).
 
-The paper's claim, checked per arch, level and DSP variant (``targets``): mean
+The paper's claim, checked per arch, level and compression variant (``targets``; the
+variants ``tasks.CHECKED_VARIANTS``: the DSP ones and the post-training ones): mean
 compression at least ``PAPER_COMPRESSION`` (its mean over the 128 UCR datasets), a mean
 accuracy change against dense of at least ``-MAX_MEAN_LOSS``, and no significant loss
 (p > ``ALPHA``, or a mean gain). Against ``narrow``, the control of the same size trained
@@ -28,8 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dsp_deploy.errors import InputError
 from dsp_experiments.results import Key, row_key
-from dsp_experiments.tasks import DSP_VARIANTS, VARIANTS
+from dsp_experiments.tasks import CHECKED_VARIANTS, VARIANTS
 
 LEVELS: tuple[str, ...] = ("single", "ensemble")
 # The paper's mean compression: LITETime 58%, InceptionTime 75% (PAPER.md); its members
@@ -47,7 +52,7 @@ class Cell:
     variant: str
     seeds: tuple[str, ...]
     accuracy: float  # mean over seeds
-    ensemble_accuracy: float | None  # mean softmax over seeds (>= 2)
+    ensemble_accuracy: float | None  # mean softmax over the seeds (every seed of the sweep)
     params: float  # mean over seeds
     params_dense: float
     macs: float
@@ -55,6 +60,15 @@ class Cell:
     latency_ms: float | None
     latency_ratio: float | None  # batch-1, against the dense architecture, paired in the task
     epochs: int
+
+    @property
+    def ensemble_params(self) -> float | None:
+        """The ensemble's parameters: the sum over its members (None without an ensemble)."""
+        return None if self.ensemble_accuracy is None else self.params * len(self.seeds)
+
+    @property
+    def ensemble_macs(self) -> float | None:
+        return None if self.ensemble_accuracy is None else self.macs * len(self.seeds)
 
     @property
     def compression(self) -> float:
@@ -92,8 +106,13 @@ def _present(group: Sequence[Mapping[str, str]], column: str) -> list[float]:
     return [x for x in (_num(r.get(column)) for r in group) if x is not None]
 
 
-def cells(rows: Iterable[Mapping[str, str]], load_probs: ProbsLoader | None) -> tuple[Cell, ...]:
-    """One cell per (arch, dataset, variant), in variant order within a dataset."""
+def cells(
+    rows: Iterable[Mapping[str, str]],
+    load_probs: ProbsLoader | None,
+    members: Sequence[str] | None = None,
+) -> tuple[Cell, ...]:
+    """One cell per (arch, dataset, variant), in variant order within a dataset; an
+    ensemble where the cell has every seed of ``members`` (None: at least two seeds)."""
     groups: dict[tuple[str, str, str], list[Mapping[str, str]]] = {}
     for r in rows:
         groups.setdefault((r["arch"], r["dataset"], r["variant"]), []).append(r)
@@ -112,7 +131,7 @@ def cells(rows: Iterable[Mapping[str, str]], load_probs: ProbsLoader | None) -> 
                 variant=variant,
                 seeds=tuple(r["seed"] for r in group),
                 accuracy=float(np.mean([float(r["accuracy"]) for r in group])),
-                ensemble_accuracy=_ensemble(group, load_probs),
+                ensemble_accuracy=_ensemble(group, load_probs, members),
                 params=float(np.mean([float(r["params"]) for r in group])),
                 params_dense=float(np.mean([float(r["params_dense"]) for r in group])),
                 macs=float(np.mean([float(r["macs"]) for r in group])),
@@ -125,16 +144,33 @@ def cells(rows: Iterable[Mapping[str, str]], load_probs: ProbsLoader | None) -> 
     return tuple(out)
 
 
-def _ensemble(group: Sequence[Mapping[str, str]], load_probs: ProbsLoader | None) -> float | None:
-    if load_probs is None or len(group) < 2:
+def _ensemble(
+    group: Sequence[Mapping[str, str]],
+    load_probs: ProbsLoader | None,
+    members: Sequence[str] | None,
+) -> float | None:
+    seeds = {r["seed"] for r in group}
+    complete = members is None or set(map(str, members)) <= seeds
+    if load_probs is None or len(seeds) < 2 or not complete:
         return None
-    members = [load_probs(row_key(r)) for r in group]
+    return ensemble_accuracy([load_probs(row_key(r)) for r in group])
+
+
+def ensemble_accuracy(members: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Accuracy of the mean of the members' (probabilities, labels); their labels must agree."""
+    labels = members[0][1]
+    if any(not np.array_equal(y, labels) for _, y in members):
+        raise InputError(
+            f"ensemble members hold different test labels (shapes {[y.shape for _, y in members]});"
+            " expected the same test set for every seed"
+        )
     probs = np.mean([p for p, _ in members], axis=0)
-    return float(np.mean(probs.argmax(axis=1) == members[0][1]))
+    return float(np.mean(probs.argmax(axis=1) == labels))
 
 
 def ensemble_rows(table: Sequence[Cell], rows: Sequence[Mapping[str, str]]) -> list[dict]:
     """``seed=ensemble`` rows for the contract table (params/MACs summed over members)."""
+    protocols = {r["dataset"]: r["protocol"] for r in rows}
     out = []
     for c in table:
         if c.ensemble_accuracy is None:
@@ -146,11 +182,11 @@ def ensemble_rows(table: Sequence[Cell], rows: Sequence[Mapping[str, str]]) -> l
                 "arch": c.arch,
                 "variant": c.variant,
                 "seed": "ensemble",
-                "protocol": next((r["protocol"] for r in rows if r["dataset"] == c.dataset), ""),
+                "protocol": protocols.get(c.dataset, ""),
                 "epochs": c.epochs,
                 "accuracy": c.ensemble_accuracy,
-                "params": round(c.params * m),
-                "macs": round(c.macs * m),
+                "params": round(c.ensemble_params),
+                "macs": round(c.ensemble_macs),
                 "params_dense": round(c.params_dense * m),
                 "macs_dense": round(c.macs_dense * m),
                 "compression": c.compression,
@@ -214,19 +250,20 @@ def compare(table: Sequence[Cell], variant: str, baseline: str, level: str) -> l
 
 
 def summary(table: Sequence[Cell]) -> tuple[Comparison, ...]:
-    """Every variant against dense, and every DSP variant against narrow, both levels."""
+    """Every variant against dense, and every compression variant against narrow, both levels."""
     out: list[Comparison] = []
     for level in LEVELS:
         for variant in VARIANTS[1:]:
             out += compare(table, variant, "dense", level)
-        for variant in DSP_VARIANTS:
+        for variant in CHECKED_VARIANTS:
             out += compare(table, variant, "narrow", level)
     return tuple(out)
 
 
 @dataclass(frozen=True)
 class TargetCheck:
-    """One DSP variant of one arch at one level against the paper's claim (module doc)."""
+    """One compression variant of one arch at one level against the paper's claim (module
+    doc): its comparison against dense, and the one against narrow where there is one."""
 
     arch: str
     variant: str
@@ -238,14 +275,16 @@ class TargetCheck:
     p_value: float | None
     met: bool
     versus_narrow: str  # "wins" | "tied" | "loses" (significance at ALPHA) | "–" (no narrow)
+    dense: Comparison | None = None
+    narrow: Comparison | None = None
 
 
 def targets(comparisons: Sequence[Comparison]) -> tuple[TargetCheck, ...]:
-    """The paper's claim checked for every DSP variant against dense in ``comparisons``."""
+    """The paper's claim checked for every compression variant against dense in ``comparisons``."""
     by_key = {(c.arch, c.variant, c.baseline, c.level): c for c in comparisons}
     out = []
     for c in comparisons:
-        if c.baseline != "dense" or c.variant not in DSP_VARIANTS:
+        if c.baseline != "dense" or c.variant not in CHECKED_VARIANTS:
             continue
         target = PAPER_COMPRESSION.get(c.arch)
         if target is None:
@@ -264,6 +303,8 @@ def targets(comparisons: Sequence[Comparison]) -> tuple[TargetCheck, ...]:
                 p_value=c.p_value,
                 met=c.mean_compression >= target and c.mean_delta >= -MAX_MEAN_LOSS and no_loss,
                 versus_narrow="–" if narrow is None else _verdict(narrow),
+                dense=c,
+                narrow=narrow,
             )
         )
     return tuple(out)

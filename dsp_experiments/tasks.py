@@ -2,41 +2,51 @@
 
 Variants (``λ_p`` is the arch's paper λ, ``λ_x`` the protocol's dsp-exact λ)::
 
-    dense          train (λ = 0) → ONNX
-    dsp-onnx       train (λ_p) → ONNX → compress --criterion dead        (lossless)
-    dsp-onnx-rule  dsp-onnx's sparse ONNX → compress --criterion dsp      (paper's rule,
-                   default (lstsq) compensation; the row exists whether the gates pass or not;
-                   accuracy_none|mean|lstsq score each compensation on the test set)
-    dsp-retrain    dsp-onnx's trained weights (or train (λ_p)) → analysis → smaller net
-                   → retrain (λ = 0) → ONNX
-    dsp-exact      train (λ_x) → ONNX → compress --criterion dead        (ours)
-    narrow         uniform width nearest dsp-retrain's params (same dataset and seed),
-                   train (λ = 0) → ONNX
+    dense            train (λ = 0) → ONNX
+    dsp-onnx         train (λ_p) → ONNX → compress --criterion dead        (lossless)
+    dsp-onnx-rule    dsp-onnx's sparse ONNX → compress --criterion dsp      (paper's rule,
+                     default (lstsq) compensation; the row exists whether the gates pass or
+                     not; accuracy_none|mean|lstsq score each compensation on the test set)
+    dsp-retrain      dsp-onnx's trained weights (or train (λ_p)) → analysis → smaller net
+                     → retrain (λ = 0) → ONNX
+    dsp-exact        train (λ_x) → ONNX → compress --criterion dead        (ours)
+    narrow           uniform width nearest dsp-retrain's params (same dataset and seed),
+                     train (λ = 0) → ONNX
+    dsp-onnx-auto    dsp-onnx's sparse ONNX → compress --criterion auto     (post-training)
+    dense-onnx-auto  dense's ONNX → compress --criterion auto               (post-training)
 
-``dsp-onnx-rule``, ``dsp-retrain`` and ``narrow`` take their upstream task's output
-(``UPSTREAM``; a chain dsp-onnx → dsp-retrain → narrow): the sparse model bytes, the
-trained DSP member's ``state_dict`` (model kind ``state``: dsp-onnx trains the very model
-that dsp-retrain starts from, same λ, seed, epochs and data order, deterministically on
-CPU), or the retrained member's parameter count. A rule or retrain task with no upstream
-(or an upstream row without a state file, from before states were kept) trains its own
-sparse model. ``train_seconds`` counts the training the task itself did: 0 for a rule
-task that read its sparse model, only the analysis and retraining for a retrain task that
-read its weights; ``train_accuracy``, ``dead_channels``, ``kept_channels`` and
+The two ``-auto`` variants are registered only where ``dsp_deploy.options.CRITERIA`` has
+``auto`` (:func:`register`): until then they are defined but no sweep can ask for them.
+
+The variant table (:data:`DEFINED`, one :class:`Variant` per variant) says, for each, how
+its task builds the final model, the λ it trains with, which task it reads (``upstream``,
+same dataset, arch and seed) and which of that task's saved models (``reads``). A task
+saves the model kinds that some defined variant reads from it (:func:`saved_kinds`), with
+``keep_models`` off too, so a resumed sweep, or one that adds a variant later, finds them
+in the folder: dsp-onnx its sparse ONNX (``sparse``) and its trained member's
+``state_dict`` (``state``: dsp-onnx trains the very model that dsp-retrain starts from,
+same λ, seed, epochs and data order, deterministically on CPU), dense its ONNX
+(``final``). ``narrow`` reads its upstream's row only (the retrained member's parameter
+count) and is refused without it; any other task with no upstream (or one from before its
+models were kept) trains its own. ``train_seconds`` counts the training the task itself
+did: 0 for a task that read its model, only the analysis and retraining for a retrain task
+that read its weights; ``train_accuracy``, ``dead_channels``, ``kept_channels`` and
 ``params_torch`` are the same either way. Compression uses the whole training set as
-calibration (holdout 0): the channels removed are those dead on all of it, which is
-what the training-side analysis calls dead; the test set is the held-out check.
+calibration (holdout 0): the channels removed are those dead on all of it, which is what
+the training-side analysis calls dead; the test set is the held-out check.
 
 Every row's ``accuracy`` comes from the final ONNX model on onnxruntime (so the export is
 checked too); ``params``/``macs`` from :func:`dsp_deploy.cost.model_cost`, against those
 of the dense architecture for the same dataset (``params_dense``). ``latency_ratio`` and
 ``latency_ms`` are batch-1 timings paired with that dense architecture
-(:mod:`dsp_experiments.measure`).
+(:mod:`dsp_experiments.measure`). ``threads`` and ``gpus`` record the task's share of the
+machine (what the sweep's cost estimate, :mod:`dsp_experiments.costs`, scales by).
 
-``accuracy_unpruned`` (dsp-onnx, dsp-exact, dsp-onnx-rule; empty for the others) is the
-test accuracy of the sparse ONNX model the task compressed, before compression (the
-rule's read from its upstream or trained by itself). ``dead`` compression can differ
-from it where a channel dead on every training series wakes on a test series; the
-report judges the rule's compensations against it.
+``accuracy_unpruned`` (every variant that compresses; empty for the others) is the test
+accuracy of the ONNX model the task compressed, before compression (read from its
+upstream or trained by itself). ``dead`` compression can differ from it where a channel
+dead on every training series wakes on a test series; the report judges the rule's
+compensations against it.
 """
 
 from __future__ import annotations
@@ -46,7 +56,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -54,32 +64,31 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dsp_deploy.errors import InputError
-from dsp_deploy.options import CompressOptions
+from dsp_deploy.options import CRITERIA
 from dsp_experiments.measure import accuracy, dense_cost, dense_model, paired_latency, predict
+from dsp_experiments.training import (
+    SWEEP_COMPRESS,
+    compress,
+    compressed_fields,
+    dead_text,
+    device_name,
+    export,
+    fit,
+    state_bytes,
+    trained_fields,
+)
 
 if TYPE_CHECKING:
     import onnx
 
     from dsp_deploy.archs import ArchSpec
-    from dsp_deploy.compress import CompressResult
     from dsp_deploy.data import Dataset
-    from dsp_deploy.train.pipeline import TrainOutcome
+    from dsp_experiments.protocols import Protocol
 
 log = logging.getLogger(__name__)
 
-VARIANTS: tuple[str, ...] = (
-    "dense",
-    "dsp-onnx",
-    "dsp-onnx-rule",
-    "dsp-retrain",
-    "dsp-exact",
-    "narrow",
-)
-DSP_VARIANTS: tuple[str, ...] = ("dsp-onnx", "dsp-onnx-rule", "dsp-retrain", "dsp-exact")
-UPSTREAM: Mapping[str, str] = MappingProxyType(
-    {"dsp-onnx-rule": "dsp-onnx", "dsp-retrain": "dsp-onnx", "narrow": "dsp-retrain"}
-)
 ARCHS: tuple[str, ...] = ("lite", "inception")  # single members: ensembles come from seeds
+PENALTIES: tuple[str, ...] = ("none", "paper", "exact")  # λ = 0 | the arch's | dsp-exact's
 
 
 @dataclass(frozen=True)
@@ -124,7 +133,7 @@ class TaskOutput:
     row: Mapping[str, Any]
     probabilities: np.ndarray  # (n_test, classes) float32; empty when read back for upstream
     labels: np.ndarray  # (n_test,) int64
-    models: Mapping[str, bytes] = field(default_factory=dict)  # "sparse", "state", "final"
+    models: Mapping[str, bytes] = field(default_factory=dict)  # results.MODEL_KINDS
 
 
 @dataclass(frozen=True)
@@ -133,8 +142,31 @@ class _Built:
     fields: Mapping[str, Any]
     models: Mapping[str, bytes] = field(default_factory=dict)
     # more models of the task, each scored as ``accuracy_<name>`` on the test set: the
-    # final model under each compensation, the sparse model before compression
+    # final model under each compensation, the model before compression
     scored: Mapping[str, onnx.ModelProto] = field(default_factory=dict)
+
+
+Builder = Callable[[Task, "Dataset", "TaskOutput | None"], _Built]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row kind of the sweep; see the module docstring."""
+
+    name: str
+    build: Builder
+    penalty: str = "none"  # PENALTIES: the λ of the task's (first) training
+    upstream: str | None = None  # the variant whose task it reads (same dataset/arch/seed)
+    reads: tuple[str, ...] = ()  # the upstream's saved model kinds it reads
+    required: bool = False  # True: refused without its upstream; False: trains its own
+    checked: bool = False  # a compression method: against narrow and the paper's claim
+    criterion: str | None = None  # the compress criterion it needs (registered if known)
+
+    def sparsity(self, spec: ArchSpec, protocol: Protocol) -> float:
+        """The λ its task trains with under ``protocol``."""
+        if self.penalty == "exact":
+            return protocol.exact_lambda(spec.family)
+        return spec.sparsity if self.penalty == "paper" else 0.0
 
 
 def run_task(
@@ -145,7 +177,7 @@ def run_task(
 
     torch.set_num_threads(task.threads)
     start = time.perf_counter()
-    built = _BUILDERS[task.variant](task, train, upstream)
+    built = REGISTERED[task.variant].build(task, train, upstream)
     probs = predict(built.model, test.X, task.threads)
     scored_accuracy = {
         f"accuracy_{name}": accuracy(predict(model, test.X, task.threads), test.y)
@@ -181,68 +213,99 @@ def run_task(
         "length": length,
         "n_classes": n_classes,
         "host": socket.gethostname(),
-        "device": _device_name(task.device),
+        "device": device_name(task.device),
+        "threads": task.threads,
+        "gpus": task.gpus,
         **built.fields,
         "task_seconds": round(time.perf_counter() - start, 3),
     }
-    models = dict(built.models)
-    if task.keep_models:
-        models["final"] = built.model.SerializeToString()
     log.info("task %s: accuracy %.4f, params %d", task.key, row["accuracy"], cost.params)
-    return TaskOutput(row, probs, test.y.astype(np.int64), models)
+    return TaskOutput(row, probs, test.y.astype(np.int64), _models(task, built))
+
+
+def _models(task: Task, built: _Built) -> dict[str, bytes]:
+    """The models the task saves: those a downstream reads, and its final one on request."""
+    models = dict(built.models)
+    if task.keep_models or "final" in saved_kinds(task.variant):
+        models["final"] = built.model.SerializeToString()
+    return models
+
+
+def _saving(task: Task, **candidates: Callable[[], bytes]) -> dict[str, bytes]:
+    """The ``candidates`` (kind → how to make its bytes) that ``task`` must save."""
+    kinds = saved_kinds(task.variant)
+    return {kind: make() for kind, make in candidates.items() if kind in kinds}
 
 
 # ---- variants ---------------------------------------------------------------------------
 def _dense(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
-    outcome = _fit(task, train)
-    return _Built(_export(outcome.model, task, train), _trained(outcome))
+    outcome = fit(task, train)
+    return _Built(export(outcome.model, task, train), trained_fields(outcome))
 
 
 def _dead_pruned(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
-    outcome = _fit(task, train)
-    sparse = _export(outcome.model, task, train)
-    result = _compress(sparse, train, replace(SWEEP_COMPRESS, threads=task.threads))
-    fields = {**_trained(outcome), **_compressed(result)}
-    models = {"sparse": sparse.SerializeToString()}
-    if task.variant == UPSTREAM["dsp-retrain"]:  # the weights dsp-retrain starts from
-        models["state"] = _state_bytes(outcome.model.net)  # one member: Probabilities(net)
+    outcome = fit(task, train)
+    sparse = export(outcome.model, task, train)
+    result = compress(sparse, train, replace(SWEEP_COMPRESS, threads=task.threads))
+    models = _saving(
+        task,
+        sparse=sparse.SerializeToString,
+        state=lambda: state_bytes(outcome.model.net),  # one member: Probabilities(net)
+    )
+    fields = {**trained_fields(outcome), **compressed_fields(result)}
     return _Built(result.model, fields, models, scored={"unpruned": sparse})
 
 
-def _rule(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
+def _upstream_model(
+    task: Task, train: Dataset, upstream: TaskOutput | None
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The model the task compresses: its upstream's saved one, or one it trains itself."""
     import onnx
 
-    from dsp_deploy.options import COMPENSATIONS, DEFAULT_COMPENSATION
-
-    if upstream is not None and "sparse" in upstream.models:
-        sparse = onnx.load_from_string(upstream.models["sparse"])
+    (kind,) = REGISTERED[task.variant].reads
+    if upstream is not None and kind in upstream.models:
         copied = ("train_accuracy", "dead_channels", "params_torch")
         fields: dict[str, Any] = {k: upstream.row.get(k) for k in copied}
         fields["train_seconds"] = 0.0  # trained by the upstream task
-    else:
-        outcome = _fit(task, train)
-        sparse, fields = _export(outcome.model, task, train), _trained(outcome)
+        return onnx.load_from_string(upstream.models[kind]), fields
+    outcome = fit(task, train)
+    return export(outcome.model, task, train), trained_fields(outcome)
+
+
+def _rule(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
+    from dsp_deploy.options import COMPENSATIONS, DEFAULT_COMPENSATION
+
+    sparse, fields = _upstream_model(task, train, upstream)
     # The same removal under each compensation, so a sweep can check the default one.
     rule = replace(SWEEP_COMPRESS, criterion="dsp", threads=task.threads)
     results = {
-        mode: _compress(sparse, train, replace(rule, compensation=mode)) for mode in COMPENSATIONS
+        mode: compress(sparse, train, replace(rule, compensation=mode)) for mode in COMPENSATIONS
     }
     result = results[DEFAULT_COMPENSATION]
     scored = {**{mode: r.model for mode, r in results.items()}, "unpruned": sparse}
-    return _Built(result.model, {**fields, **_compressed(result)}, scored=scored)
+    return _Built(result.model, {**fields, **compressed_fields(result)}, scored=scored)
+
+
+def _post_training(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
+    """The upstream's ONNX compressed under the variant's criterion, nothing retrained."""
+    model, fields = _upstream_model(task, train, upstream)
+    criterion = REGISTERED[task.variant].criterion
+    options = replace(SWEEP_COMPRESS, criterion=criterion, threads=task.threads)
+    result = compress(model, train, options)
+    return _Built(result.model, {**fields, **compressed_fields(result)}, scored={"unpruned": model})
 
 
 def _retrain(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
     states = _upstream_states(task, upstream)
-    outcome = _fit(task, train, protocol="dsp-retrain", states=states)
+    outcome = fit(task, train, protocol="dsp-retrain", states=states)
     member = outcome.members[0]
     fields = {
-        **_trained(outcome),
+        **trained_fields(outcome),
         "retrain_epochs": task.epochs,
         "kept_channels": member.kept,
-        "dead_channels": _dead(member.sparse_analysis),
+        "dead_channels": dead_text(member.sparse_analysis),
     }
-    return _Built(_export(outcome.model, task, train), fields)
+    return _Built(export(outcome.model, task, train), fields)
 
 
 def _upstream_states(task: Task, upstream: TaskOutput | None) -> list[Mapping[str, Any]] | None:
@@ -271,118 +334,47 @@ def _narrow(task: Task, train: Dataset, upstream: TaskOutput | None) -> _Built:
     base = get_arch(task.arch)
     width = narrow_width(base.family, len(train.classes), target)
     spec = NarrowSpec(**asdict(base), width=width)
-    outcome = _fit(task, train, spec=spec)
-    return _Built(_export(outcome.model, task, train), {**_trained(outcome), "width": width})
+    outcome = fit(task, train, spec=spec)
+    return _Built(export(outcome.model, task, train), {**trained_fields(outcome), "width": width})
 
 
-_BUILDERS: Mapping[str, Callable[[Task, Any, TaskOutput | None], _Built]] = MappingProxyType(
-    {
-        "dense": _dense,
-        "dsp-onnx": _dead_pruned,
-        "dsp-onnx-rule": _rule,
-        "dsp-retrain": _retrain,
-        "dsp-exact": _dead_pruned,
-        "narrow": _narrow,
-    }
+# ---- the table --------------------------------------------------------------------------
+DEFINED: tuple[Variant, ...] = (
+    Variant("dense", _dense),
+    Variant("dsp-onnx", _dead_pruned, "paper", checked=True),
+    Variant("dsp-onnx-rule", _rule, "paper", "dsp-onnx", ("sparse",), checked=True),
+    Variant("dsp-retrain", _retrain, "paper", "dsp-onnx", ("state",), checked=True),
+    Variant("dsp-exact", _dead_pruned, "exact", checked=True),
+    Variant("narrow", _narrow, "none", "dsp-retrain", required=True),
+    Variant(
+        "dsp-onnx-auto", _post_training, "paper", "dsp-onnx", ("sparse",), checked=True,
+        criterion="auto",
+    ),
+    Variant(
+        "dense-onnx-auto", _post_training, "none", "dense", ("final",), checked=True,
+        criterion="auto",
+    ),
+)  # fmt: skip
+
+
+def register(criteria: Iterable[str]) -> Mapping[str, Variant]:
+    """The variants of :data:`DEFINED` that ``criteria`` (compress's) can run, by name."""
+    known = set(criteria)
+    chosen = (v for v in DEFINED if v.criterion is None or v.criterion in known)
+    return MappingProxyType({v.name: v for v in chosen})
+
+
+def saved_kinds(variant: str) -> tuple[str, ...]:
+    """The model kinds a ``variant`` task saves: those any defined variant reads from it."""
+    read = (kind for v in DEFINED if v.upstream == variant for kind in v.reads)
+    return tuple(dict.fromkeys(read))
+
+
+REGISTERED: Mapping[str, Variant] = register(CRITERIA)
+VARIANTS: tuple[str, ...] = tuple(REGISTERED)
+UPSTREAM: Mapping[str, str] = MappingProxyType(
+    {v.name: v.upstream for v in REGISTERED.values() if v.upstream is not None}
 )
-
-
-# ---- library calls ----------------------------------------------------------------------
-def _fit(
-    task: Task,
-    train: Dataset,
-    *,
-    spec: ArchSpec | None = None,
-    protocol: str = "none",
-    states: Sequence[Mapping[str, Any]] | None = None,
-) -> TrainOutcome:
-    from dsp_deploy.archs import get_arch
-    from dsp_deploy.train.pipeline import TrainRequest
-    from dsp_deploy.train.pipeline import train as fit
-
-    request = TrainRequest(
-        spec or get_arch(task.arch),
-        epochs=task.epochs,
-        sparsity=task.sparsity,
-        seed=task.seed,
-        batch_size=task.batch_size,
-        protocol=protocol,
-        device=task.device,
-    )
-    return fit(request, train.X, train.y, len(train.classes), sparse_states=states)
-
-
-def _device_name(device: str) -> str:
-    """``cpu``, or ``cuda:<GPU name>``: a result's hardware, for the report's readers."""
-    if device == "cpu":
-        return device
-    import torch
-
-    return f"cuda:{torch.cuda.get_device_name()}"
-
-
-def _state_bytes(net: Any) -> bytes:
-    """``net``'s ``state_dict`` as ``torch.save`` writes it."""
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(net.state_dict(), buffer)
-    return buffer.getvalue()
-
-
-def _trained(outcome: TrainOutcome) -> dict[str, Any]:
-    return {
-        "train_accuracy": outcome.train_accuracy,
-        "train_seconds": round(outcome.seconds, 3),
-        "params_torch": outcome.params,
-        "dead_channels": _dead(outcome.members[0].analysis),
-    }
-
-
-def _dead(analysis: Any) -> str:
-    return ";".join(
-        f"{d}/{c}" for d, c in zip(analysis.dead_counts, analysis.channel_counts, strict=True)
-    )
-
-
-def _compressed(result: CompressResult) -> dict[str, Any]:
-    return {
-        "verified": result.verified,
-        "failures": " | ".join(result.failures),
-        "kept_channels": ";".join(f"{a}/{b}" for b, a in (r.channels for r in result.layers)),
-        "compress_seconds": round(result.seconds, 3),
-    }
-
-
-def _export(model: Any, task: Task, train: Dataset) -> onnx.ModelProto:
-    from dsp_deploy.train.export import model_metadata, to_onnx
-
-    _, channels, length = train.X.shape
-    meta = model_metadata(
-        classes=train.classes,
-        length=length,
-        channels=channels,
-        arch=task.arch,
-        dataset=train.name,
-        training={
-            "epochs": task.epochs,
-            "sparsity": task.sparsity,
-            "seed": task.seed,
-            "variant": task.variant,
-            "protocol": task.protocol,
-        },
-    )
-    return to_onnx(model, length=length, channels=channels, meta=meta)
-
-
-# The test set is the held-out check here: decide on all training samples, no k-fold report.
-SWEEP_COMPRESS = CompressOptions(holdout=0.0, folds=0)
-
-
-def _compress(model: onnx.ModelProto, train: Dataset, options: CompressOptions) -> CompressResult:
-    from dsp_deploy.compress import compress
-    from dsp_deploy.io import Calibration
-    from dsp_deploy.train.export import INPUT_NAME
-
-    calibration = Calibration(MappingProxyType({INPUT_NAME: train.X}), train.y)
-    return compress(model, calibration, options)
+DSP_VARIANTS: tuple[str, ...] = tuple(v.name for v in REGISTERED.values() if v.penalty != "none")
+# compression methods: each against dense, against narrow and against the paper's claim
+CHECKED_VARIANTS: tuple[str, ...] = tuple(v.name for v in REGISTERED.values() if v.checked)

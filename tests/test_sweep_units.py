@@ -313,7 +313,7 @@ def test_compensations_prefer_the_rule_rows_own_unpruned_accuracy() -> None:
 
 
 def test_dead_check_compares_dead_compression_with_the_unpruned_model() -> None:
-    from dsp_experiments.report import _dead_line
+    from dsp_experiments.report_md import _dead_line
 
     def row(variant: str, acc: str, unpruned: str) -> dict[str, str]:
         return {"variant": variant, "accuracy": acc, "accuracy_unpruned": unpruned}
@@ -403,7 +403,7 @@ def test_an_unknown_model_kind_is_refused_before_anything_is_written(tmp_path) -
 
 
 def test_wall_time_rows_per_arch_and_variant() -> None:
-    from dsp_experiments.report import _wall_rows
+    from dsp_experiments.report_md import wall_rows as _wall_rows
 
     rows = [
         {"arch": "lite", "variant": "dense", "task_seconds": "10"},

