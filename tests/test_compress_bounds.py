@@ -68,7 +68,8 @@ def test_no_discordant_series_gives_the_resolution() -> None:
     for n in (12, 50, 133, 1000):
         assert drop_upper(0, 0, n, 0.95) == pytest.approx(resolution(n, 0.95), abs=1e-12)
         assert wilson_upper(0, n, 0.95) == pytest.approx(resolution(n, 0.95), abs=1e-15)
-    assert round(100 * resolution(12, 0.95), 1) == 18.4 and round(100 * resolution(50, 0.95), 1) == 5.1
+    assert round(100 * resolution(12, 0.95), 1) == 18.4
+    assert round(100 * resolution(50, 0.95), 1) == 5.1
 
 
 @settings(max_examples=80, deadline=None)

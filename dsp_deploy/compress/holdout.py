@@ -104,7 +104,7 @@ JUDGED = {  # mode → what the judged series are, in words
     "kfold": "held-out series ({folds} folds, each series held out once)",
     "split": "held-out series",
     "eval": "eval series",
-    "decision": "decision series (--holdout 0: the decision saw them)",
+    "decision": "decision series (nothing held out: the decision saw them)",
     "lossless": "calibration series",
 }
 
