@@ -21,7 +21,8 @@ instrumented one: onnxruntime may compute a graph with extra outputs differently
 fusions), and "unchanged" is about the model a user runs. Cost: the instrumented pass
 (statistics), one pass of the plain original and one of the pruned model over the
 calibration set, plus one pruning and one run over a fold per fold whose plan differs
-(``benchmarks/compress_speed.py``).
+(``benchmarks/compress_speed.py``); a lossy k-fold held-out check (few series) costs one
+pruning and one run over its fold per fold.
 """
 
 from __future__ import annotations
