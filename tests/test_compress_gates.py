@@ -154,6 +154,12 @@ def test_lossless_gates_are_exact_and_unbounded() -> None:
     assert len(gates(CompressOptions(), off, None)) == 2  # deviation and the point drop
 
 
+def test_a_report_without_paired_counts_fails_rather_than_skips_the_accuracy_gate() -> None:
+    bare = ParityReport(200, 0.1, False, 1.0, (0.9, 0.9), disagreements=0)
+    (line,) = gates(LOSSY, bare, bare)
+    assert line.startswith("accuracy gate: the report has no newly wrong/right counts")
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.integers(50, 5000).flatmap(

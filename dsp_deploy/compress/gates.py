@@ -187,6 +187,9 @@ def gate_report(
     judged, report = _judged(decision, holdout, evaluation, folds)
     rows = _bounds(options, report)
     failures += [_failure(b, judged, options.confidence) for b in rows if not b.passed]
+    if report.accuracy is not None and report.newly_wrong is None:  # never skipped silently
+        failures.append("accuracy gate: the report has no newly wrong/right counts "
+                        "(build it with verify.compare or verify.pool)")  # fmt: skip
     return GateReport(
         judged, report.samples, folds if judged == "kfold" else 0,
         report.accuracy is not None, options.confidence, rows, tuple(failures),
