@@ -55,8 +55,9 @@ class CompressOptions:
     folds: int = DEFAULT_FOLDS  # lossless: k-fold report (0: off)
     atol: float | None = None  # None: tolerance.default_tolerance(model)
     rtol: float | None = None
-    min_agreement: float = 0.99  # held-out argmax agreement gate
-    max_accuracy_drop: float = 0.01  # accuracy drop gate (with labels)
+    min_agreement: float = 0.98  # gate: upper bound of the disagreement rate <= 1 - this
+    max_accuracy_drop: float = 0.02  # gate (with labels): upper bound of the drop <= this
+    confidence: float = 0.95  # one-sided level of the gates' bounds (compress.bounds)
     batch_size: int = 64
     threads: int | None = None  # onnxruntime intra-op threads
     seed: int = 0  # the decision/held-out split and the folds
@@ -70,6 +71,8 @@ class CompressOptions:
         fraction(cli_name("holdout"), self.holdout, closed=False)
         for name in ("min_agreement", "max_accuracy_drop"):
             fraction(cli_name(name), getattr(self, name))
+        if not 0.5 <= self.confidence < 1:  # also catches NaN
+            raise OptionError(f"--confidence {self.confidence}: expected a number in [0.5, 1)")
         for name in ("batch_size", "threads", "align"):
             positive(cli_name(name), getattr(self, name))
         for name in ("min_count", "folds", "seed"):

@@ -62,7 +62,9 @@ def test_failed_gate_exits_1_and_writes_nothing_unless_forced(files, run_cli, tm
         "--min-count",
         "1000000",
         "--max-accuracy-drop",
-        "0",
+        "0.1",  # 100 series certify 10 points (0.02 would need 133: exit 2, not 1)
+        "--min-agreement",
+        "0.9",
     )
     result = run_cli(*args)
     assert result.code == 1 and "not written" in result.stderr

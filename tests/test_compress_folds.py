@@ -72,7 +72,8 @@ def test_no_fold_report_when_off_or_lossy() -> None:
     model, x = rare_channel_model(), Calibration({"x": spiked_inputs(40, (5,))}, None)
     assert compress(model, x, folds=0).folds is None
     lossy = compress(model, x, criterion="dsp", compensation="mean")
-    assert lossy.folds is None and lossy.holdout is not None and lossy.holdout.samples == 8
+    assert lossy.folds is None and lossy.holdout is not None and lossy.holdout.samples == 40
+    assert (lossy.gate.judged, lossy.gate.folds) == ("kfold", 5)  # few series: held out over folds
 
 
 def test_fold_indices_partition_the_samples() -> None:

@@ -62,9 +62,9 @@ def test_options_are_frozen_and_keep_todays_defaults() -> None:
         options.holdout = 0.5  # type: ignore[misc]
     assert dataclasses.asdict(options) == {
         "criterion": "dead", "threshold": 0.0, "min_count": None, "compensation": "lstsq",
-        "holdout": 0.2, "folds": 5, "atol": None, "rtol": None, "min_agreement": 0.99,
-        "max_accuracy_drop": 0.01, "batch_size": 64, "threads": None, "seed": 0, "align": 1,
-        "conv2d": False, "fuse": False,
+        "holdout": 0.2, "folds": 5, "atol": None, "rtol": None, "min_agreement": 0.98,
+        "max_accuracy_drop": 0.02, "confidence": 0.95, "batch_size": 64, "threads": None,
+        "seed": 0, "align": 1, "conv2d": False, "fuse": False,
     }  # fmt: skip
     assert options.lossless and not CompressOptions(threshold=0.1).lossless
 
@@ -93,7 +93,10 @@ def test_keywords_and_options_object_compress_the_same() -> None:
     by_object = compress(model, calib, options)
     assert by_keywords.plan.remove == by_object.plan.remove
     assert by_keywords.params == by_object.params and by_keywords.params[1] < by_keywords.params[0]
-    assert by_keywords.holdout.samples == by_object.holdout.samples == 10
+    # 40 series are few (compress.holdout): every one is held out once, over 1/0.25 folds
+    assert by_keywords.holdout.samples == by_object.holdout.samples == 40
+    assert by_keywords.gate.judged == by_object.gate.judged == "kfold"
+    assert by_keywords.gate.folds == 4
     x = G.inputs(8, seed=3)
     np.testing.assert_array_equal(
         run_model(by_keywords.model, {"x": x})[0], run_model(by_object.model, {"x": x})[0]

@@ -100,8 +100,12 @@ def test_dsp_rule_compensation_brings_outputs_closer() -> None:
     model = G.lite_like(dead_concat=(), dead_dw1=())
     diffs = {}
     for comp in ("none", "mean", "lstsq"):
-        result = compress(model, calibration(200), criterion="dsp", compensation=comp)
+        # confidence 0.5: point estimates, one held-out part of 40 (compress.holdout)
+        result = compress(
+            model, calibration(200), criterion="dsp", compensation=comp, confidence=0.5
+        )
         assert result.plan.remove and result.params[1] < result.params[0]
+        assert result.gate.judged == "split"
         diffs[comp] = result.holdout.max_abs_diff
     assert diffs["lstsq"] < diffs["none"] and diffs["mean"] < diffs["none"]
 

@@ -1,7 +1,9 @@
 """``dsp-deploy compress MODEL --calib NPZ``: prune dead or weak channels, verify, write atomically.
 
 Exit 0: written (and verified, or ``--force``); 1: a gate failed, nothing written;
-2: bad input (model, calibration file, options, output path). A quantized model
+2: bad input (model, calibration or ``--eval`` file, options, output path), or series
+too few for the gates at ``--confidence`` (``compress.holdout``; the line says how many
+they need; ``--force`` proceeds and says what cannot be seen). A quantized model
 (QLinearConv, ConvInteger, or a Conv of DequantizeLinear weights) is bad input: only
 float convs are pruned, so compress the float model, then quantize (exit 2, nothing
 written).
@@ -34,10 +36,11 @@ def register(app: typer.Typer) -> None:
 
 
 PANELS = {
-    "Files": ("calib", "output", "no_overwrite"),
+    "Files": ("calib", "eval_file", "output", "no_overwrite"),
     "What to remove": ("criterion", "threshold", "min_count", "compensation", "reconstruct"),
     "Checks (gates)": (
-        "holdout", "folds", "atol", "rtol", "min_agreement", "max_accuracy_drop", "force"
+        "holdout", "folds", "atol", "rtol", "min_agreement", "max_accuracy_drop", "confidence",
+        "force",
     ),
     "Rewrites for speed": ("align", "conv2d", "fuse"),
     "Run and output": ("batch_size", "threads", "verbose", "quiet", "as_json"),
@@ -133,11 +136,37 @@ def compress_command(
         typer.Option("--rtol", help="Relative tolerance [1e-4; 1e-2 for float16 outputs]."),
     ] = None,
     min_agreement: Annotated[
-        float, typer.Option("--min-agreement", help="Held-out argmax agreement gate.")
+        float,
+        typer.Option(
+            "--min-agreement",
+            help="Lossy: the upper confidence bound of the held-out disagreement rate must "
+            "be <= 1 - this (0: no agreement gate).",
+        ),
     ] = DEFAULTS.min_agreement,
     max_accuracy_drop: Annotated[
-        float, typer.Option("--max-accuracy-drop", help="Accuracy drop gate (with labels).")
+        float,
+        typer.Option(
+            "--max-accuracy-drop",
+            help="With labels: the upper confidence bound of the held-out accuracy drop "
+            "must be <= this.",
+        ),
     ] = DEFAULTS.max_accuracy_drop,
+    confidence: Annotated[
+        float,
+        typer.Option(
+            "--confidence",
+            help="One-sided confidence of the gates' bounds, in [0.5, 1) (0.5: point "
+            "estimates). 0.95 needs >= 133 judged series for the default gates.",
+        ),
+    ] = DEFAULTS.confidence,
+    eval_file: Annotated[
+        str | None,
+        typer.Option(
+            "--eval",
+            help="A separate .npz (x, optional labels y, as --calib) the gates judge "
+            "instead of held-out calibration series; the decision then sees all of --calib.",
+        ),
+    ] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Samples per run.")
     ] = DEFAULTS.batch_size,
@@ -174,28 +203,34 @@ def compress_command(
     """
     given = dict(locals())  # first: the parameters, named as CompressOptions' fields
     from dsp_deploy import io, progress
+    from dsp_deploy.compress.holdout import partition
     from dsp_deploy.compress.pipeline import compress
-    from dsp_deploy.errors import VerificationError
+    from dsp_deploy.errors import CalibrationError, VerificationError
     from dsp_deploy.render import progress_bar
 
     # Validated before any file is read: a bad value costs no model load.
     options = with_changes(None, {k: v for k, v in given.items() if k in OPTION_KEYS})
     loaded = io.load_model(model)
     # Before the calibration pass, not after it: a bad -o must not cost a whole run.
+    sources = [model, calib, eval_file]
     out = check_output(
         output or default_output(model),
         "--output",
-        inputs=[model, calib],
+        inputs=sources,
         suffix=".onnx",
         overwrite=not no_overwrite,
     )
     calibration = io.load_calibration(calib, loaded)
+    evaluation = _load_eval(eval_file, loaded)
+    judged = partition(options, calibration, evaluation).plan
+    if not judged.enough and not force:  # before the run: it could pass no candidate
+        raise CalibrationError(f"{eval_file or calib}: {judged.shortfall(options)}")
     bar = progress_bar("calibration", enabled=not (as_json or quiet))
     with naming(model), bar as reporter, progress.reporting(reporter):
-        result = compress(loaded, calibration, options)
+        result = compress(loaded, calibration, options, evaluation=evaluation)
     write = result.verified or force
     if write:
-        io.save_model(result.model, out, inputs=[model, calib])
+        io.save_model(result.model, out, inputs=[s for s in sources if s])
     refusal = None if write else f"{model}: not written ({'; '.join(result.failures)})"
     if as_json:
         _echo_json(_as_dict(result, model, out, write), refusal)
@@ -221,6 +256,19 @@ def _echo_json(report: dict, refusal: str | None) -> None:
     raise typer.Exit(code)
 
 
+def _load_eval(path: str | None, model):
+    """The ``--eval`` set, checked like a calibration file; its errors name ``--eval``."""
+    from dsp_deploy import io
+    from dsp_deploy.errors import CalibrationError
+
+    if path is None:
+        return None
+    try:
+        return io.load_calibration(path, model)
+    except CalibrationError as e:
+        raise CalibrationError(f"--eval: {e}") from e
+
+
 def _as_dict(result: CompressResult, model: str, out: Path, written: bool) -> dict:
     return {
         "input": model,
@@ -243,6 +291,8 @@ def _as_dict(result: CompressResult, model: str, out: Path, written: bool) -> di
         ],
         "decision": result.decision.as_dict(),
         "holdout": None if result.holdout is None else result.holdout.as_dict(),
+        "eval": None if result.evaluation is None else result.evaluation.as_dict(),
+        "gates": None if result.gate is None else result.gate.as_dict(),
         "folds": None if result.folds is None else result.folds.as_dict(),
         "random_inputs": None if result.random is None else result.random.as_dict(),
         "failures": list(result.failures),
@@ -319,6 +369,7 @@ def _render(result: CompressResult, model: str, out: Path, written: bool) -> Non
     for label, report in (
         ("calibration" if result.holdout is None else "decision", result.decision),
         ("held-out", result.holdout),
+        ("eval", result.evaluation),
         ("random inputs (report only)", result.random),
     ):
         if report is None:
@@ -336,6 +387,7 @@ def _render(result: CompressResult, model: str, out: Path, written: bool) -> Non
             console.print(f"  {note}")
     if result.folds is not None:
         console.print(result.folds.summary())
+    _render_gates(console, result)
     if not result.changed:
         console.print(NOTHING_TO_PRUNE)
     if written:  # forced; when nothing is written, the error line names the failures once
@@ -343,3 +395,18 @@ def _render(result: CompressResult, model: str, out: Path, written: bool) -> Non
             console.print(f"[red]gate failed (--force: written anyway):[/red] {failure}")
     where = f"wrote {out}" if written else "nothing written"
     console.print(f"{where} in {result.seconds:.2f} s")
+
+
+def _render_gates(console, result: CompressResult) -> None:
+    """The bounds the gates read, and what the judged series can resolve."""
+    gate = result.gate
+    if gate is None or not gate.bounds and not gate.notes:
+        return
+    for b in gate.bounds:
+        mark = "≤" if b.passed else ">"
+        console.print(
+            f"gate {b.gate}: {b.events}; upper bound {100 * b.upper:.1f}% at "
+            f"{100 * gate.confidence:g}% {mark} {100 * b.threshold:g}%"
+        )
+    for note in gate.notes:
+        console.print(note)

@@ -3,9 +3,11 @@
 Lossless (``dead``, threshold 0): channels are decided on *every* calibration sample
 and the written model must reproduce every one of them within ``atol + rtol·|y|``; how
 far that generalises is measured by a k-fold report (``compress.folds``), not traded
-for exactness. Lossy criteria (``dsp``, ``dead`` with a threshold) split the samples
-once (seeded): channels are decided on the *decision* part (1 − holdout) and the model
-is gated on the held-out part (``compress.gates``). The settings are one
+for exactness. Lossy criteria (``dsp``, ``dead`` with a threshold) decide the channels
+on the *decision* series and are gated on series the decision did not see
+(``compress.holdout``: a stratified held-out part, or, with few series, every series
+held out once over k folds; or an ``evaluation`` set), each gate on a confidence bound
+(``compress.gates``, ``compress.bounds``). The settings are one
 ``CompressOptions`` (``dsp_deploy.options``; the batch-size policy and the
 architecture's keep rule: ``compress.policy``); the written model carries a ``dsp.compress`` record
 (``compress.record``).
@@ -19,7 +21,8 @@ instrumented one: onnxruntime may compute a graph with extra outputs differently
 fusions), and "unchanged" is about the model a user runs. Cost: the instrumented pass
 (statistics), one pass of the plain original and one of the pruned model over the
 calibration set, plus one pruning and one run over a fold per fold whose plan differs
-(``benchmarks/compress_speed.py``).
+(``benchmarks/compress_speed.py``); a lossy k-fold held-out check (few series) costs one
+pruning and one run over its fold per fold.
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ from dsp_deploy.compress.calibrate import (
     Probe,
     merge_stats,
 )
-from dsp_deploy.compress.folds import FoldReport, fold_indices, fold_report
-from dsp_deploy.compress.gates import gates, split
+from dsp_deploy.compress.folds import FoldReport, fold_report
+from dsp_deploy.compress.gates import GateReport, gate_report
 from dsp_deploy.compress.graph import copy_model
 from dsp_deploy.compress.groups import ChannelAnalysis, find_groups
+from dsp_deploy.compress.holdout import kfold_holdout, partition
 from dsp_deploy.compress.plan import PruningPlan, make_plan
 from dsp_deploy.compress.policy import default_min_count, run_batch_size
 from dsp_deploy.compress.prune import prune
@@ -82,6 +86,8 @@ class CompressResult:
     random: ParityReport | None
     failures: tuple[str, ...]
     seconds: float
+    evaluation: ParityReport | None = None  # the ``evaluation`` set's report
+    gate: GateReport | None = None  # the gates' bounds and notes (``compress.gates``)
 
     @property
     def verified(self) -> bool:
@@ -162,13 +168,17 @@ def compress(
     model: onnx.ModelProto,
     calibration: Calibration,
     options: CompressOptions | None = None,
+    *,
+    evaluation: Calibration | None = None,
     **changes: Any,
 ) -> CompressResult:
     """Prune ``model`` with ``calibration``; ``model`` itself is not modified.
 
     ``options`` (default: ``CompressOptions()``) with keyword ``changes`` applied, e.g.
     ``compress(model, calib, criterion="dsp", holdout=0.3)``; an unknown or invalid
-    value is an ``OptionError``. ``align``: kept channel counts rounded up to multiples
+    value is an ``OptionError``. ``evaluation``: a separate set (labelled or not) the gates
+    judge instead of held-out calibration series; the decision then sees all of the
+    calibration. ``align``: kept channel counts rounded up to multiples
     of it (``compress.align``); ``conv2d``: qualifying 1-D convs written in 2-D form
     (``compress.layout``); ``fuse``: BatchNormalization folded into, and Relu moved
     before, a Concat of Convs (``compress.fuse``; before ``conv2d``, which would hide the
@@ -184,9 +194,10 @@ def compress(
     atol, rtol = resolve_tolerance(model, opts.atol, opts.rtol)
     batch_size = run_batch_size(model, opts.batch_size)
     analysis = find_groups(model)
-    decide, held = split(len(calibration), 0.0 if opts.lossless else opts.holdout, opts.seed)
+    parts = partition(opts, calibration, evaluation)
+    decide, held, kfold = parts.decide, parts.held, parts.plan.mode == "kfold"
     part, rest = calibration.take(decide), calibration.take(held)
-    index, fold_stats, stats = _measure(model, analysis, part, opts, batch_size)
+    index, fold_stats, stats = _measure(model, analysis, part, opts, batch_size, parts.folds)
     original = session(model, opts.threads)  # the plain original: the reference outputs
     plan_for = _planner(model, analysis, opts)
     plan = plan_for(stats)
@@ -196,17 +207,27 @@ def compress(
     reference = run_model(original, part.inputs, batch_size=batch_size)
     written = run_model(candidate, part.inputs, batch_size=batch_size)
     decision = compare(reference, written, atol=atol, rtol=rtol, labels=part.labels)
-    fold_check = None
-    if index:
-        outputs_of = partial(_fold_outputs, model, part, batch_size, opts.threads)
+    fold_check = held_report = None
+    outputs_of = partial(_fold_outputs, model, part, batch_size, opts.threads)
+    if kfold:  # every series judged once, on the model planned without its fold
+        held_report = kfold_holdout(
+            fold_stats, index, reference, part.labels, plan_for=plan_for,
+            outputs_of=outputs_of, atol=atol, rtol=rtol,
+        )  # fmt: skip
+    elif index:
         fold_check = fold_report(
             fold_stats, index, plan, reference, written, plan_for=plan_for,
             outputs_of=outputs_of, atol=atol, rtol=rtol,
         )  # fmt: skip
-    held_report = None
     if len(rest):
         rest_reference = run_model(original, rest.inputs, batch_size=batch_size)
         held_report = verify(rest_reference, candidate, rest.inputs, labels=rest.labels, **tol)
+    eval_report = None
+    if evaluation is not None:
+        eval_reference = run_model(original, evaluation.inputs, batch_size=batch_size)
+        eval_report = verify(eval_reference, candidate, evaluation.inputs,
+                             labels=evaluation.labels, **tol)  # fmt: skip
+    gate = gate_report(opts, decision, held_report, eval_report, folds=parts.plan.folds)
     random = _random_report(original, candidate, calibration, **tol)
     before, after = _costs(model, pruned, calibration)
     stamp(
@@ -218,7 +239,7 @@ def compress(
             costs=(before, after),
             rewrites=(fused, wrapped),
             decision=decision,
-            samples=(len(decide), len(held)),
+            samples=(len(decide), len(calibration) if kfold else len(held)),
             folds=fold_check,
         ),
     )
@@ -234,8 +255,10 @@ def compress(
         holdout=held_report,
         folds=fold_check,
         random=random,
-        failures=gates(opts, decision, held_report),
+        failures=gate.failures,
         seconds=seconds,
+        evaluation=eval_report,
+        gate=gate,
     )
 
 
@@ -245,9 +268,10 @@ def _measure(
     part: Calibration,
     opts: CompressOptions,
     batch_size: int,
+    index: tuple[np.ndarray, ...] = (),
 ) -> tuple[tuple, list[ActivationStats], ActivationStats]:
     """(fold indices, per-fold statistics, statistics of all of ``part``): one probe pass
-    over each fold (lossless, ``folds`` >= 2), else over ``part``."""
+    over each fold of ``index`` (``compress.holdout.partition``), else over ``part``."""
     # Gram matrices cost more than the whole inference pass; only the rule's lstsq reads them.
     refit = opts.criterion == "dsp" and opts.compensation == "lstsq"
     gram = [c.tensor for c in analysis.consumers if c.pointwise] if refit else []
@@ -260,8 +284,6 @@ def _measure(
         segments=probe_segments(analysis),
         batch_size=batch_size,
     )
-    folded = opts.lossless and opts.folds >= 2 and len(part) > 1
-    index = fold_indices(len(part), opts.folds, opts.seed) if folded else ()
     fold_stats = [measure(part.take(i).inputs) for i in index]
     stats = merge_stats(fold_stats) if fold_stats else measure(part.inputs)
     return index, fold_stats, stats
