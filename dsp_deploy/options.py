@@ -37,6 +37,7 @@ __all__ = [
     "with_changes",
 ]
 
+UNLABELLED_AGREEMENT = 0.98  # the agreement gate without labels (agreement_gate)
 CRITERIA = ("dead", "dsp")
 COMPENSATIONS = ("none", "mean", "lstsq")
 DEFAULT_COMPENSATION = LSTSQ = "lstsq"  # see compress.plan's docstring
@@ -55,7 +56,9 @@ class CompressOptions:
     folds: int = DEFAULT_FOLDS  # lossless: k-fold report (0: off)
     atol: float | None = None  # None: tolerance.default_tolerance(model)
     rtol: float | None = None
-    min_agreement: float = 0.98  # gate: upper bound of the disagreement rate <= 1 - this
+    # gate: upper bound of the disagreement rate <= 1 - this; None: UNLABELLED_AGREEMENT
+    # without labels, no agreement gate with them (accuracy decides: agreement_gate)
+    min_agreement: float | None = None
     max_accuracy_drop: float = 0.02  # gate (with labels): upper bound of the drop <= this
     confidence: float = 0.95  # one-sided level of the gates' bounds (compress.bounds)
     batch_size: int = 64
@@ -70,7 +73,8 @@ class CompressOptions:
         choice(cli_name("compensation"), self.compensation, COMPENSATIONS)
         fraction(cli_name("holdout"), self.holdout, closed=False)
         for name in ("min_agreement", "max_accuracy_drop"):
-            fraction(cli_name(name), getattr(self, name))
+            if getattr(self, name) is not None:
+                fraction(cli_name(name), getattr(self, name))
         if not 0.5 <= self.confidence < 1:  # also catches NaN
             raise OptionError(f"--confidence {self.confidence}: expected a number in [0.5, 1)")
         for name in ("batch_size", "threads", "align"):
@@ -79,6 +83,15 @@ class CompressOptions:
             at_least(cli_name(name), getattr(self, name), 0)
         for name in ("threshold", "atol", "rtol"):
             finite_at_least(cli_name(name), getattr(self, name))
+
+    def agreement_gate(self, labelled: bool) -> float:
+        """The agreement a lossy result must show (0: none). Unset, it is
+        ``UNLABELLED_AGREEMENT`` without labels and none with them: with labels the
+        accuracy gate is what a user asked for, and a model that fixes as many series as
+        it breaks must not be refused for disagreeing."""
+        if self.min_agreement is not None:
+            return self.min_agreement
+        return 0.0 if labelled else UNLABELLED_AGREEMENT
 
     @property
     def lossless(self) -> bool:

@@ -62,7 +62,7 @@ def test_options_are_frozen_and_keep_todays_defaults() -> None:
         options.holdout = 0.5  # type: ignore[misc]
     assert dataclasses.asdict(options) == {
         "criterion": "dead", "threshold": 0.0, "min_count": None, "compensation": "lstsq",
-        "holdout": 0.2, "folds": 5, "atol": None, "rtol": None, "min_agreement": 0.98,
+        "holdout": 0.2, "folds": 5, "atol": None, "rtol": None, "min_agreement": None,
         "max_accuracy_drop": 0.02, "confidence": 0.95, "batch_size": 64, "threads": None,
         "seed": 0, "align": 1, "conv2d": False, "fuse": False,
     }  # fmt: skip

@@ -136,11 +136,13 @@ def compress_command(
         typer.Option("--rtol", help="Relative tolerance [1e-4; 1e-2 for float16 outputs]."),
     ] = None,
     min_agreement: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--min-agreement",
             help="Lossy: the upper confidence bound of the held-out disagreement rate must "
-            "be <= 1 - this (0: no agreement gate).",
+            "be <= 1 - this (0: no agreement gate). Default: 0.98 without labels; with "
+            "labels, none (the accuracy gate decides).",
+            show_default=False,
         ),
     ] = DEFAULTS.min_agreement,
     max_accuracy_drop: Annotated[

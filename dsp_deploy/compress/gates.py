@@ -11,17 +11,20 @@ nothing unless ``--force``):
   decision series; ``compress.holdout``), each gate on a one-sided confidence bound at
   ``confidence`` (``compress.bounds``):
 
-      agreement:  U(disagreements, n)           ≤ 1 − min_agreement
       accuracy:   Tango's U(newly wrong, newly right, n) ≤ max_accuracy_drop   (labels)
+      agreement:  U(disagreements, n)           ≤ 1 − min_agreement   (no labels, or set)
 
   A gate passes only when the data rule out, at that confidence, a rate above its
-  threshold. Without labels only the agreement gate exists, and it bounds the accuracy
-  drop too (the drop is never more than the disagreement rate); the report says so.
+  threshold. With labels the accuracy gate decides (a model that fixes as many series as
+  it breaks is not refused for disagreeing); ``--min-agreement`` adds the agreement gate.
+  Without labels only the agreement gate exists (0.98 unless set), and it bounds the
+  accuracy drop too (the drop is never more than the disagreement rate); the report says so.
 
 The guarantee. An upper bound is never below its point estimate (equal only at z = 0,
-``--confidence 0.5``), so with the default thresholds (agreement 0.98, drop 0.02) a
-model whose judged accuracy fell by 2 points or more, or whose predictions changed on 2 %
-or more of the judged series, fails a gate, for any n; and a model whose true drop is
+``--confidence 0.5``), so with the default thresholds (drop 0.02 with labels, agreement
+0.98 without) a model whose judged accuracy fell by 2 points or more (with labels), or
+whose predictions changed on 2 % or more of the judged series (without), fails a gate,
+for any n; and a model whose true drop is
 2 points is written with probability about 1 − confidence (the bounds are asymptotic;
 ``tests/test_compress_bounds.py`` measures it). Certifying a 2-point drop at 95 % takes
 at least 133 judged series even when none changes (``bounds.needed``); with fewer,
@@ -117,12 +120,13 @@ def _exact_failures(
 def _bounds(options: CompressOptions, judged: ParityReport) -> tuple[Bound, ...]:
     n, c = judged.samples, options.confidence
     rows = []
-    if judged.classified and options.min_agreement > 0:
+    agreement = options.agreement_gate(labelled=judged.accuracy is not None)
+    if judged.classified and agreement > 0:
         k = judged.disagreeing
         rows.append(
             Bound(
                 "agreement", f"{k} of {n} disagree", k / n if n else 0.0,
-                bounds.wilson_upper(k, n, c), 1 - options.min_agreement,
+                bounds.wilson_upper(k, n, c), 1 - agreement,
             )
         )  # fmt: skip
     if judged.accuracy is not None and judged.newly_wrong is not None:

@@ -133,8 +133,8 @@ class Partition:
 def _active(options: CompressOptions, labelled: bool) -> list[tuple[str, float, float]]:
     """(CLI option, value, rate threshold) of each gate a bound decides."""
     rows = []
-    if options.min_agreement > 0:
-        rows.append(("--min-agreement", options.min_agreement, 1 - options.min_agreement))
+    if (agreement := options.agreement_gate(labelled)) > 0:
+        rows.append(("--min-agreement", agreement, 1 - agreement))
     if labelled and options.max_accuracy_drop < 1:
         rows.append(("--max-accuracy-drop", options.max_accuracy_drop, options.max_accuracy_drop))
     return rows
