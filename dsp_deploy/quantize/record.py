@@ -22,7 +22,7 @@ from dsp_deploy.quantize.options import QuantizeOptions
 
 __all__ = ["QUANTIZE", "record", "stamp"]
 
-QUANTIZE = "dsp.quantize"
+QUANTIZE = metadata.QUANTIZE
 
 
 def record(
