@@ -70,6 +70,7 @@ def quantize_qdq(
     ranges: Mapping[str, TensorRange],
     flavour: Flavour,
     exclude: Sequence[str] = (),
+    op_types: Sequence[str] | None = None,
 ) -> onnx.ModelProto:
     """``model`` quantized (module doc), the nodes ``exclude`` kept in float."""
     from onnxruntime.quantization import QuantFormat, quantize_static
@@ -83,6 +84,16 @@ def quantize_qdq(
             model, out, None, quant_format=fmt, per_channel=True,
             reduce_range=flavour.reduce_range, activation_type=activation, weight_type=weight,
             nodes_to_exclude=list(exclude), calibration_cache_path=cache,
+            op_types_to_quantize=None if op_types is None else list(op_types),
             extra_options={"WeightSymmetric": True},
         )  # fmt: skip
-        return onnx.load(str(out))
+        return _drop_unused(onnx.load(str(out)))
+
+
+def _drop_unused(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without initializers no node reads (replaced biases, float copies)."""
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    return model

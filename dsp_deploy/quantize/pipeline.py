@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -253,8 +252,3 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
-
-
-def nodes_of(model: onnx.ModelProto, ops: Sequence[str] = WEIGHTED) -> tuple[str, ...]:
-    """Names of the nodes of ``ops`` (the fallback's candidates)."""
-    return tuple(n.name for n in model.graph.node if n.op_type in ops)
