@@ -163,18 +163,39 @@ def test_cli_contract(run_cli, files, tmp_path: Path) -> None:
     assert {k: p.read_bytes() for k, p in files.items()} == before
 
 
-def test_every_command_takes_the_int8_model(run_cli, result, files, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def int8_file(result, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("int8") / "int8.onnx"
+    io.save_model(result.model, path)
+    return path
+
+
+def test_runtime_takes_the_int8_model(int8_file: Path) -> None:
     from dsp_deploy.runtime import Classifier
 
-    path = tmp_path / "int8.onnx"
-    io.save_model(result.model, path)
-    x = onnx_graphs.inputs(4)
-    probabilities = Classifier(path).predict_proba(x)
+    probabilities = Classifier(int8_file).predict_proba(onnx_graphs.inputs(4))
     assert probabilities.shape == (4, 2)
     np.testing.assert_allclose(probabilities.sum(1), 1, rtol=1e-5)
-    bench = run_cli("bench", path, "--runs", "3", "--json")
+
+
+def test_bench_takes_the_int8_model(run_cli, int8_file: Path) -> None:
+    bench = run_cli("bench", int8_file, "--runs", "3", "--json")
     assert bench.code == 0, bench.stderr
-    np.savez(tmp_path / "data.npz", x=x, y=np.array([0, 1, 0, 1]))
-    assert run_cli("eval", path, "--dataset", tmp_path / "data.npz", "--json").code == 0
-    ens = run_cli("ensemble", path, path, "-o", tmp_path / "ens.onnx", "--json")
-    assert ens.code == 0, ens.stderr
+    assert json.loads(bench.stdout)["size_bytes"] == int8_file.stat().st_size
+
+
+def test_eval_takes_the_int8_model(run_cli, result, int8_file: Path, tmp_path: Path) -> None:
+    x, y = onnx_graphs.inputs(6), np.array([0, 1, 0, 1, 1, 0])
+    expected = float(np.mean(run_model(result.model, {"x": x})[0].argmax(1) == y))
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    answer = run_cli("eval", int8_file, "--dataset", tmp_path / "data.npz", "--json")
+    assert answer.code == 0, answer.stderr
+    assert json.loads(answer.stdout)["accuracy"] == pytest.approx(expected)
+
+
+def test_ensemble_takes_the_int8_model(run_cli, int8_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ens.onnx"
+    answer = run_cli("ensemble", int8_file, int8_file, "-o", out, "--json")
+    assert answer.code == 0, answer.stderr
+    ens = onnx.load(out)
+    assert sum(n.op_type == "DequantizeLinear" for n in ens.graph.node) > 0
