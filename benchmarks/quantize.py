@@ -36,9 +36,26 @@ Test accuracy on each dataset's test split; sizes of the serialized models; late
 INT8 / its float input, x86 (AMD EPYC, AVX2, no VNNI), one thread, paired interleaved
 rounds in one process. `quantize` ran with its default gates (held-out agreement ≥ 0.99,
 accuracy drop ≤ 0.01, at most 8 layers kept in float) and the speed check off, so that the
-INT8 candidate is always measured; "INT8 kept" is what the default run writes (gates
-passed *and* INT8 faster at batch 1 and 64; otherwise exit 1, or the float model).
-Zoo models have no pruned files (the zoo holds dense and DSP-trained LITE so far).
+INT8 candidate is always measured; the last column is what the default run writes (INT8
+when the gates pass and it is faster at batch 1 and 64; the float model when INT8 is
+slower; nothing, exit 1, when it is faster but fails the gates).
+Zoo models have no pruned files (the zoo held dense and DSP-trained LITE only when this
+ran; the first 10 rows by name are dense LITE). No `auto`-pruned rows: the repository has
+no `auto` criterion yet. No emulated A72 rows: not run (and emulated INT8 timings would
+not be Pi evidence: qemu's instruction costs are not the silicon's).
+
+Findings. (1) On this AVX2 machine INT8 never pays for LITE (1.1–1.7× float; its time is
+in depthwise convs), so `quantize` writes the float model for every LITE here. (2)
+Inception INT8 runs at 0.41×/0.31× float with every Conv quantized, but loses 30 points;
+the fallback (8 layers in float) brings it to 0.89 at 0.66×/0.60×, still refused by the
+gates. Keeping blocks.0 convs.0 and convs.1 (the two Convs that read the input series,
+with BatchNorm scales up to 307 folded in) in float with bias correction gives 1.00 on all
+50 calibration series and 0.96 on the test set (`benchmarks/results/quantize_tools.md`),
+but ranked and calibrated on the 40 decision series the search does not find it: the
+model is fragile enough that 40 against 50 series changes the outcome. (3) NNCF reaches
+0.96 on Inception but its INT8 runs at 1.12× float on x86 onnxruntime (7 of 31 Convs
+fused). (4) The file size is above 0.3× because layers kept in float stay float32, and
+QDQ adds per-channel scales; LITE's INT8 files are larger than its float ones.
 
 """
 SHIPPED = ("lite_gunpoint", "inception_gunpoint")
@@ -112,10 +129,17 @@ def _targets(records: list[dict]) -> list[str]:
     lite = [r for r in records if "lite" in r["model"]]
     slower = [r["model"] for r in lite if not r["kept"]]
     rows.append(
-        f"| LITE never slower than its float input | met by keeping float for "
-        f"{len(slower)} of {len(lite)} LITE models (INT8 slower, or gates failed) |"
+        f"| LITE never slower than its float input | met by writing the float model for "
+        f"{len(slower)} of {len(lite)} LITE models (INT8 slower here on every one) |"
     )
     return rows
+
+
+def _written(r: dict) -> str:
+    """What the default run (speed check on) does with this model."""
+    if max(r["latency_ratio"].values()) >= 1.0:
+        return "float (INT8 slower)"
+    return "INT8" if r["gates_passed"] else "nothing: exit 1 (gates)"
 
 
 def markdown(records: list[dict]) -> str:
@@ -124,7 +148,7 @@ def markdown(records: list[dict]) -> str:
         *_targets(records),
         "",
         "| model | accuracy float → INT8 | size INT8/float | time ratio b1 | b64 | gates | "
-        "layers in float | INT8 kept |",
+        "layers in float | default run writes |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
@@ -132,7 +156,7 @@ def markdown(records: list[dict]) -> str:
             f"| {r['model']} | {r['float_accuracy']:.3f} → {r['int8_accuracy']:.3f} | "
             f"{r['int8_bytes'] / r['float_bytes']:.2f} | {r['latency_ratio']['1']:.2f} | "
             f"{r['latency_ratio']['64']:.2f} | {'pass' if r['gates_passed'] else 'fail'} | "
-            f"{len(r['kept_float'])} | {'yes' if r['kept'] else 'no (float kept)'} |"
+            f"{len(r['kept_float'])} | {_written(r)} |"
         )
     return "\n".join(lines) + "\n"
 
