@@ -109,8 +109,13 @@ def _render(result: QuantizeResult, model: str, out: Path, written: bool) -> Non
     from dsp_deploy.render import console as make_console
 
     console = make_console()
-    console.print(f"quantize {model}: {result.scheme}, {len(result.kept_float)} layer(s) in float")
-    for label, report in (("decision", result.decision), ("held-out", result.holdout)):
+    if result.scheme == "float":
+        console.print(f"quantize {model}: the float model is kept (INT8 does not pay here)")
+    else:
+        kept = len(result.kept_float)
+        console.print(f"quantize {model}: {result.scheme}, {kept} layer(s) kept in float")
+    pairs = (("INT8 on the decision part", result.decision), ("held-out", result.holdout))
+    for label, report in pairs:
         if report is not None:
             acc = "" if report.accuracy is None else (
                 f", accuracy {report.accuracy[0]:.4f} → {report.accuracy[1]:.4f}")  # fmt: skip
