@@ -16,6 +16,8 @@ dsp.training          JSON object: epochs, sparsity, seed(s), layer weights, ...
 dsp.version           dsp-deploy version that wrote the file
 dsp.compress          JSON object added by ``compress``: source sha256, criterion,
                       params/MACs before and after, ...
+dsp.quantize          JSON object added by ``quantize``: source sha256, scheme,
+                      target, layers kept in float, gate reports, ...
 ====================  ==========================================================
 
 Without ``dsp.normalisation`` a model takes raw input; without ``dsp.output`` its first
@@ -61,6 +63,7 @@ DATASET = "dsp.dataset"
 TRAINING = "dsp.training"
 VERSION = "dsp.version"
 COMPRESS = "dsp.compress"
+QUANTIZE = "dsp.quantize"
 
 ZNORM = "znorm-per-series"
 

@@ -1,0 +1,68 @@
+"""``QuantizeOptions``: every setting of ``quantize``, validated once; the targets.
+
+A target names the CPU family the INT8 model is for and fixes its flavour
+(``build.Flavour``), chosen by what onnxruntime 1.32 fuses there
+(``benchmarks/results/quantize_tools.md``):
+
+* ``x86``: QDQ, uint8 activations, int8 per-channel weights (U8S8). The only flavour
+  whose ``DQ → Conv → Q`` onnxruntime's x86 kernels fuse into QLinearConv for every
+  conv; S8S8 fuses few convs and runs slower than float, QOperator S8S8 2–3× float.
+* ``arm64``: QDQ S8S8 (int8 activations, asymmetric, and int8 weights): every flavour
+  fuses on aarch64 and onnxruntime recommends symmetric-friendly int8 there. An
+  asymmetric int8 grid is the uint8 grid shifted by 128, so accuracy is the same.
+
+The gates are compress's (``compress.gates``) with the same defaults.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+
+from dsp_deploy.checks import at_least, choice, fraction, positive
+from dsp_deploy.quantize.build import Flavour
+
+__all__ = ["FLAVOURS", "TARGETS", "QuantizeOptions", "host_target"]
+
+FLAVOURS = {
+    "x86": Flavour("qdq", "u8", "s8", False),
+    "arm64": Flavour("qdq", "s8", "s8", False),
+}
+TARGETS = tuple(FLAVOURS)
+_MACHINES = {"x86_64": "x86", "amd64": "x86", "i686": "x86", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def host_target() -> str | None:
+    """The target this machine is, or None (its kernels then cannot be inspected)."""
+    return _MACHINES.get(platform.machine().lower())
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """The settings of one ``quantize`` run; see ``quantize.pipeline`` for their effect."""
+
+    target: str = "x86"  # TARGETS
+    holdout: float = 0.2  # fraction of the calibration samples held out to gate on
+    min_agreement: float = 0.99  # held-out argmax agreement gate
+    max_accuracy_drop: float = 0.01  # accuracy drop gate (with labels)
+    equalise: bool = True  # cross-layer equalisation
+    bias_correction: bool = True
+    max_float: int | None = 8  # at most this many layers kept in float (None: any)
+    speed_check: bool = True  # keep float where INT8 does not run faster (host = target)
+    batch_size: int = 64
+    threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        choice("--target", self.target, TARGETS)
+        fraction("--holdout", self.holdout, closed=False)
+        fraction("--min-agreement", self.min_agreement)
+        fraction("--max-accuracy-drop", self.max_accuracy_drop)
+        positive("--batch-size", self.batch_size)
+        positive("--threads", self.threads)
+        at_least("--max-float", self.max_float, 0)
+        at_least("--seed", self.seed, 0)
+
+    @property
+    def flavour(self) -> Flavour:
+        return FLAVOURS[self.target]
