@@ -38,7 +38,8 @@ __all__ = [
 ]
 
 CRITERIA = ("dead", "dsp")
-COMPENSATIONS = ("none", "mean", "lstsq")
+COMPENSATIONS = ("none", "mean", "lstsq", "reconstruct")
+RECONSTRUCT = "reconstruct"  # compress.reconstruct: every consumer refitted in order
 DEFAULT_COMPENSATION = LSTSQ = "lstsq"  # see compress.plan's docstring
 DEFAULT_FOLDS = 5  # see compress.folds
 

@@ -52,7 +52,7 @@ from dsp_deploy.errors import ModelError
 from dsp_deploy.inference import run_model, session
 from dsp_deploy.io import Calibration
 from dsp_deploy.modelcheck import quantized_reason
-from dsp_deploy.options import CompressOptions, with_changes
+from dsp_deploy.options import RECONSTRUCT, CompressOptions, with_changes
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def compress(
     original = session(model, opts.threads)  # the plain original: the reference outputs
     plan_for = _planner(model, analysis, opts)
     plan = plan_for(stats)
-    pruned, fused, wrapped = _rewrite(model, plan, opts)
+    pruned, fused, wrapped = _rewrite(model, plan, opts, part, batch_size)
     candidate = session(pruned, opts.threads)
     tol = {"atol": atol, "rtol": rtol, "batch_size": batch_size}
     reference = run_model(original, part.inputs, batch_size=batch_size)
@@ -294,13 +294,26 @@ def _fold_outputs(
     )
 
 
-def _rewrite(model: onnx.ModelProto, plan: PruningPlan, opts: CompressOptions):
-    """The pruned model, then the fused and 2-D rewrites the options ask for:
-    (model, the fuse ``Rewrite`` or None, convs written in 2-D)."""
+def _rewrite(
+    model: onnx.ModelProto,
+    plan: PruningPlan,
+    opts: CompressOptions,
+    part: Calibration,
+    batch_size: int,
+):
+    """The pruned (and, for ``reconstruct``, refitted on ``part``) model, then the fused
+    and 2-D rewrites the options ask for: (model, the fuse ``Rewrite`` or None, convs
+    written in 2-D)."""
     from dsp_deploy.compress.fuse import fuse_concat
     from dsp_deploy.compress.layout import conv1d_as_conv2d
 
     pruned = prune(model, plan) if plan.remove or plan.compensations else copy_model(model)
+    if opts.compensation == RECONSTRUCT and plan.remove and not opts.lossless:
+        from dsp_deploy.compress.reconstruct import reconstruct
+
+        pruned = reconstruct(
+            model, pruned, plan, part.inputs, batch_size=batch_size, threads=opts.threads
+        ).model
     fused = fuse_concat(pruned) if opts.fuse else None
     if fused is not None:
         pruned = fused.model

@@ -25,6 +25,8 @@ output the paper scores). Removed channels are compensated (``compensation``):
     lstsq  pointwise consumers (1×1 Conv, Gemm): W̃' = W̃ G[:, K] G[K, K]⁻¹, the least-squares
            refit of the kept columns K (and bias) to the original outputs, with
            G = E[x̃ x̃ᵀ] the calibration Gram matrix of the input x̃ = [x; 1]; others: mean
+    reconstruct  mean here; then every consumer is refitted in topological order to the
+           original's outputs from the pruned upstream (``compress.reconstruct``)
 
 ``lstsq`` is the default: of the three it alone fits what the consumers output, not only
 their means, so the kept channels take over what the removed ones carried. How the three
@@ -264,7 +266,7 @@ def _compensations(
             out.append(Compensation(c.node, (), stats.gram[c.tensor]))
             continue
         exact = [p for p in gone if s.minimum[p] == s.maximum[p]]
-        chosen = gone if mode in ("mean", "lstsq") else exact
+        chosen = gone if mode in ("mean", "lstsq", "reconstruct") else exact
         values = tuple((p, float(s.mean[p])) for p in chosen if s.mean[p] != 0)
         if values:
             out.append(Compensation(c.node, values))
