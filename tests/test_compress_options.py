@@ -34,7 +34,7 @@ def calibration(model: onnx.ModelProto, n: int = 40) -> Calibration:
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("criterion", "best", "--criterion 'best': expected one of dead, dsp"),
+        ("criterion", "best", "--criterion 'best': expected one of dead, dsp, auto"),
         (
             "compensation",
             "ridge",

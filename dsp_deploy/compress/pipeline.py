@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -52,7 +53,10 @@ from dsp_deploy.errors import ModelError
 from dsp_deploy.inference import run_model, session
 from dsp_deploy.io import Calibration
 from dsp_deploy.modelcheck import quantized_reason
-from dsp_deploy.options import RECONSTRUCT, CompressOptions, with_changes
+from dsp_deploy.options import AUTO, RECONSTRUCT, CompressOptions, with_changes
+
+if TYPE_CHECKING:
+    from dsp_deploy.compress.search import Candidate, SearchReport
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +86,7 @@ class CompressResult:
     random: ParityReport | None
     failures: tuple[str, ...]
     seconds: float
+    search: SearchReport | None = None  # criterion auto: every candidate evaluated
 
     @property
     def verified(self) -> bool:
@@ -162,6 +167,8 @@ def compress(
     model: onnx.ModelProto,
     calibration: Calibration,
     options: CompressOptions | None = None,
+    *,
+    progress: Callable[[Candidate], None] | None = None,
     **changes: Any,
 ) -> CompressResult:
     """Prune ``model`` with ``calibration``; ``model`` itself is not modified.
@@ -174,6 +181,7 @@ def compress(
     before, a Concat of Convs (``compress.fuse``; before ``conv2d``, which would hide the
     Convs). All are checked by the same verification as the pruning. ``atol``/``rtol``:
     None takes ``tolerance.default_tolerance(model)`` (float16 outputs get float16's).
+    ``auto`` (``compress.auto``): ``progress`` is called with each candidate evaluated.
     """
     from dsp_deploy.compress.tolerance import resolve_tolerance
 
@@ -189,8 +197,18 @@ def compress(
     index, fold_stats, stats = _measure(model, analysis, part, opts, batch_size)
     original = session(model, opts.threads)  # the plain original: the reference outputs
     plan_for = _planner(model, analysis, opts)
-    plan = plan_for(stats)
-    pruned, fused, wrapped = _rewrite(model, plan, opts, part, batch_size)
+    searched = built = None
+    if opts.criterion == AUTO:
+        from dsp_deploy.compress.auto import AutoSettings, auto_plan
+
+        settings = AutoSettings(atol, rtol, batch_size, series_length(calibration))
+        rewrite = partial(_pruned, model, opts=opts, part=part, batch_size=batch_size)
+        plan, searched, built = auto_plan(
+            model, analysis, stats, (part, rest), opts, settings, rewrite, progress
+        )
+    else:
+        plan = plan_for(stats)
+    pruned, fused, wrapped = _rewrite(model, plan, opts, part, batch_size, built)
     candidate = session(pruned, opts.threads)
     tol = {"atol": atol, "rtol": rtol, "batch_size": batch_size}
     reference = run_model(original, part.inputs, batch_size=batch_size)
@@ -236,6 +254,7 @@ def compress(
         random=random,
         failures=gates(opts, decision, held_report),
         seconds=seconds,
+        search=searched,
     )
 
 
@@ -300,20 +319,15 @@ def _rewrite(
     opts: CompressOptions,
     part: Calibration,
     batch_size: int,
+    built: onnx.ModelProto | None = None,
 ):
-    """The pruned (and, for ``reconstruct``, refitted on ``part``) model, then the fused
-    and 2-D rewrites the options ask for: (model, the fuse ``Rewrite`` or None, convs
-    written in 2-D)."""
+    """The pruned (and, for ``reconstruct``, refitted on ``part``) model — ``built`` when
+    the search made it already — then the fused and 2-D rewrites the options ask for:
+    (model, the fuse ``Rewrite`` or None, convs written in 2-D)."""
     from dsp_deploy.compress.fuse import fuse_concat
     from dsp_deploy.compress.layout import conv1d_as_conv2d
 
-    pruned = prune(model, plan) if plan.remove or plan.compensations else copy_model(model)
-    if opts.compensation == RECONSTRUCT and plan.remove and not opts.lossless:
-        from dsp_deploy.compress.reconstruct import reconstruct
-
-        pruned = reconstruct(
-            model, pruned, plan, part.inputs, batch_size=batch_size, threads=opts.threads
-        ).model
+    pruned = built or _pruned(model, plan, opts=opts, part=part, batch_size=batch_size)
     fused = fuse_concat(pruned) if opts.fuse else None
     if fused is not None:
         pruned = fused.model
@@ -322,6 +336,25 @@ def _rewrite(
         layout = conv1d_as_conv2d(pruned)
         pruned, wrapped = layout.model, len(layout.report.wrapped)
     return pruned, fused, wrapped
+
+
+def _pruned(
+    model: onnx.ModelProto,
+    plan: PruningPlan,
+    *,
+    opts: CompressOptions,
+    part: Calibration,
+    batch_size: int,
+) -> onnx.ModelProto:
+    """``prune``, then (``reconstruct``) every consumer refitted on ``part``."""
+    pruned = prune(model, plan) if plan.remove or plan.compensations else copy_model(model)
+    if opts.applied_compensation == RECONSTRUCT and plan.remove and not opts.lossless:
+        from dsp_deploy.compress.reconstruct import reconstruct
+
+        pruned = reconstruct(
+            model, pruned, plan, part.inputs, batch_size=batch_size, threads=opts.threads
+        ).model
+    return pruned
 
 
 def _costs(model: onnx.ModelProto, pruned: onnx.ModelProto, calibration: Calibration):

@@ -288,8 +288,11 @@ def make_plan(
     ``align`` > 1 keeps back removable units so that every source keeps 0 or a multiple
     of ``align`` channels where it can (:mod:`dsp_deploy.compress.align`).
     """
-    if criterion not in CRITERIA:
-        raise OptionError(f"criterion {criterion!r}; expected one of {CRITERIA}")
+    if criterion not in CRITERIA or criterion == "auto":
+        rules = tuple(c for c in CRITERIA if c != "auto")
+        raise OptionError(
+            f"criterion {criterion!r}; expected one of {rules} (auto is a search: compress.auto)"
+        )
     if compensation not in COMPENSATIONS:
         raise OptionError(f"compensation {compensation!r}; expected one of {COMPENSATIONS}")
     occurrences = _occurrences(analysis)
@@ -305,7 +308,24 @@ def make_plan(
         candidates = {u for u, t in enumerate(taps) if t is not None and t <= min_count}
         mode = compensation
     remove = {u for u in candidates if analysis.units[u].blocked_by is None}
-    held = {**kept, **_settle(analysis, remove, score, align)}
+    return settled_plan(analysis, stats, remove, score, criterion, mode, align, kept)
+
+
+def settled_plan(
+    analysis: ChannelAnalysis,
+    stats: ActivationStats,
+    remove: set[int],
+    score: list[float],
+    criterion: str,
+    mode: str,
+    align: int = 1,
+    kept: dict[int, str] | None = None,
+) -> PruningPlan:
+    """The plan removing ``remove`` (unpinned units) once the stage, grouped-Conv and
+    alignment rules have kept back what they must (the strongest by ``score``), with
+    the compensations of ``mode``; ``kept``: earlier reasons for units kept."""
+    remove = set(remove)
+    held = {**(kept or {}), **_settle(analysis, remove, score, align)}
     plan = PruningPlan(
         analysis=analysis,
         criterion=criterion,

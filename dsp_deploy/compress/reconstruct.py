@@ -35,7 +35,7 @@ import onnx_ir as ir
 
 from dsp_deploy.compress.calibrate import with_outputs
 from dsp_deploy.compress.graph import attr, constant, normalised
-from dsp_deploy.compress.lsq import HOLD_EVERY
+from dsp_deploy.compress.lsq import HOLD_EVERY, one_blas_thread
 from dsp_deploy.compress.plan import PruningPlan
 from dsp_deploy.compress.refit import (
     CONV,
@@ -206,7 +206,16 @@ def reconstruct(
     found, skipped = _candidates(plan, names, {n.name: n for n in model.graph})
     targets = _targets(model.graph, found)
     levels = max((t.level for t in targets), default=0)
+    with one_blas_thread():
+        refits = _fit_levels(model, normal, targets, inputs, (batch_size, threads))
+    logger.info("reconstructed %d nodes in %d levels", len(refits), levels)
+    return Reconstructed(ir.to_proto(model), ReconstructReport(tuple(refits), levels, skipped))
+
+
+def _fit_levels(model: ir.Model, normal: ir.Model, targets, inputs, opts) -> list[Refitted]:
+    batch_size, threads = opts
     refits: list[Refitted] = []
+    levels = max((t.level for t in targets), default=0)
     if targets:
         wanted = list(dict.fromkeys(t.target for t in targets))
         reference = session(with_outputs(ir.to_proto(normal), wanted), threads)
@@ -214,5 +223,4 @@ def reconstruct(
             mine = [t for t in targets if t.level == level]
             refits += _fit_level(model, reference, mine, inputs, (batch_size, threads))
         finish(model)
-    logger.info("reconstructed %d nodes in %d levels", len(refits), levels)
-    return Reconstructed(ir.to_proto(model), ReconstructReport(tuple(refits), levels, skipped))
+    return refits
