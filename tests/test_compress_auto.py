@@ -135,3 +135,24 @@ def test_auto_never_writes_a_model_that_breaks_the_gates(widths, kernel, seed, l
     failed = [c.units for c in result.search.candidates if not c.passed]
     assert all(result.search.chosen < n for n in failed)
     assert result.verified  # the chosen depth passed, so the written model does
+
+
+def test_cli_json_carries_the_curve_and_text_shows_it(tmp_path, run_cli) -> None:
+    import json
+
+    model, calib = tmp_path / "m.onnx", tmp_path / "c.npz"
+    onnx.save(_random_net((4, 5), (3, 3), 1), model)
+    np.savez(calib, x=_series(50, 1))
+    out = tmp_path / "m.auto.onnx"
+    args = ["--criterion", "auto", "--holdout", "0.3", "-o", out]
+    result = run_cli("compress", model, "--calib", calib, *args, "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    curve = report["search"]["curve"]
+    assert curve and [c["units"] for c in curve] == sorted(c["units"] for c in curve)
+    assert report["search"]["gated_on"] == "agreement alone"
+    passed = [c["units"] for c in curve if c["passed"]]
+    assert report["search"]["chosen_units"] == max(passed, default=0)
+    assert out.exists()
+    text = run_cli("compress", model, "--calib", calib, *args[:-2], "-o", tmp_path / "t.onnx")
+    assert text.code == 0 and "auto: candidates" in text.stdout

@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from dsp_deploy.compress.conv_gram import conv_sums
 from dsp_deploy.compress.groups import find_groups
 from dsp_deploy.compress.lsq import Depthwise, Normal, unfold
 from dsp_deploy.compress.plan import PruningPlan
@@ -172,6 +173,21 @@ def test_unfold_matches_a_direct_convolution() -> None:
         [np.einsum("ock,nck->no", w, padded[:, :, t : t + 5 : 2]) for t in range(0, 10, 2)], 1
     )
     np.testing.assert_allclose(rows @ w.reshape(4, -1).T, direct.reshape(-1, 4))
+
+
+@pytest.mark.parametrize(
+    ("kernel", "dilation", "pads"), [(4, 2, (3, 4)), (3, 1, (0, 0)), (1, 1, (1, 0))]
+)
+def test_conv_gram_equals_the_gram_of_the_unfolded_rows(kernel, dilation, pads) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 3, 17))
+    length = 17 + sum(pads) - (kernel - 1) * dilation
+    y = rng.normal(size=(5, 2, length))
+    g, b = conv_sums(x, y, kernel, dilation, pads)
+    rows = unfold(x, kernel, dilation, 1, pads)
+    rows = np.concatenate([rows, np.ones((len(rows), 1))], axis=1)
+    np.testing.assert_allclose(g, rows.T @ rows, atol=1e-10)
+    np.testing.assert_allclose(b, rows.T @ np.moveaxis(y, 1, 2).reshape(-1, 2), atol=1e-10)
 
 
 def test_depthwise_correction_is_a_per_channel_affine_fit() -> None:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dsp_deploy.commands import check_output, naming
-from dsp_deploy.options import COMPENSATIONS, CRITERIA, CompressOptions, with_changes
+from dsp_deploy.options import AUTO, COMPENSATIONS, CRITERIA, CompressOptions, with_changes
+from dsp_deploy.render_auto import auto_progress, render_search
 
 DEFAULTS = CompressOptions()  # the library's defaults, shown and used as the CLI's
 OPTION_KEYS = frozenset({*(f.name for f in fields(CompressOptions)), "reconstruct"})
@@ -61,7 +62,12 @@ def compress_command(
         str | None, typer.Option("-o", "--output", help="Output path [<stem>.pruned.onnx].")
     ] = None,
     criterion: Annotated[
-        str, typer.Option("--criterion", help=f"{' | '.join(CRITERIA)}: lossless | paper's rule.")
+        str,
+        typer.Option(
+            "--criterion",
+            help=f"{' | '.join(CRITERIA)}: lossless | paper's rule | the deepest cut of one "
+            "global ranking that passes the gates (no ratio; reconstructs every consumer).",
+        ),
     ] = DEFAULTS.criterion,
     threshold: Annotated[
         float, typer.Option("--threshold", help="dead: also drop channels with rms <= T·layer rms.")
@@ -70,7 +76,11 @@ def compress_command(
         int | None, typer.Option("--min-count", help="dsp: keep n_c > this [1 LITE, else 0].")
     ] = None,
     compensation: Annotated[
-        str, typer.Option("--compensation", help=f"dsp: {' | '.join(COMPENSATIONS)}.")
+        str,
+        typer.Option(
+            "--compensation",
+            help=f"dsp, auto: {' | '.join(COMPENSATIONS)} (auto: lstsq means reconstruct).",
+        ),
     ] = DEFAULTS.compensation,
     reconstruct: Annotated[
         bool,
@@ -152,8 +162,8 @@ def compress_command(
     # Before the calibration pass, not after it: a bad -o must not cost a whole run.
     out = check_output(output or default_output(model), "--output", inputs=[model, calib])
     calibration = io.load_calibration(calib, loaded)
-    with naming(model):
-        result = compress(loaded, calibration, options)
+    with naming(model), auto_progress(options.criterion == AUTO and not as_json) as progress:
+        result = compress(loaded, calibration, options, progress=progress)
     write = result.verified or force
     if write:
         io.save_model(result.model, out, inputs=[model, calib])
@@ -191,6 +201,7 @@ def _as_dict(result: CompressResult, model: str, out: Path, written: bool) -> di
         "random_inputs": None if result.random is None else result.random.as_dict(),
         "failures": list(result.failures),
         "seconds": result.seconds,
+        "search": None if result.search is None else result.search.as_dict(),
     }
 
 
@@ -226,6 +237,8 @@ def _render(result: CompressResult, model: str, out: Path, written: bool) -> Non
     )
     console = make_console()
     console.print(table)
+    if result.search is not None:
+        render_search(result.search, console)
     for label, report in (
         ("calibration" if result.holdout is None else "decision", result.decision),
         ("held-out", result.holdout),

@@ -99,6 +99,14 @@ class Normal:
         s.yy += float(np.einsum("ij,ij->", targets, targets))
         s.rows += len(x)
 
+    def add_sums(self, g: np.ndarray, b: np.ndarray, targets: np.ndarray, held: bool) -> None:
+        """Add a batch given by its own G and B (``conv_gram``) and its targets."""
+        s = self.parts.setdefault(held, _Sums(np.zeros_like(g), np.zeros_like(b)))
+        s.g += g
+        s.b += b
+        s.yy += float(np.vdot(targets, targets))
+        s.rows += int(round(g[-1, -1]))
+
     def solve(self, prior: np.ndarray) -> tuple[np.ndarray, float]:
         """(W*, λ chosen): W* of shape (features, outputs) near ``prior`` (W₀)."""
         fit, held = self.parts.get(False), self.parts.get(True)

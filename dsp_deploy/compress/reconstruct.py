@@ -11,6 +11,11 @@ weights, streamed over batches, with λ chosen on held-out samples (``lsq``). A 
 Conv downstream of a refit gets a per-channel scale and bias correction instead (FLAP's
 bias compensation, with a scale). Only the kept output channels are fitted.
 
+Cost. At most ``MAX_SAMPLES`` calibration series (a seeded subset) are read: 512 series
+give a Gram matrix ≥ 512 · L_out rows, far more than the C·k + 1 columns of any
+consumer here, and the time is 2 · levels passes over them plus, per Conv of kernel k,
+O(k · N · C² · L) for its Gram matrix (``conv_gram``: no unfolded rows are formed).
+
 Order. The nodes to refit get a *level*: 1 + the highest level among the refitted nodes
 upstream of them (0 when none). Nodes of one level never feed each other, so one
 onnxruntime pass of the current model (their inputs) and one of the original (their
@@ -55,6 +60,8 @@ from dsp_deploy.irgraph import finish
 __all__ = ["ReconstructReport", "Refitted", "reconstruct"]
 
 logger = logging.getLogger(__name__)
+
+MAX_SAMPLES = 512  # series a reconstruction reads (its cost is passes × samples)
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,14 @@ def _fit_level(model: ir.Model, reference, level: Sequence[Target], inputs, opts
     return done
 
 
+def _subset(inputs: Mapping[str, np.ndarray], cap: int) -> Mapping[str, np.ndarray]:
+    n = len(next(iter(inputs.values())))
+    if n <= cap:
+        return inputs
+    keep = np.sort(np.random.default_rng(0).permutation(n)[:cap])
+    return {k: v[keep] for k, v in inputs.items()}
+
+
 def reconstruct(
     original: onnx.ModelProto,
     pruned: onnx.ModelProto,
@@ -195,9 +210,12 @@ def reconstruct(
     *,
     batch_size: int = 64,
     threads: int | None = None,
+    max_samples: int = MAX_SAMPLES,
 ) -> Reconstructed:
     """``pruned`` (``prune(original, plan)``) with its consumers refitted to ``original``
-    on ``inputs`` (module docstring); neither model is changed."""
+    on ``inputs`` (at most ``max_samples`` of them, a seeded subset; module docstring);
+    neither model is changed."""
+    inputs = _subset(inputs, max_samples)
     normal = normalised(original)
     names = tuple(n.name for n in normal.graph)
     copy = onnx.ModelProto()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from dsp_deploy.compress.conv_gram import conv_sums
 from dsp_deploy.compress.graph import attr, constant
 from dsp_deploy.compress.lsq import Depthwise, Normal, row_chunks, unfold
 from dsp_deploy.irgraph import initializer
@@ -113,10 +114,22 @@ def accumulate(
         if t.kind != CONV:
             fit.add(xs.reshape(len(xs), -1), _target_rows(ys, t), bool(mask is held))
             continue
+        k = constant(node.inputs[1]).shape[2]
+        if k > 1 and attr(node, "strides", [1])[0] == 1:  # G, B without the unfolded rows
+            _conv_sums(fit, node, t, xs, ys, bool(mask is held))
+            continue
         step = row_chunks(int(np.prod(ys.shape[2:])), fit.features)
         for i in range(0, len(xs), step):
             rows = _conv_rows(node, xs[i : i + step])
             fit.add(rows, _target_rows(ys[i : i + step], t), bool(mask is held))
+
+
+def _conv_sums(fit: Normal, node: ir.Node, t: Target, x, y, held: bool) -> None:
+    pads = attr(node, "pads", [0, 0])
+    kernel, dilation = constant(node.inputs[1]).shape[2], attr(node, "dilations", [1])[0]
+    y = np.take(y, t.rows, axis=1) if t.rows else y
+    g, b = conv_sums(x, y, kernel, dilation, (pads[0], pads[1]))
+    fit.add_sums(g, b, y, held)
 
 
 def _set(graph: ir.Graph, node: ir.Node, k: int, array: np.ndarray, tag: str) -> None:
