@@ -237,3 +237,35 @@ def test_compress_with_reconstruct_beats_mean_on_held_out_agreement() -> None:
         comp: np.abs(_logits(r.model, x) - _logits(model, x)).mean() for comp, r in results.items()
     }
     assert errors["reconstruct"] < errors["mean"]
+
+
+def test_inception_modules_refit_in_levels_and_get_closer_than_the_mean_fold() -> None:
+    """k = 9/5/3 convs after a bottleneck, a MaxPool branch, a residual Add: the refit
+    follows the levels (bottleneck, then its convs) and beats the mean fold."""
+    from dsp_deploy.compress.calibrate import collect_stats
+    from dsp_deploy.compress.graph import normalise
+    from dsp_deploy.compress.pipeline import probe_tensors
+    from dsp_deploy.compress.selection import prefix_plan, rank_units
+    from testkit.onnx_graphs import L, inception_like
+
+    model = inception_like(dead_m1=(), dead_out=())
+    x = inputs(60)
+    analysis = find_groups(model)
+    stats = collect_stats(model, {"x": x}, probe_tensors(analysis))
+    ranking = rank_units(model, analysis, stats, L, {"x": x})
+    plan = prefix_plan(analysis, stats, ranking, len(ranking.order) // 2, compensation="mean")
+    pruned = prune(model, plan)
+    result = reconstruct(model, pruned, plan, {"x": x})
+    levels = {r.node: r.level for r in result.report.refits}
+    names = {n.name: n for n in normalise(model).graph.node}  # nodes named as prune names them
+    bottleneck = next(k for k, n in names.items() if n.input[:2] == ["o1", "bt_w"])
+    after = [k for k, n in names.items() if n.input[:1] == ["bz"]]
+    after = [k for k in after if k in levels]  # a branch may go whole
+    assert bottleneck in levels and after
+    assert all(levels[k] == levels[bottleneck] + 1 for k in after)
+    reference = _logits(model, x)
+    error = {
+        m: np.abs(_logits(m_, x) - reference).mean()
+        for m, m_ in (("mean", pruned), ("refit", result.model))
+    }
+    assert error["refit"] < 0.5 * error["mean"]
