@@ -28,18 +28,22 @@ from dsp_deploy.checks import at_least, choice, finite_at_least, fraction, posit
 from dsp_deploy.errors import OptionError
 
 __all__ = [
+    "AUTO",
     "COMPENSATIONS",
     "CRITERIA",
     "DEFAULT_COMPENSATION",
     "DEFAULT_FOLDS",
+    "RECONSTRUCT",
     "CompressOptions",
     "cli_name",
     "with_changes",
 ]
 
 UNLABELLED_AGREEMENT = 0.98  # the agreement gate without labels (agreement_gate)
-CRITERIA = ("dead", "dsp")
-COMPENSATIONS = ("none", "mean", "lstsq")
+CRITERIA = ("dead", "dsp", "auto")
+AUTO = "auto"  # compress.search: as much as the gates allow
+COMPENSATIONS = ("none", "mean", "lstsq", "reconstruct")
+RECONSTRUCT = "reconstruct"  # compress.reconstruct: every consumer refitted in order
 DEFAULT_COMPENSATION = LSTSQ = "lstsq"  # see compress.plan's docstring
 DEFAULT_FOLDS = 5  # see compress.folds
 
@@ -49,6 +53,7 @@ class CompressOptions:
     """The settings of one ``compress`` run; see ``compress.pipeline`` for their effect."""
 
     criterion: str = "dead"  # CRITERIA: dead (lossless at threshold 0) | dsp (paper's rule)
+    # | auto (the deepest cut of one global ranking that passes the gates)
     threshold: float = 0.0  # dead: also drop channels with rms <= T·layer rms
     min_count: int | None = None  # dsp: keep n_c > this; None: the architecture's rule
     compensation: str = DEFAULT_COMPENSATION  # COMPENSATIONS, for lossy criteria
@@ -92,6 +97,14 @@ class CompressOptions:
         if self.min_agreement is not None:
             return self.min_agreement
         return 0.0 if labelled else UNLABELLED_AGREEMENT
+
+    @property
+    def applied_compensation(self) -> str:
+        """The compensation the run applies: ``auto`` with the default ``lstsq`` reconstructs
+        (``compress.reconstruct``); ``none`` / ``mean`` give auto without reconstruction."""
+        if self.criterion == AUTO and self.compensation == LSTSQ:
+            return RECONSTRUCT
+        return self.compensation
 
     @property
     def lossless(self) -> bool:

@@ -281,7 +281,7 @@ def test_sweep_report_output_that_is_a_file(rejects, work: Path) -> None:
         (["--min-agreement", "1.5"], "--min-agreement 1.5"),
         (["--max-accuracy-drop", "-0.1"], "--max-accuracy-drop -0.1"),
         (["--min-count", "-1"], "--min-count -1"),
-        (["--criterion", "magic"], "--criterion 'magic': expected one of dead, dsp"),
+        (["--criterion", "magic"], "--criterion 'magic': expected one of dead, dsp, auto"),
         (["--compensation", "magic"], "--compensation 'magic'"),
     ],
 )

@@ -21,8 +21,9 @@ import typer
 
 from dsp_deploy.clihelp import add_command
 from dsp_deploy.commands import check_output, naming
-from dsp_deploy.options import COMPENSATIONS, CRITERIA, CompressOptions, with_changes
+from dsp_deploy.options import AUTO, COMPENSATIONS, CRITERIA, CompressOptions, with_changes
 from dsp_deploy.render import Folded
+from dsp_deploy.render_auto import auto_progress, render_search
 
 DEFAULTS = CompressOptions()  # the library's defaults, shown and used as the CLI's
 OPTION_KEYS = frozenset({*(f.name for f in fields(CompressOptions)), "reconstruct"})
@@ -92,7 +93,12 @@ def compress_command(
         bool, typer.Option("--no-overwrite", help="Exit 2 if the output exists.")
     ] = False,
     criterion: Annotated[
-        str, typer.Option("--criterion", help=f"{' | '.join(CRITERIA)}: lossless | paper's rule.")
+        str,
+        typer.Option(
+            "--criterion",
+            help=f"{' | '.join(CRITERIA)}: lossless | paper's rule | the deepest cut of one "
+            "global ranking that passes the gates (no ratio; reconstructs every consumer).",
+        ),
     ] = DEFAULTS.criterion,
     threshold: Annotated[
         float, typer.Option("--threshold", help="dead: also drop channels with rms <= T·layer rms.")
@@ -101,7 +107,11 @@ def compress_command(
         int | None, typer.Option("--min-count", help="dsp: keep n_c > this [1 LITE, else 0].")
     ] = None,
     compensation: Annotated[
-        str, typer.Option("--compensation", help=f"dsp: {' | '.join(COMPENSATIONS)}.")
+        str,
+        typer.Option(
+            "--compensation",
+            help=f"dsp, auto: {' | '.join(COMPENSATIONS)} (auto: lstsq means reconstruct).",
+        ),
     ] = DEFAULTS.compensation,
     reconstruct: Annotated[
         bool,
@@ -227,9 +237,12 @@ def compress_command(
     judged = partition(options, calibration, evaluation).plan
     if not judged.enough and not force:  # before the run: it could pass no candidate
         raise CalibrationError(f"{eval_file or calib}: {judged.shortfall(options)}")
-    bar = progress_bar("calibration", enabled=not (as_json or quiet))
-    with naming(model), bar as reporter, progress.reporting(reporter):
-        result = compress(loaded, calibration, options, evaluation=evaluation)
+    shown = not (as_json or quiet)
+    # One live display at a time: auto shows its candidates, the others their passes.
+    bar = progress_bar("calibration", enabled=shown and options.criterion != AUTO)
+    searching = auto_progress(shown and options.criterion == AUTO)
+    with naming(model), bar as reporter, progress.reporting(reporter), searching as seen:
+        result = compress(loaded, calibration, options, evaluation=evaluation, progress=seen)
     write = result.verified or force
     if write:
         io.save_model(result.model, out, inputs=[s for s in sources if s])
@@ -299,6 +312,7 @@ def _as_dict(result: CompressResult, model: str, out: Path, written: bool) -> di
         "random_inputs": None if result.random is None else result.random.as_dict(),
         "failures": list(result.failures),
         "seconds": result.seconds,
+        "search": None if result.search is None else result.search.as_dict(),
     }
 
 
@@ -368,6 +382,8 @@ def _render(result: CompressResult, model: str, out: Path, written: bool) -> Non
     table.add_section()
     table.add_row(*cells[-1], style="bold")
     console.print(table)
+    if result.search is not None:
+        render_search(result.search, console)
     for label, report in (
         ("calibration" if result.holdout is None else "decision", result.decision),
         ("held-out", result.holdout),

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -56,7 +57,10 @@ from dsp_deploy.errors import ModelError
 from dsp_deploy.inference import run_model, session
 from dsp_deploy.io import Calibration
 from dsp_deploy.modelcheck import quantized_reason
-from dsp_deploy.options import CompressOptions, with_changes
+from dsp_deploy.options import AUTO, RECONSTRUCT, CompressOptions, with_changes
+
+if TYPE_CHECKING:
+    from dsp_deploy.compress.search import Candidate, SearchReport
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +92,7 @@ class CompressResult:
     seconds: float
     evaluation: ParityReport | None = None  # the ``evaluation`` set's report
     gate: GateReport | None = None  # the gates' bounds and notes (``compress.gates``)
+    search: SearchReport | None = None  # criterion auto: every candidate evaluated
 
     @property
     def verified(self) -> bool:
@@ -170,6 +175,7 @@ def compress(
     options: CompressOptions | None = None,
     *,
     evaluation: Calibration | None = None,
+    progress: Callable[[Candidate], None] | None = None,
     **changes: Any,
 ) -> CompressResult:
     """Prune ``model`` with ``calibration``; ``model`` itself is not modified.
@@ -184,6 +190,7 @@ def compress(
     before, a Concat of Convs (``compress.fuse``; before ``conv2d``, which would hide the
     Convs). All are checked by the same verification as the pruning. ``atol``/``rtol``:
     None takes ``tolerance.default_tolerance(model)`` (float16 outputs get float16's).
+    ``auto`` (``compress.auto``): ``progress`` is called with each candidate evaluated.
     """
     from dsp_deploy.compress.tolerance import resolve_tolerance
 
@@ -200,8 +207,21 @@ def compress(
     index, fold_stats, stats = _measure(model, analysis, part, opts, batch_size, parts.folds)
     original = session(model, opts.threads)  # the plain original: the reference outputs
     plan_for = _planner(model, analysis, opts)
-    plan = plan_for(stats)
-    pruned, fused, wrapped = _rewrite(model, plan, opts)
+    searched = built = auto_held = None
+    if opts.criterion == AUTO:
+        from dsp_deploy.compress.auto import AutoSettings, Judged, auto_plan
+
+        settings = AutoSettings(atol, rtol, batch_size, series_length(calibration))
+        rewrite = partial(_pruned, model, opts=opts, batch_size=batch_size)
+        mode = parts.plan.mode
+        judged = Judged(part, evaluation if mode == "eval" else rest, tuple(index),
+                        tuple(fold_stats), mode)  # fmt: skip
+        plan, searched, built, auto_held = auto_plan(
+            model, analysis, stats, judged, opts, settings, rewrite, progress
+        )
+    else:
+        plan = plan_for(stats)
+    pruned, fused, wrapped = _rewrite(model, plan, opts, part, batch_size, built)
     candidate = session(pruned, opts.threads)
     tol = {"atol": atol, "rtol": rtol, "batch_size": batch_size}
     reference = run_model(original, part.inputs, batch_size=batch_size)
@@ -209,7 +229,9 @@ def compress(
     decision = compare(reference, written, atol=atol, rtol=rtol, labels=part.labels)
     fold_check = held_report = None
     outputs_of = partial(_fold_outputs, model, part, batch_size, opts.threads)
-    if kfold:  # every series judged once, on the model planned without its fold
+    if kfold and opts.criterion == AUTO:  # the chosen candidate's, from the search
+        held_report = auto_held or _unchanged(reference, part.labels)
+    elif kfold:  # every series judged once, on the model planned without its fold
         held_report = kfold_holdout(
             fold_stats, index, reference, part.labels, plan_for=plan_for,
             outputs_of=outputs_of, atol=atol, rtol=rtol,
@@ -259,6 +281,7 @@ def compress(
         seconds=seconds,
         evaluation=eval_report,
         gate=gate,
+        search=searched,
     )
 
 
@@ -316,13 +339,21 @@ def _fold_outputs(
     )
 
 
-def _rewrite(model: onnx.ModelProto, plan: PruningPlan, opts: CompressOptions):
-    """The pruned model, then the fused and 2-D rewrites the options ask for:
+def _rewrite(
+    model: onnx.ModelProto,
+    plan: PruningPlan,
+    opts: CompressOptions,
+    part: Calibration,
+    batch_size: int,
+    built: onnx.ModelProto | None = None,
+):
+    """The pruned (and, for ``reconstruct``, refitted on ``part``) model — ``built`` when
+    the search made it already — then the fused and 2-D rewrites the options ask for:
     (model, the fuse ``Rewrite`` or None, convs written in 2-D)."""
     from dsp_deploy.compress.fuse import fuse_concat
     from dsp_deploy.compress.layout import conv1d_as_conv2d
 
-    pruned = prune(model, plan) if plan.remove or plan.compensations else copy_model(model)
+    pruned = built or _pruned(model, plan, opts=opts, part=part, batch_size=batch_size)
     fused = fuse_concat(pruned) if opts.fuse else None
     if fused is not None:
         pruned = fused.model
@@ -331,6 +362,30 @@ def _rewrite(model: onnx.ModelProto, plan: PruningPlan, opts: CompressOptions):
         layout = conv1d_as_conv2d(pruned)
         pruned, wrapped = layout.model, len(layout.report.wrapped)
     return pruned, fused, wrapped
+
+
+def _unchanged(reference: tuple[np.ndarray, ...], labels: np.ndarray | None) -> ParityReport:
+    """The judged report of the model itself (auto at depth 0): every series agrees."""
+    return compare(reference, reference, atol=0.0, rtol=0.0, labels=labels)
+
+
+def _pruned(
+    model: onnx.ModelProto,
+    plan: PruningPlan,
+    part: Calibration,
+    *,
+    opts: CompressOptions,
+    batch_size: int,
+) -> onnx.ModelProto:
+    """``prune``, then (``reconstruct``) every consumer refitted on ``part``."""
+    pruned = prune(model, plan) if plan.remove or plan.compensations else copy_model(model)
+    if opts.applied_compensation == RECONSTRUCT and plan.remove and not opts.lossless:
+        from dsp_deploy.compress.reconstruct import reconstruct
+
+        pruned = reconstruct(
+            model, pruned, plan, part.inputs, batch_size=batch_size, threads=opts.threads
+        ).model
+    return pruned
 
 
 def _costs(model: onnx.ModelProto, pruned: onnx.ModelProto, calibration: Calibration):

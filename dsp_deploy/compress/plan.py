@@ -25,6 +25,8 @@ output the paper scores). Removed channels are compensated (``compensation``):
     lstsq  pointwise consumers (1×1 Conv, Gemm): W̃' = W̃ G[:, K] G[K, K]⁻¹, the least-squares
            refit of the kept columns K (and bias) to the original outputs, with
            G = E[x̃ x̃ᵀ] the calibration Gram matrix of the input x̃ = [x; 1]; others: mean
+    reconstruct  mean here; then every consumer is refitted in topological order to the
+           original's outputs from the pruned upstream (``compress.reconstruct``)
 
 ``lstsq`` is the default: of the three it alone fits what the consumers output, not only
 their means, so the kept channels take over what the removed ones carried. How the three
@@ -264,7 +266,7 @@ def _compensations(
             out.append(Compensation(c.node, (), stats.gram[c.tensor]))
             continue
         exact = [p for p in gone if s.minimum[p] == s.maximum[p]]
-        chosen = gone if mode in ("mean", "lstsq") else exact
+        chosen = gone if mode in ("mean", "lstsq", "reconstruct") else exact
         values = tuple((p, float(s.mean[p])) for p in chosen if s.mean[p] != 0)
         if values:
             out.append(Compensation(c.node, values))
@@ -286,8 +288,11 @@ def make_plan(
     ``align`` > 1 keeps back removable units so that every source keeps 0 or a multiple
     of ``align`` channels where it can (:mod:`dsp_deploy.compress.align`).
     """
-    if criterion not in CRITERIA:
-        raise OptionError(f"criterion {criterion!r}; expected one of {CRITERIA}")
+    if criterion not in CRITERIA or criterion == "auto":
+        rules = tuple(c for c in CRITERIA if c != "auto")
+        raise OptionError(
+            f"criterion {criterion!r}; expected one of {rules} (auto is a search: compress.auto)"
+        )
     if compensation not in COMPENSATIONS:
         raise OptionError(f"compensation {compensation!r}; expected one of {COMPENSATIONS}")
     occurrences = _occurrences(analysis)
@@ -303,7 +308,24 @@ def make_plan(
         candidates = {u for u, t in enumerate(taps) if t is not None and t <= min_count}
         mode = compensation
     remove = {u for u in candidates if analysis.units[u].blocked_by is None}
-    held = {**kept, **_settle(analysis, remove, score, align)}
+    return settled_plan(analysis, stats, remove, score, criterion, mode, align, kept)
+
+
+def settled_plan(
+    analysis: ChannelAnalysis,
+    stats: ActivationStats,
+    remove: set[int],
+    score: list[float],
+    criterion: str,
+    mode: str,
+    align: int = 1,
+    kept: dict[int, str] | None = None,
+) -> PruningPlan:
+    """The plan removing ``remove`` (unpinned units) once the stage, grouped-Conv and
+    alignment rules have kept back what they must (the strongest by ``score``), with
+    the compensations of ``mode``; ``kept``: earlier reasons for units kept."""
+    remove = set(remove)
+    held = {**(kept or {}), **_settle(analysis, remove, score, align)}
     plan = PruningPlan(
         analysis=analysis,
         criterion=criterion,
