@@ -19,11 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import logging
+
 import numpy as np
+import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass, RemoveUnusedNodesPass, ShapeInferencePass
+from onnx_ir.passes.common._c_api_utils import call_onnx_api
 
 from dsp_deploy.errors import ModelError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 # (value, what its shape must be: a shape, or a value whose shape it must match)
@@ -80,9 +86,44 @@ def finish(
             model.graph.register_initializer(value)
     for value, _ in expected:
         value.shape = None
-    ShapeInferencePass()(model)
+    infer_and_merge(model)
     for value, ref in expected:
         _check_shape(value, ref.shape if isinstance(ref, ir.Value) else ref)
+
+
+def _has_subgraphs(graph: ir.Graph) -> bool:
+    graph_types = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+    return any(a.type in graph_types for node in graph for a in node.attributes.values())
+
+
+def infer_and_merge(model: ir.Model) -> None:
+    """onnx-ir's ``ShapeInferencePass`` (strict, types checked; a failure only logs),
+    without deserialising the inferred model: the main graph's values take the shapes
+    and types of its inputs, ``value_info`` and outputs, as that pass's merge sets them.
+    A model with subgraphs runs the pass itself (its merge walks them too)."""
+    if _has_subgraphs(model.graph):
+        ShapeInferencePass()(model)
+        return
+    try:
+        inferred = call_onnx_api(_strict_inference, model).graph
+    except Exception as e:  # onnx raises several types; as the pass, leave the model be
+        logger.warning("Shape inference failed: %s. Model is left unchanged", e)
+        return
+    values = ir.convenience.create_value_mapping(model.graph)
+    for info in (*inferred.input, *inferred.value_info, *inferred.output):
+        value = values.get(info.name)
+        if value is None:
+            continue
+        shape = ir.serde.deserialize_type_proto_for_shape(info.type)
+        if shape is not None and value.shape != shape:
+            value.shape = shape
+        kind = ir.serde.deserialize_type_proto_for_type(info.type)
+        if kind is not None and kind.dtype is not None and value.dtype != kind.dtype:
+            value.dtype = kind.dtype
+
+
+def _strict_inference(proto: onnx.ModelProto) -> onnx.ModelProto:
+    return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
 
 
 def _check_shape(value: ir.Value, shape: ir.Shape | None) -> None:
