@@ -211,8 +211,11 @@ class Normalise(ModelPass[NormaliseReport]):
 
 
 def normalised(model: onnx.ModelProto) -> ir.Model:
-    """``model`` normalised, as an onnx-ir model (the proto is untouched)."""
-    return Normalise()(ir.from_proto(model)).model
+    """``model`` normalised, as an onnx-ir model (the proto is untouched): normalised in
+    place from a private copy of the proto, which nothing else holds, so no clone."""
+    private = ir.from_proto(copy_model(model))
+    normalise_model(private)
+    return private
 
 
 def normalise(model: onnx.ModelProto) -> onnx.ModelProto:

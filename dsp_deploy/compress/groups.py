@@ -96,6 +96,9 @@ class ChannelAnalysis:
     blocks: tuple[Blocks, ...] = ()
     fingerprint: str = ""  # of the normalised model analysed (``compress.fingerprint``)
     shapes: Mapping[str, Shape] = field(default_factory=dict)  # of the tensors carrying channels
+    # The normalised model analysed: ``prune.prune_analysed`` prunes a clone of it (never
+    # changed in place; not compared, not shown).
+    model: ir.Model | None = field(default=None, compare=False, repr=False)
 
     def stages(self) -> tuple[frozenset[int], ...]:
         """The units each channel-mixing consumer reads: what must never be emptied."""
@@ -305,6 +308,7 @@ def find_groups(model: onnx.ModelProto) -> ChannelAnalysis:
         blocks=tuple(b.blocks),
         fingerprint=fingerprint(normal),
         shapes=MappingProxyType(dict(b.shapes)),
+        model=normal,
     )
     logger.info(
         "%d channel groups, %d units (%d pinned)",

@@ -45,7 +45,7 @@ from dsp_deploy.compress.graph import copy_model
 from dsp_deploy.compress.groups import ChannelAnalysis, find_groups
 from dsp_deploy.compress.plan import PruningPlan, make_plan
 from dsp_deploy.compress.policy import default_min_count, run_batch_size
-from dsp_deploy.compress.prune import prune
+from dsp_deploy.compress.prune import prune_analysed
 from dsp_deploy.compress.record import record, stamp
 from dsp_deploy.compress.verify import ParityReport, compare, verify
 from dsp_deploy.errors import ModelError
@@ -198,7 +198,7 @@ def compress(
     decision = compare(reference, written, atol=atol, rtol=rtol, labels=part.labels)
     fold_check = None
     if index:
-        outputs_of = partial(_fold_outputs, model, part, batch_size, opts.threads)
+        outputs_of = partial(_fold_outputs, part, batch_size, opts.threads)
         fold_check = fold_report(
             fold_stats, index, plan, reference, written, plan_for=plan_for,
             outputs_of=outputs_of, atol=atol, rtol=rtol,
@@ -281,17 +281,15 @@ def _planner(model: onnx.ModelProto, analysis: ChannelAnalysis, opts: CompressOp
 
 
 def _fold_outputs(
-    model: onnx.ModelProto,
     part: Calibration,
     batch_size: int,
     threads: int | None,
     plan: PruningPlan,
     fold: np.ndarray,
 ) -> tuple[np.ndarray, ...]:
-    """The outputs of ``model`` pruned by a fold's ``plan`` on that fold's samples."""
-    return run_model(
-        prune(model, plan), part.take(fold).inputs, batch_size=batch_size, threads=threads
-    )
+    """The outputs of the model pruned by a fold's ``plan`` on that fold's samples."""
+    model = prune_analysed(plan, checked=False)  # only run: no shape check
+    return run_model(model, part.take(fold).inputs, batch_size=batch_size, threads=threads)
 
 
 def _rewrite(model: onnx.ModelProto, plan: PruningPlan, opts: CompressOptions):
@@ -300,7 +298,7 @@ def _rewrite(model: onnx.ModelProto, plan: PruningPlan, opts: CompressOptions):
     from dsp_deploy.compress.fuse import fuse_concat
     from dsp_deploy.compress.layout import conv1d_as_conv2d
 
-    pruned = prune(model, plan) if plan.remove or plan.compensations else copy_model(model)
+    pruned = prune_analysed(plan) if plan.remove or plan.compensations else copy_model(model)
     fused = fuse_concat(pruned) if opts.fuse else None
     if fused is not None:
         pruned = fused.model

@@ -354,24 +354,35 @@ class Prune(ModelPass[PruneReport]):
         self.plan = plan
 
     def rewrite(self, model: ir.Model) -> tuple[bool, PruneReport]:
-        plan = self.plan
         normalise_model(model, shapes=False)
-        _check_fingerprint(model, plan)
-        nodes, removed = tuple(model.graph), plan.removed_atoms
-        params = _Params(nodes)
-        _compensate(params, plan, removed)
-        groups = _slice(params, plan, removed)
-        for b in plan.analysis.blocks:
-            if (group := _regroup(params, b, removed)) is not None:
-                groups[b.node] = group
-        _cut_empty(nodes, plan, removed)
-        _write(model, params)
-        _finish(nodes, groups)
-        _drop_unused(model)
+        _check_fingerprint(model, self.plan)
+        return _prune_normal(model, self.plan)
+
+
+def _prune_normal(
+    model: ir.Model, plan: PruningPlan, checked: bool = True
+) -> tuple[bool, PruneReport]:
+    """Steps 1-5 of the module docstring on ``model``, normalised and the plan's own;
+    ``checked=False`` only clears the intermediate shapes (step 5 without inference)."""
+    nodes, removed = tuple(model.graph), plan.removed_atoms
+    params = _Params(nodes)
+    _compensate(params, plan, removed)
+    groups = _slice(params, plan, removed)
+    for b in plan.analysis.blocks:
+        if (group := _regroup(params, b, removed)) is not None:
+            groups[b.node] = group
+    _cut_empty(nodes, plan, removed)
+    _write(model, params)
+    _finish(nodes, groups)
+    _drop_unused(model)
+    if checked:
         _reshaped(model, plan, removed)
-        logger.info("pruned %d units (%d atoms)", len(plan.remove), len(removed))
-        report = PruneReport(len(plan.remove), len(removed), len(plan.compensations))
-        return bool(removed or plan.compensations), report
+    else:
+        for value in intermediates(model.graph):
+            value.shape = None
+    logger.info("pruned %d units (%d atoms)", len(plan.remove), len(removed))
+    report = PruneReport(len(plan.remove), len(removed), len(plan.compensations))
+    return bool(removed or plan.compensations), report
 
 
 def prune(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
@@ -381,3 +392,18 @@ def prune(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
     another order).
     """
     return apply(Prune(plan), model).model
+
+
+def prune_analysed(plan: PruningPlan, *, checked: bool = True) -> onnx.ModelProto:
+    """``prune`` of the model ``plan`` was made from, from the normalised onnx-ir model its
+    analysis holds (``ChannelAnalysis.model``): the same model, without converting,
+    normalising and fingerprinting the input again (the plan holds its model itself).
+    A clone is pruned; the analysis's model is left as it was. ``checked=False``: no
+    shape inference and check (step 5), for a model that is only run, never written
+    (the k-fold report's): its intermediate values go without shapes."""
+    normal = plan.analysis.model
+    if normal is None:
+        raise PlanError("the plan's analysis holds no model; prune(model, plan) takes one")
+    clone = normal.clone()
+    _prune_normal(clone, plan, checked)
+    return ir.to_proto(clone)
