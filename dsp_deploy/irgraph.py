@@ -1,7 +1,9 @@
 """Small onnx-ir helpers shared by the passes outside the compress core.
 
 Reading: ``is_op`` (an op of the default domain), ``opset`` (the default-domain version),
-``constant`` (an initializer's values, unless a graph input can override it),
+``initializer_value`` (an initializer's values, unless a graph input can override it),
+``constant_value`` (also an overridable initializer, or a ``Constant`` node's tensor: what
+compress reads; the two differ on IR < 4 models, which list initializers as inputs),
 ``only_reader`` (a value read once, by nodes of any depth, and no graph output).
 
 Writing: a pass creates new initializers with ``initializer`` (named, not registered
@@ -17,9 +19,8 @@ differ raises ``ModelError``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -45,12 +46,26 @@ def opset(model: ir.Model) -> int:
     return imports.get("", imports.get("ai.onnx", 1))
 
 
-def constant(value: ir.Value | None) -> np.ndarray | None:
-    """The values of an initializer no graph input overrides, else None."""
+def initializer_value(value: ir.Value | None) -> np.ndarray | None:
+    """The values of an initializer no graph input overrides, else None (what a rewrite
+    may bake into the graph: fuse, the export clean-ups)."""
     if value is None or not value.is_initializer() or value.is_graph_input():
         return None
     tensor = value.const_value
     return None if tensor is None else tensor.numpy()
+
+
+def constant_value(value: ir.Value | None) -> np.ndarray | None:
+    """The values of an initializer, also one a graph input could override (an IR < 4
+    model lists every initializer as an input), or of a ``Constant`` node's ``value``;
+    None: computed. What compress analyses the model with: its stored weights."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    node = value.producer()
+    tensor = node.attributes.get("value") if is_op(node, "Constant") else None
+    return None if tensor is None else tensor.value.numpy()
 
 
 def only_reader(value: ir.Value) -> bool:
@@ -123,7 +138,9 @@ def infer_and_merge(model: ir.Model) -> None:
 
 
 def _strict_inference(proto: onnx.ModelProto) -> onnx.ModelProto:
-    return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    return onnx.shape_inference.infer_shapes(
+        proto, check_type=True, strict_mode=True, data_prop=True
+    )
 
 
 def _check_shape(value: ir.Value, shape: ir.Shape | None) -> None:

@@ -16,11 +16,11 @@ import pytest
 
 from dsp_deploy.compress.align import align_removal
 from dsp_deploy.compress.calibrate import collect_stats
+from dsp_deploy.compress.fingerprint import fingerprint
 from dsp_deploy.compress.graph import normalise, set_ints
 from dsp_deploy.compress.groups import find_groups
 from dsp_deploy.compress.pipeline import probe_tensors
 from dsp_deploy.compress.plan import PruningPlan, make_plan
-from dsp_deploy.compress.fingerprint import fingerprint
 from dsp_deploy.compress.prune import prune, prune_analysed
 from dsp_deploy.compress.verify import compare
 from dsp_deploy.errors import DspDeployError, OptionError, PlanError

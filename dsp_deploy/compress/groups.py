@@ -43,8 +43,9 @@ import onnx_ir as ir
 
 from dsp_deploy.compress import ops
 from dsp_deploy.compress.fingerprint import fingerprint
-from dsp_deploy.compress.graph import Shape, constant, node_label, normalised, shape_of
+from dsp_deploy.compress.graph import Shape, node_label, normalised, shape_of
 from dsp_deploy.compress.rules import Blocks, Consumer, Layout, Pin, Slice
+from dsp_deploy.irgraph import constant_value
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class _Builder:
 
     def const(self, value: ir.Value | None) -> np.ndarray | None:
         if value not in self.constants:
-            self.constants[value] = constant(value)
+            self.constants[value] = constant_value(value)
         return self.constants[value]
 
     def shape(self, value: ir.Value | None) -> Shape | None:

@@ -51,7 +51,6 @@ from dsp_deploy.compress.fingerprint import fingerprint
 from dsp_deploy.compress.flow import Edit
 from dsp_deploy.compress.graph import (
     attr,
-    constant,
     infer_shapes,
     intermediates,
     normalise_model,
@@ -60,6 +59,7 @@ from dsp_deploy.compress.graph import (
 from dsp_deploy.compress.plan import Compensation, PruningPlan
 from dsp_deploy.compress.rules import COUNT, DEPTHWISE, PRODUCER, Blocks, Consumer
 from dsp_deploy.errors import PlanError
+from dsp_deploy.irgraph import constant_value
 from dsp_deploy.passes import ModelPass, apply
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class _Params:
         if (node, k) in self.changed:
             return self.changed[(node, k)]
         inputs = self.nodes[node].inputs
-        return constant(inputs[k]) if k < len(inputs) else None
+        return constant_value(inputs[k]) if k < len(inputs) else None
 
     def set(self, node: int, k: int, value: np.ndarray) -> None:
         self.changed[(node, k)] = value
