@@ -1,6 +1,6 @@
 """``compress`` time and peak RSS of this checkout against an earlier commit, paired rounds.
 
-    .venv/bin/python benchmarks/compress_time_vs.py [--rev 41b753f] [--rounds 3]
+    .venv/bin/python benchmarks/compress_time_vs.py [--rev 41b753f] [--rounds 3] [--out F]
 
 The earlier commit's ``dsp_deploy`` is unpacked with ``git archive`` into a temporary
 folder; each round runs, in fresh processes one after the other, the earlier version
@@ -8,7 +8,8 @@ folder; each round runs, in fresh processes one after the other, the earlier ver
 and this one with its defaults, on the shipped Inception and InceptionTime with their
 calibration sets, one thread. Each process times its second ``compress`` call (the first
 warms caches). Ratios are per round against the earlier version's run of that round.
-Results: ``benchmarks/results/compress_time_vs.json``.
+Results: ``benchmarks/results/compress_time_vs.json`` (``--out``: another file, e.g. for
+a comparison with another revision).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rev", default="41b753f")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "archive", args.rev, "dsp_deploy"], cwd=ROOT,
@@ -80,7 +82,7 @@ def main() -> None:
                     runs[name].append(_run(root, model, calib, folds))
             out["models"][label] = _summary(runs, args.rev)
             print(label, json.dumps(out["models"][label]), flush=True)
-    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

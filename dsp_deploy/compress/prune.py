@@ -47,7 +47,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnx_ir.passes.common.naming import NameFixPass, SimpleNameGenerator
 
 from dsp_deploy.compress import ops
-from dsp_deploy.compress.fingerprint import fingerprint
+from dsp_deploy.compress.fingerprint import check_fingerprint
 from dsp_deploy.compress.flow import Edit
 from dsp_deploy.compress.graph import (
     attr,
@@ -309,12 +309,14 @@ def _drop_unused(model: ir.Model) -> None:
         del graph.initializers[value.name]
 
 
-def _reshaped(model: ir.Model, plan: PruningPlan, removed: frozenset[int]) -> None:
-    """Clear the intermediate shapes, infer them again and check those pruning changed
-    (module docstring): a tensor carrying channels keeps the rank the analysis saw, and
-    axis 1 holds the positions kept."""
+def _reshaped(model: ir.Model, plan: PruningPlan, removed: frozenset[int], checked: bool) -> None:
+    """Clear the intermediate shapes; ``checked``: infer them again and check those pruning
+    changed (module docstring): a tensor carrying channels keeps the rank the analysis
+    saw, and axis 1 holds the positions kept."""
     for value in intermediates(model.graph):
         value.shape = None
+    if not checked:
+        return
     infer_shapes(model)
     seen, layouts = plan.analysis.shapes, plan.analysis.layouts
     for value in intermediates(model.graph):
@@ -326,15 +328,6 @@ def _reshaped(model: ir.Model, plan: PruningPlan, removed: frozenset[int]) -> No
         kept = sum(a not in removed for a in layouts[value.name])
         if len(new) > 1 and new[1] not in (None, kept):
             raise PlanError(f"pruned tensor {value.name} has {new[1]} channels; expected {kept}")
-
-
-def _check_fingerprint(normal: ir.Model, plan: PruningPlan) -> None:
-    found = fingerprint(normal)
-    if found != plan.fingerprint:
-        raise PlanError(
-            f"the plan was made for another model (fingerprint {plan.fingerprint[:12] or 'none'}"
-            f" ≠ {found[:12]} of this one); make the plan from this model with find_groups"
-        )
 
 
 @dataclass(frozen=True)
@@ -355,7 +348,7 @@ class Prune(ModelPass[PruneReport]):
 
     def rewrite(self, model: ir.Model) -> tuple[bool, PruneReport]:
         normalise_model(model, shapes=False)
-        _check_fingerprint(model, self.plan)
+        check_fingerprint(model, self.plan.fingerprint)
         return _prune_normal(model, self.plan)
 
 
@@ -375,11 +368,7 @@ def _prune_normal(
     _write(model, params)
     _finish(nodes, groups)
     _drop_unused(model)
-    if checked:
-        _reshaped(model, plan, removed)
-    else:
-        for value in intermediates(model.graph):
-            value.shape = None
+    _reshaped(model, plan, removed, checked)
     logger.info("pruned %d units (%d atoms)", len(plan.remove), len(removed))
     report = PruneReport(len(plan.remove), len(removed), len(plan.compensations))
     return bool(removed or plan.compensations), report
@@ -395,12 +384,10 @@ def prune(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
 
 
 def prune_analysed(plan: PruningPlan, *, checked: bool = True) -> onnx.ModelProto:
-    """``prune`` of the model ``plan`` was made from, from the normalised onnx-ir model its
-    analysis holds (``ChannelAnalysis.model``): the same model, without converting,
-    normalising and fingerprinting the input again (the plan holds its model itself).
-    A clone is pruned; the analysis's model is left as it was. ``checked=False``: no
-    shape inference and check (step 5), for a model that is only run, never written
-    (the k-fold report's): its intermediate values go without shapes."""
+    """``prune`` of the plan's own model, from the normalised model its analysis holds
+    (a clone of ``ChannelAnalysis.model``): no conversion, normalisation or fingerprint.
+    ``checked=False``: step 5 without inference (intermediates without shapes), for a
+    model that is only run (the k-fold report's)."""
     normal = plan.analysis.model
     if normal is None:
         raise PlanError("the plan's analysis holds no model; prune(model, plan) takes one")
