@@ -27,7 +27,8 @@ multiply-accumulate of learned weights. A model with a fixed batch B reports its
 divided by B.
 
 Shapes, in order, for a tensor a MAC rule reads: ONNX shape inference (with data
-propagation); then onnxruntime's own inference, which knows its contrib ops; then, given
+propagation; run again after folding the constant subgraphs when it leaves one of
+them unknown); then onnxruntime's own inference, which knows its contrib ops; then, given
 ``sample`` (calibration data; its first rows), the shapes one run on it produces, which
 resolves what only run time knows (Pad amounts or Reshape targets computed from
 ``Shape``); see ``dsp_deploy.observed``. A node whose shapes are still unknown counts 0
@@ -103,15 +104,8 @@ def model_cost(
     ``sample`` (input name → batch-first array, e.g. the calibration inputs; its first
     rows are used) gives the shapes static inference cannot. The model is not modified.
     """
-    from dsp_deploy.compress.fold_constants import fold_constants
-
     fixed, batch = _fix_input_dims(model, length)
-    folded = fold_constants(fixed).model  # computed pads and shapes: static shapes behind
-    try:
-        inferred = onnx.shape_inference.infer_shapes(folded, strict_mode=False, data_prop=True)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
-        raise ModelError(f"shape inference failed on the model: {e}") from e
-    shapes = _static_shapes(inferred.graph)
+    shapes = _inferred_shapes(fixed)
     missing = _missing(fixed.graph, shapes)
     if missing:
         feeds = None if sample is None else feeds_from(fixed, sample)
@@ -128,11 +122,33 @@ def model_cost(
         params=sum(weights.values()),
         macs=macs,
         per_node=nodes,
-        bytes=_weight_bytes(inferred.graph),
+        bytes=_weight_bytes(fixed.graph),
         unknown=unknown,
     )
     logger.debug("model cost: %d params, %d MACs per sample", cost.params, cost.macs)
     return cost
+
+
+def _inferred_shapes(fixed: onnx.ModelProto) -> dict[str, Shape]:
+    """Static shapes by ONNX inference (data propagation); when it leaves a MAC-counted
+    tensor unknown, or fails, again after folding the constant subgraphs (computed pads
+    and shapes: static shapes behind), which costs a conversion and an onnxruntime run."""
+    from dsp_deploy.compress.fold_constants import fold_constants
+
+    try:
+        shapes = _static_shapes(_infer(fixed).graph)
+        if not _missing(fixed.graph, shapes):
+            return shapes
+    except ModelError:
+        pass  # the folded model may infer where the raw one does not
+    return _static_shapes(_infer(fold_constants(fixed).model).graph)
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
+        raise ModelError(f"shape inference failed on the model: {e}") from e
 
 
 def _length_hint(model: onnx.ModelProto, length: int | None) -> int | None:

@@ -1,7 +1,9 @@
 """Small onnx-ir helpers shared by the passes outside the compress core.
 
 Reading: ``is_op`` (an op of the default domain), ``opset`` (the default-domain version),
-``constant`` (an initializer's values, unless a graph input can override it),
+``initializer_value`` (an initializer's values, unless a graph input can override it),
+``constant_value`` (also an overridable initializer, or a ``Constant`` node's tensor: what
+compress reads; the two differ on IR < 4 models, which list initializers as inputs),
 ``only_reader`` (a value read once, by nodes of any depth, and no graph output).
 
 Writing: a pass creates new initializers with ``initializer`` (named, not registered
@@ -17,13 +19,18 @@ differ raises ``ModelError``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass, RemoveUnusedNodesPass, ShapeInferencePass
+from onnx_ir.passes.common._c_api_utils import call_onnx_api
 
 from dsp_deploy.errors import ModelError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 # (value, what its shape must be: a shape, or a value whose shape it must match)
@@ -39,12 +46,26 @@ def opset(model: ir.Model) -> int:
     return imports.get("", imports.get("ai.onnx", 1))
 
 
-def constant(value: ir.Value | None) -> np.ndarray | None:
-    """The values of an initializer no graph input overrides, else None."""
+def initializer_value(value: ir.Value | None) -> np.ndarray | None:
+    """The values of an initializer no graph input overrides, else None (what a rewrite
+    may bake into the graph: fuse, the export clean-ups)."""
     if value is None or not value.is_initializer() or value.is_graph_input():
         return None
     tensor = value.const_value
     return None if tensor is None else tensor.numpy()
+
+
+def constant_value(value: ir.Value | None) -> np.ndarray | None:
+    """The values of an initializer, also one a graph input could override (an IR < 4
+    model lists every initializer as an input), or of a ``Constant`` node's ``value``;
+    None: computed. What compress analyses the model with: its stored weights."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    node = value.producer()
+    tensor = node.attributes.get("value") if is_op(node, "Constant") else None
+    return None if tensor is None else tensor.value.numpy()
 
 
 def only_reader(value: ir.Value) -> bool:
@@ -80,9 +101,46 @@ def finish(
             model.graph.register_initializer(value)
     for value, _ in expected:
         value.shape = None
-    ShapeInferencePass()(model)
+    infer_and_merge(model)
     for value, ref in expected:
         _check_shape(value, ref.shape if isinstance(ref, ir.Value) else ref)
+
+
+def _has_subgraphs(graph: ir.Graph) -> bool:
+    graph_types = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+    return any(a.type in graph_types for node in graph for a in node.attributes.values())
+
+
+def infer_and_merge(model: ir.Model) -> None:
+    """onnx-ir's ``ShapeInferencePass`` (strict, types checked; a failure only logs),
+    without deserialising the inferred model: the main graph's values take the shapes
+    and types of its inputs, ``value_info`` and outputs, as that pass's merge sets them.
+    A model with subgraphs runs the pass itself (its merge walks them too)."""
+    if _has_subgraphs(model.graph):
+        ShapeInferencePass()(model)
+        return
+    try:
+        inferred = call_onnx_api(_strict_inference, model).graph
+    except Exception as e:  # onnx raises several types; as the pass, leave the model be
+        logger.warning("Shape inference failed: %s. Model is left unchanged", e)
+        return
+    values = ir.convenience.create_value_mapping(model.graph)
+    for info in (*inferred.input, *inferred.value_info, *inferred.output):
+        value = values.get(info.name)
+        if value is None:
+            continue
+        shape = ir.serde.deserialize_type_proto_for_shape(info.type)
+        if shape is not None and value.shape != shape:
+            value.shape = shape
+        kind = ir.serde.deserialize_type_proto_for_type(info.type)
+        if kind is not None and kind.dtype is not None and value.dtype != kind.dtype:
+            value.dtype = kind.dtype
+
+
+def _strict_inference(proto: onnx.ModelProto) -> onnx.ModelProto:
+    return onnx.shape_inference.infer_shapes(
+        proto, check_type=True, strict_mode=True, data_prop=True
+    )
 
 
 def _check_shape(value: ir.Value, shape: ir.Shape | None) -> None:

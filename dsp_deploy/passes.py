@@ -55,6 +55,13 @@ class ModelPass(ir.passes.FunctionalPass, Generic[R]):
         return ReportedResult(clone, modified, report)
 
 
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy of a proto model (what keeps a caller's proto untouched: ``apply``)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
 def apply(transform: ModelPass[R], model: onnx.ModelProto) -> Rewrite[R]:
     """Run ``transform`` on ``model`` (untouched) and return the result as a proto.
 
@@ -64,8 +71,6 @@ def apply(transform: ModelPass[R], model: onnx.ModelProto) -> Rewrite[R]:
     ``TensorProto`` objects and ``Model.clone`` shares them, so renaming such a value
     would rename the caller's tensor too (onnx-ir 1.1.0; a copy costs one memcpy).
     """
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    private = ir.from_proto(copy)
+    private = ir.from_proto(copy_model(model))
     modified, report = transform.rewrite(private)
     return Rewrite(ir.to_proto(private), modified, report)

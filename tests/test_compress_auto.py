@@ -132,9 +132,9 @@ def test_auto_never_writes_a_model_that_breaks_the_gates(widths, kernel, seed, l
         (reference,), run_model(result.model, {"x": x_eval}), atol=1e-5, rtol=1e-4, labels=y_eval
     )
     if check.accuracy is not None:  # with labels the accuracy gate decides
-        assert check.accuracy[0] - check.accuracy[1] <= 0.02 or result.failures
+        assert check.accuracy[0] - check.accuracy[1] <= 0.02 + 1e-9 or result.failures
     else:
-        assert check.agreement >= 0.98 or result.failures
+        assert check.agreement >= 0.98 - 1e-9 or result.failures
     failed = [c.units for c in result.search.candidates if not c.passed]
     assert all(result.search.chosen < n for n in failed)
     assert result.verified  # the chosen depth passed, so the written model does

@@ -140,3 +140,29 @@ def test_dead_never_removes_a_channel_alive_on_one_or_two_samples(net) -> None:
     np.testing.assert_allclose(
         run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], atol=atol
     )
+
+
+@pytest.mark.parametrize("dead", [(), (1,)])
+def test_the_written_model_runs_over_the_calibration_set_only_when_it_changed(
+    dead, monkeypatch
+) -> None:
+    # An unchanged model (nothing dead) is written byte for byte: its outputs are the
+    # plain session's, so compress runs the original over the samples, and the random
+    # report, and nothing else; a pruned model is run too, and both reproduce exactly.
+    import dsp_deploy.compress.pipeline as pipeline
+
+    runs = []
+
+    def counted(model, inputs, **kw):
+        runs.append(len(next(iter(inputs.values()))))
+        return run_model(model, inputs, **kw)
+
+    monkeypatch.setattr(pipeline, "run_model", counted)
+    model = G.chain(dead, ())
+    x = G.inputs(24)
+    result = compress(model, Calibration({"x": x}, None), folds=0)
+    assert result.changed == bool(dead)
+    assert runs == ([24, 24, 16] if dead else [24, 16])
+    assert result.decision.max_abs_diff <= 1e-6 and result.verified
+    if not dead:
+        assert result.model.graph == model.graph  # the bytes that were not run again

@@ -16,11 +16,12 @@ import pytest
 
 from dsp_deploy.compress.align import align_removal
 from dsp_deploy.compress.calibrate import collect_stats
+from dsp_deploy.compress.fingerprint import fingerprint
 from dsp_deploy.compress.graph import normalise, set_ints
 from dsp_deploy.compress.groups import find_groups
 from dsp_deploy.compress.pipeline import probe_tensors
 from dsp_deploy.compress.plan import PruningPlan, make_plan
-from dsp_deploy.compress.prune import prune
+from dsp_deploy.compress.prune import prune, prune_analysed
 from dsp_deploy.compress.verify import compare
 from dsp_deploy.errors import DspDeployError, OptionError, PlanError
 from dsp_deploy.inference import run_model
@@ -54,6 +55,25 @@ def test_a_plan_prunes_its_own_model_and_never_touches_it(build) -> None:
     pruned = prune(model, plan)
     assert model.SerializeToString() == before
     assert_exact(model, pruned)
+
+
+@pytest.mark.parametrize(
+    "build", [G.concat, G.constant_channel, G.depthwise, G.inception_like, G.residual]
+)
+def test_prune_analysed_writes_the_bytes_prune_writes_and_keeps_the_analysed_model(build) -> None:
+    # The pipeline prunes the normalised model its analysis holds (no second conversion,
+    # normalisation, fingerprint): it must be byte for byte what prune(model, plan) gives.
+    model = build()
+    plan = dead_plan(model)
+    assert plan.remove
+    expected = prune(model, plan).SerializeToString(deterministic=True)
+    assert prune_analysed(plan).SerializeToString(deterministic=True) == expected
+    assert fingerprint(plan.analysis.model) == plan.fingerprint  # the clone was pruned
+    unchecked = prune_analysed(plan, checked=False)  # the k-fold models: no shape check
+    weights = {t.name for t in unchecked.graph.initializer}
+    computed = [v for v in unchecked.graph.value_info if v.name not in weights]
+    assert computed and not any(v.type.tensor_type.HasField("shape") for v in computed)
+    assert_exact(model, unchecked)
 
 
 def test_a_plan_ignores_metadata_and_normalisation() -> None:

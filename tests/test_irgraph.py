@@ -54,3 +54,32 @@ def test_finish_refuses_a_shape_other_than_the_expected_one() -> None:
     c = _add_before_output(model, "Mul", "scale")
     with pytest.raises(ModelError, match=r"value 'y' has shape .*; expected \[N,3,5\]"):
         finish(model, [c], [(model.graph.outputs[0], ir.Shape(["N", 3, 5]))])
+
+
+SHAPES = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 3, 8] x) => (float[N, 4] y) <float[4, 3, 3] w = {0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5,
+  0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5,
+  0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5}> {
+    c = Conv <pads = [1, 1]> (x, w)
+    r = Relu (c)
+    p = GlobalAveragePool (r)
+    y = Flatten (p)
+}
+"""
+
+
+def test_infer_and_merge_sets_what_onnx_irs_shape_inference_pass_sets() -> None:
+    # finish's inference reads back only the inferred inputs, value_info and outputs
+    # (no deserialised copy of the model): the same shapes and types as the pass.
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    from dsp_deploy.irgraph import infer_and_merge
+
+    ours, theirs = (ir.from_proto(onnx.parser.parse_model(SHAPES)) for _ in range(2))
+    infer_and_merge(ours)
+    ShapeInferencePass()(theirs)
+    assert str(ours.graph.node(0).outputs[0].shape) == "[N,4,8]"
+    assert str(ours.graph.node(2).outputs[0].shape) == "[N,4,1]"
+    as_bytes = (ir.to_proto(m).SerializeToString(deterministic=True) for m in (ours, theirs))
+    assert next(as_bytes) == next(as_bytes)

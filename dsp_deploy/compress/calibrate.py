@@ -16,10 +16,9 @@ mean energy over its non-zero channels). The sums over c' run over the channels 
 *segment* (``segments``: a label per channel; the caller passes channel groups), or over
 the whole tensor when the tensor has no labels. ``gram`` is G = Σ x̃ x̃ᵀ / n with x̃ = [x_c…, 1]
 over every (sample, position) row — what a least-squares refit of a consumer needs.
-The model's own outputs on the samples come back too, so verification needs no second
-pass of the original model over them; a ``Probe`` keeps its one session, so the held-out
-and random-input references come from it as well (one session of the original model per
-run, built once).
+Only the probed tensors are fetched: reference outputs come from a plain session of the
+model (``compress.pipeline``), so the probe's own outputs would be copied for nothing
+(``Probe.run`` still gives them, for the tests that compare the two sessions).
 
 Cost per batch: four passes over each probed tensor, in its own float32 (min, max, a
 float64-accumulated sum, the per-(sample, channel) sum of squares); ``max_abs`` is
@@ -70,11 +69,10 @@ class TensorStats:
 
 @dataclass(frozen=True)
 class ActivationStats:
-    """Statistics per tensor name, Gram matrices per tensor name, the model's outputs."""
+    """Statistics per tensor name, Gram matrices per tensor name, the samples seen."""
 
     tensors: Mapping[str, TensorStats]
     gram: Mapping[str, np.ndarray]
-    outputs: tuple[np.ndarray, ...]
     samples: int
 
 
@@ -204,16 +202,10 @@ class Probe:
         ``segments[t]`` labels the channels of t whose mean energy ``active`` compares to."""
         segments = segments or {}
         names = list(dict.fromkeys([*tensors, *gram]))
-        fetch = [*self.outputs, *names]
         running = {name: _Running() for name in names}
         want_stats, want_gram = set(tensors), set(gram)
-        own = len(self.outputs)
-        outputs: list[list[np.ndarray]] = [[] for _ in range(own)]
-        for feed in batches(inputs, batch_size):
-            values = run_batch(self.session, fetch, feed)
-            for k in range(own):
-                outputs[k].append(values[k])
-            for name, value in zip(names, values[own:], strict=True):
+        for feed in batches(inputs, batch_size) if names else ():
+            for name, value in zip(names, run_batch(self.session, names, feed), strict=True):
                 if name in want_stats:
                     running[name].update(value, name, segments.get(name))
                 if name in want_gram:
@@ -223,7 +215,6 @@ class Probe:
         return ActivationStats(
             tensors=MappingProxyType({k: running[k].freeze() for k in tensors}),
             gram=MappingProxyType({k: running[k].gram / running[k].rows for k in gram}),
-            outputs=tuple(np.concatenate(o) for o in outputs),
             samples=samples,
         )
 
@@ -232,9 +223,8 @@ def merge_stats(parts: Sequence[ActivationStats]) -> ActivationStats:
     """The statistics of the union of disjoint sample sets, from each set's statistics.
 
     Extremes combine by min/max, means and energies weighted by their value counts,
-    ``active`` (a count of instances) and Gram matrices (weighted by rows) add, outputs
-    concatenate in the order given: the same numbers one pass over the union gives, up
-    to float64 rounding.
+    ``active`` (a count of instances) and Gram matrices (weighted by rows) add: the same
+    numbers one pass over the union gives, up to float64 rounding.
     """
     if len(parts) == 1:
         return parts[0]
@@ -245,7 +235,6 @@ def merge_stats(parts: Sequence[ActivationStats]) -> ActivationStats:
     return ActivationStats(
         tensors=MappingProxyType(tensors),
         gram=MappingProxyType(gram),
-        outputs=tuple(np.concatenate(o) for o in zip(*(p.outputs for p in parts), strict=True)),
         samples=n,
     )
 

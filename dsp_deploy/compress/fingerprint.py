@@ -23,6 +23,8 @@ import hashlib
 
 import onnx_ir as ir
 
+from dsp_deploy.errors import PlanError
+
 
 def fingerprint(model: ir.Model) -> str:
     """Hex SHA-256 of the parts of ``model`` that a plan depends on (module docstring)."""
@@ -40,6 +42,16 @@ def fingerprint(model: ir.Model) -> str:
         head = f"{name}|{tensor.dtype}|{tensor.shape}".encode()
         digest.update(_item(b"tensor", head) + _bytes(tensor))
     return digest.hexdigest()
+
+
+def check_fingerprint(model: ir.Model, expected: str) -> None:
+    """``PlanError`` unless ``model``'s fingerprint is ``expected`` (the plan's)."""
+    found = fingerprint(model)
+    if found != expected:
+        raise PlanError(
+            f"the plan was made for another model (fingerprint {expected[:12] or 'none'}"
+            f" ≠ {found[:12]} of this one); make the plan from this model with find_groups"
+        )
 
 
 def _node(node: ir.Node) -> bytes:

@@ -47,13 +47,13 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from dsp_deploy.compress.graph import (
     attr,
-    constant,
     copy_model,
     infer_shapes,
     intermediates,
     shape_of,
 )
 from dsp_deploy.inference import session
+from dsp_deploy.irgraph import constant_value
 from dsp_deploy.passes import ModelPass
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def _shape_value(node: ir.Node, dims: Mapping[str, Dims]) -> np.ndarray | None:
 
 def _gathered_dims(node: ir.Node, dims: Mapping[str, Dims]) -> np.ndarray | None:
     """``Gather(Shape(x), i)`` when dims ``i`` of x are static."""
-    shape, index = node.inputs[0].producer(), constant(node.inputs[1])
+    shape, index = node.inputs[0].producer(), constant_value(node.inputs[1])
     if shape is None or shape.op_type != "Shape" or index is None or attr(node, "axis", 0):
         return None
     picked = _picked(shape, dims)
@@ -153,7 +153,7 @@ def _constant_cone(graph: ir.Graph, dims: Mapping[str, Dims]):
     values read off the shapes)."""
     constant_values = set(graph.initializers.values())
     made = (n.outputs[0] for n in graph if n.op_type == "Constant")
-    constant_values.update(v for v in made if constant(v) is not None)
+    constant_values.update(v for v in made if constant_value(v) is not None)
     cone: list[ir.Node] = []
     known: dict[ir.Value, np.ndarray] = {}
     for node in graph:
@@ -175,7 +175,7 @@ def _evaluate(
     """Values of ``wanted`` from an onnxruntime session of the cone ``nodes``."""
     made = {v for n in nodes for v in n.outputs}
     read = {v for n in nodes for v in n.inputs if v is not None and v not in made}
-    feeds = {v.name: known[v] if v in known else constant(v) for v in read}
+    feeds = {v.name: known[v] if v in known else constant_value(v) for v in read}
     graph = onnx.helper.make_graph(
         [ir.serde.serialize_node(n) for n in nodes],
         "constants",

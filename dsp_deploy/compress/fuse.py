@@ -52,7 +52,15 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from dsp_deploy.irgraph import Expected, constant, finish, initializer, is_op, only_reader, opset
+from dsp_deploy.irgraph import (
+    Expected,
+    finish,
+    initializer,
+    initializer_value,
+    is_op,
+    only_reader,
+    opset,
+)
 from dsp_deploy.passes import ModelPass, Rewrite, apply
 
 logger = logging.getLogger(__name__)
@@ -110,13 +118,13 @@ def _bn_form_reason(bn: ir.Node, version: int) -> str | None:
         return "training form (is_test = 0)"
     if get("spatial", 1) != 1:
         return "spatial = 0 normalises each position separately"
-    missing = [p.name for p in bn.inputs[1:5] if constant(p) is None]
+    missing = [p.name for p in bn.inputs[1:5] if initializer_value(p) is None]
     return f"parameters {missing} are not initializers" if missing else None
 
 
 def _conv_reason(conv: ir.Node) -> str | None:
     params = [p for p in conv.inputs[1:3] if p is not None]
-    missing = [p.name for p in params if constant(p) is None]
+    missing = [p.name for p in params if initializer_value(p) is None]
     if missing:
         return f"Conv {conv.name!r}: {missing} are not initializers"
     if params[0].const_value.dtype not in _FLOATS:
@@ -144,11 +152,11 @@ def _bn_match(bn: ir.Node, version: int):
 
 
 def _widths(bn: ir.Node, concat: ir.Node, parts: list[Part]):
-    weights = [None if c is None else constant(c.inputs[1]) for c in parts]
+    weights = [None if c is None else initializer_value(c.inputs[1]) for c in parts]
     rank = next(w for w in weights if w is not None).ndim
     if not _channel_axis(concat, rank):
         return f"Concat axis {concat.attributes.get_int('axis', 1)} is not the channel axis"
-    params = [constant(p) for p in bn.inputs[1:5]]
+    params = [initializer_value(p) for p in bn.inputs[1:5]]
     if any(p.ndim != 1 for p in params):
         return "BN parameters are not vectors"
     channels = len(params[0])
@@ -163,7 +171,7 @@ def _widths(bn: ir.Node, concat: ir.Node, parts: list[Part]):
 
 def _affine(bn: ir.Node) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel ``(s, t)`` with ``BN(y) = s · y + t`` (module doc), in float64."""
-    scale, bias, mean, var = (constant(p).astype(np.float64) for p in bn.inputs[1:5])
+    scale, bias, mean, var = (initializer_value(p).astype(np.float64) for p in bn.inputs[1:5])
     s = scale / np.sqrt(var + bn.attributes.get_float("epsilon", 1e-5))
     return s, bias - mean * s
 
@@ -185,7 +193,7 @@ def _fold(
 
 
 def _bn_slice(bn: ir.Node, concat: ir.Node, k: int, rows: slice, name: str, edits: _Edits) -> None:
-    params = [initializer(constant(p)[rows], f"{p.name}_part") for p in bn.inputs[1:5]]
+    params = [initializer(initializer_value(p)[rows], f"{p.name}_part") for p in bn.inputs[1:5]]
     edits.new.extend(params)
     source = concat.inputs[k]
     part = ir.Node(
@@ -202,8 +210,8 @@ def _scale_conv(conv: ir.Node, s: np.ndarray, t: np.ndarray, edits: _Edits) -> N
     """``W' = s · W``, ``b' = s · b + t`` as new initializers of ``conv``."""
     w_in = conv.inputs[1]
     b_in = conv.inputs[2] if len(conv.inputs) > 2 else None
-    w = constant(w_in)
-    b = 0.0 if b_in is None else constant(b_in)
+    w = initializer_value(w_in)
+    b = 0.0 if b_in is None else initializer_value(b_in)
     scaled = w.astype(np.float64) * s.reshape(-1, *[1] * (w.ndim - 1))
     shifted = np.asarray(b, np.float64) * s + t
     w_new = initializer(scaled.astype(w.dtype), f"{w_in.name}_bn")

@@ -26,8 +26,9 @@ node its ``auto_pad`` (logged), and ``rules`` treats such a Conv as padded. Norm
 deterministic and keeps node order, so ``find_groups`` and ``prune``, which both run it,
 see the same nodes at the same positions; the plan's fingerprint checks it.
 
-The protobuf helpers at the end (``copy_model``, ``set_ints``) serve the code that still
-holds protos (calibration's probe copy, the pipeline's unchanged copy, the tests).
+``constant_value`` (``irgraph``) reads constants as compress needs them; ``copy_model``
+(``passes``, re-exported) and ``set_ints`` serve the code that still holds protos
+(calibration's probe copy, the pipeline's unchanged copy, the tests).
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common._c_api_utils import call_onnx_api
 from onnx_ir.passes.common.naming import NameFixPass, SimpleNameGenerator
 
-from dsp_deploy.passes import ModelPass, apply
+from dsp_deploy.irgraph import constant_value
+from dsp_deploy.passes import ModelPass, apply, copy_model  # copy_model: re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -76,19 +77,6 @@ def shape_of(value: ir.Value | None) -> Shape | None:
     if value is None or value.shape is None:
         return None
     return tuple(d if isinstance(d, int) else None for d in value.shape)
-
-
-def constant(value: ir.Value | None) -> np.ndarray | None:
-    """The value of an initializer or a ``Constant`` node's tensor (None: computed)."""
-    if value is None:
-        return None
-    if value.const_value is not None:
-        return value.const_value.numpy()
-    node = value.producer()
-    if node is not None and node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-        tensor = attr(node, "value")
-        return None if tensor is None else tensor.numpy()
-    return None
 
 
 def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -152,7 +140,7 @@ def _same_pads(auto_pad: str, length: Dim, kernel: int, stride: int, dilation: i
 
 def _explicit_pads(node: ir.Node) -> list[int] | None:
     auto_pad = attr(node, "auto_pad", "NOTSET")
-    weight = constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
     kernel = list(attr(node, "kernel_shape", []) or ([] if weight is None else weight.shape[2:]))
     if auto_pad == "VALID":
         return [0] * (2 * len(kernel))
@@ -211,8 +199,11 @@ class Normalise(ModelPass[NormaliseReport]):
 
 
 def normalised(model: onnx.ModelProto) -> ir.Model:
-    """``model`` normalised, as an onnx-ir model (the proto is untouched)."""
-    return Normalise()(ir.from_proto(model)).model
+    """``model`` normalised, as an onnx-ir model (the proto is untouched): normalised in
+    place from a private copy of the proto, which nothing else holds, so no clone."""
+    private = ir.from_proto(copy_model(model))
+    normalise_model(private)
+    return private
 
 
 def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -222,13 +213,6 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # --- protobuf helpers for the modules not yet on onnx-ir (fuse, layout, onnx_passes) ----
-
-
-def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A deep copy of a proto model."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
 
 
 def set_ints(node: onnx.NodeProto, name: str, values: list[int] | int) -> None:

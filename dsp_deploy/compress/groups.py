@@ -43,8 +43,9 @@ import onnx_ir as ir
 
 from dsp_deploy.compress import ops
 from dsp_deploy.compress.fingerprint import fingerprint
-from dsp_deploy.compress.graph import Shape, constant, node_label, normalised, shape_of
+from dsp_deploy.compress.graph import Shape, node_label, normalised, shape_of
 from dsp_deploy.compress.rules import Blocks, Consumer, Layout, Pin, Slice
+from dsp_deploy.irgraph import constant_value
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ class ChannelAnalysis:
     blocks: tuple[Blocks, ...] = ()
     fingerprint: str = ""  # of the normalised model analysed (``compress.fingerprint``)
     shapes: Mapping[str, Shape] = field(default_factory=dict)  # of the tensors carrying channels
+    # The normalised model analysed: ``prune.prune_analysed`` prunes a clone of it (never
+    # changed in place; not compared, not shown).
+    model: ir.Model | None = field(default=None, compare=False, repr=False)
 
     def stages(self) -> tuple[frozenset[int], ...]:
         """The units each channel-mixing consumer reads: what must never be emptied."""
@@ -125,7 +129,7 @@ class _Builder:
 
     def const(self, value: ir.Value | None) -> np.ndarray | None:
         if value not in self.constants:
-            self.constants[value] = constant(value)
+            self.constants[value] = constant_value(value)
         return self.constants[value]
 
     def shape(self, value: ir.Value | None) -> Shape | None:
@@ -305,6 +309,7 @@ def find_groups(model: onnx.ModelProto) -> ChannelAnalysis:
         blocks=tuple(b.blocks),
         fingerprint=fingerprint(normal),
         shapes=MappingProxyType(dict(b.shapes)),
+        model=normal,
     )
     logger.info(
         "%d channel groups, %d units (%d pinned)",

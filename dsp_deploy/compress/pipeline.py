@@ -20,7 +20,8 @@ Reference outputs come from a plain session of the original model, never from th
 instrumented one: onnxruntime may compute a graph with extra outputs differently (other
 fusions), and "unchanged" is about the model a user runs. Cost: the instrumented pass
 (statistics), one pass of the plain original and one of the pruned model over the
-calibration set, plus one pruning and one run over a fold per fold whose plan differs
+calibration set (none when nothing changed: the bytes are the original's), plus one
+pruning and one run over a fold per fold whose plan differs
 (``benchmarks/compress_speed.py``); a lossy k-fold held-out check (few series) costs one
 pruning and one run over its fold per fold.
 """
@@ -50,7 +51,7 @@ from dsp_deploy.compress.groups import ChannelAnalysis, find_groups
 from dsp_deploy.compress.holdout import kfold_holdout, partition
 from dsp_deploy.compress.plan import PruningPlan, make_plan
 from dsp_deploy.compress.policy import default_min_count, run_batch_size
-from dsp_deploy.compress.prune import prune
+from dsp_deploy.compress.prune import prune_analysed
 from dsp_deploy.compress.record import record, stamp
 from dsp_deploy.compress.verify import ParityReport, compare, verify
 from dsp_deploy.errors import ModelError
@@ -225,10 +226,13 @@ def compress(
     candidate = session(pruned, opts.threads)
     tol = {"atol": atol, "rtol": rtol, "batch_size": batch_size}
     reference = run_model(original, part.inputs, batch_size=batch_size)
-    written = run_model(candidate, part.inputs, batch_size=batch_size)
+    # Nothing changed (the common lossless outcome): the written bytes are the original's,
+    # so the plain session's outputs are the written model's; no second pass over them.
+    unchanged = pruned.SerializeToString() == model.SerializeToString()
+    written = reference if unchanged else run_model(candidate, part.inputs, batch_size=batch_size)
     decision = compare(reference, written, atol=atol, rtol=rtol, labels=part.labels)
     fold_check = held_report = None
-    outputs_of = partial(_fold_outputs, model, part, batch_size, opts.threads)
+    outputs_of = partial(_fold_outputs, part, batch_size, opts.threads)
     if kfold and opts.criterion == AUTO:  # the chosen candidate's, from the search
         held_report = auto_held or _unchanged(reference, part.labels)
     elif kfold:  # every series judged once, on the model planned without its fold
@@ -326,17 +330,15 @@ def _planner(model: onnx.ModelProto, analysis: ChannelAnalysis, opts: CompressOp
 
 
 def _fold_outputs(
-    model: onnx.ModelProto,
     part: Calibration,
     batch_size: int,
     threads: int | None,
     plan: PruningPlan,
     fold: np.ndarray,
 ) -> tuple[np.ndarray, ...]:
-    """The outputs of ``model`` pruned by a fold's ``plan`` on that fold's samples."""
-    return run_model(
-        prune(model, plan), part.take(fold).inputs, batch_size=batch_size, threads=threads
-    )
+    """The outputs of the model pruned by a fold's ``plan`` on that fold's samples."""
+    model = prune_analysed(plan, checked=False)  # only run: no shape check
+    return run_model(model, part.take(fold).inputs, batch_size=batch_size, threads=threads)
 
 
 def _rewrite(
@@ -378,7 +380,7 @@ def _pruned(
     batch_size: int,
 ) -> onnx.ModelProto:
     """``prune``, then (``reconstruct``) every consumer refitted on ``part``."""
-    pruned = prune(model, plan) if plan.remove or plan.compensations else copy_model(model)
+    pruned = prune_analysed(plan) if plan.remove or plan.compensations else copy_model(model)
     if opts.applied_compensation == RECONSTRUCT and plan.remove and not opts.lossless:
         from dsp_deploy.compress.reconstruct import reconstruct
 

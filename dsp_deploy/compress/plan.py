@@ -135,8 +135,7 @@ def _removable_dead(
         constant = s.minimum[p] == s.maximum[p]
         if constant and c.foldable:
             continue
-        rms, whole = np.sqrt(s.energy[p]), np.sqrt(s.energy.mean())
-        if t > 0 and rms <= t * whole:
+        if t > 0 and np.sqrt(s.energy[p]) <= t * np.sqrt(s.energy.mean()):
             continue
         if not constant:
             return False, None

@@ -47,11 +47,10 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnx_ir.passes.common.naming import NameFixPass, SimpleNameGenerator
 
 from dsp_deploy.compress import ops
-from dsp_deploy.compress.fingerprint import fingerprint
+from dsp_deploy.compress.fingerprint import check_fingerprint
 from dsp_deploy.compress.flow import Edit
 from dsp_deploy.compress.graph import (
     attr,
-    constant,
     infer_shapes,
     intermediates,
     normalise_model,
@@ -60,6 +59,7 @@ from dsp_deploy.compress.graph import (
 from dsp_deploy.compress.plan import Compensation, PruningPlan
 from dsp_deploy.compress.rules import COUNT, DEPTHWISE, PRODUCER, Blocks, Consumer
 from dsp_deploy.errors import PlanError
+from dsp_deploy.irgraph import constant_value
 from dsp_deploy.passes import ModelPass, apply
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class _Params:
         if (node, k) in self.changed:
             return self.changed[(node, k)]
         inputs = self.nodes[node].inputs
-        return constant(inputs[k]) if k < len(inputs) else None
+        return constant_value(inputs[k]) if k < len(inputs) else None
 
     def set(self, node: int, k: int, value: np.ndarray) -> None:
         self.changed[(node, k)] = value
@@ -309,12 +309,14 @@ def _drop_unused(model: ir.Model) -> None:
         del graph.initializers[value.name]
 
 
-def _reshaped(model: ir.Model, plan: PruningPlan, removed: frozenset[int]) -> None:
-    """Clear the intermediate shapes, infer them again and check those pruning changed
-    (module docstring): a tensor carrying channels keeps the rank the analysis saw, and
-    axis 1 holds the positions kept."""
+def _reshaped(model: ir.Model, plan: PruningPlan, removed: frozenset[int], checked: bool) -> None:
+    """Clear the intermediate shapes; ``checked``: infer them again and check those pruning
+    changed (module docstring): a tensor carrying channels keeps the rank the analysis
+    saw, and axis 1 holds the positions kept."""
     for value in intermediates(model.graph):
         value.shape = None
+    if not checked:
+        return
     infer_shapes(model)
     seen, layouts = plan.analysis.shapes, plan.analysis.layouts
     for value in intermediates(model.graph):
@@ -326,15 +328,6 @@ def _reshaped(model: ir.Model, plan: PruningPlan, removed: frozenset[int]) -> No
         kept = sum(a not in removed for a in layouts[value.name])
         if len(new) > 1 and new[1] not in (None, kept):
             raise PlanError(f"pruned tensor {value.name} has {new[1]} channels; expected {kept}")
-
-
-def _check_fingerprint(normal: ir.Model, plan: PruningPlan) -> None:
-    found = fingerprint(normal)
-    if found != plan.fingerprint:
-        raise PlanError(
-            f"the plan was made for another model (fingerprint {plan.fingerprint[:12] or 'none'}"
-            f" ≠ {found[:12]} of this one); make the plan from this model with find_groups"
-        )
 
 
 @dataclass(frozen=True)
@@ -354,24 +347,31 @@ class Prune(ModelPass[PruneReport]):
         self.plan = plan
 
     def rewrite(self, model: ir.Model) -> tuple[bool, PruneReport]:
-        plan = self.plan
         normalise_model(model, shapes=False)
-        _check_fingerprint(model, plan)
-        nodes, removed = tuple(model.graph), plan.removed_atoms
-        params = _Params(nodes)
-        _compensate(params, plan, removed)
-        groups = _slice(params, plan, removed)
-        for b in plan.analysis.blocks:
-            if (group := _regroup(params, b, removed)) is not None:
-                groups[b.node] = group
-        _cut_empty(nodes, plan, removed)
-        _write(model, params)
-        _finish(nodes, groups)
-        _drop_unused(model)
-        _reshaped(model, plan, removed)
-        logger.info("pruned %d units (%d atoms)", len(plan.remove), len(removed))
-        report = PruneReport(len(plan.remove), len(removed), len(plan.compensations))
-        return bool(removed or plan.compensations), report
+        check_fingerprint(model, self.plan.fingerprint)
+        return _prune_normal(model, self.plan)
+
+
+def _prune_normal(
+    model: ir.Model, plan: PruningPlan, checked: bool = True
+) -> tuple[bool, PruneReport]:
+    """Steps 1-5 of the module docstring on ``model``, normalised and the plan's own;
+    ``checked=False`` only clears the intermediate shapes (step 5 without inference)."""
+    nodes, removed = tuple(model.graph), plan.removed_atoms
+    params = _Params(nodes)
+    _compensate(params, plan, removed)
+    groups = _slice(params, plan, removed)
+    for b in plan.analysis.blocks:
+        if (group := _regroup(params, b, removed)) is not None:
+            groups[b.node] = group
+    _cut_empty(nodes, plan, removed)
+    _write(model, params)
+    _finish(nodes, groups)
+    _drop_unused(model)
+    _reshaped(model, plan, removed, checked)
+    logger.info("pruned %d units (%d atoms)", len(plan.remove), len(removed))
+    report = PruneReport(len(plan.remove), len(removed), len(plan.compensations))
+    return bool(removed or plan.compensations), report
 
 
 def prune(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
@@ -381,3 +381,16 @@ def prune(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
     another order).
     """
     return apply(Prune(plan), model).model
+
+
+def prune_analysed(plan: PruningPlan, *, checked: bool = True) -> onnx.ModelProto:
+    """``prune`` of the plan's own model, from the normalised model its analysis holds
+    (a clone of ``ChannelAnalysis.model``): no conversion, normalisation or fingerprint.
+    ``checked=False``: step 5 without inference (intermediates without shapes), for a
+    model that is only run (the k-fold report's)."""
+    normal = plan.analysis.model
+    if normal is None:
+        raise PlanError("the plan's analysis holds no model; prune(model, plan) takes one")
+    clone = normal.clone()
+    _prune_normal(clone, plan, checked)
+    return ir.to_proto(clone)

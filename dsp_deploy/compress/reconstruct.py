@@ -39,7 +39,7 @@ import onnx
 import onnx_ir as ir
 
 from dsp_deploy.compress.calibrate import with_outputs
-from dsp_deploy.compress.graph import attr, constant, normalised
+from dsp_deploy.compress.graph import attr, normalised
 from dsp_deploy.compress.lsq import HOLD_EVERY, one_blas_thread
 from dsp_deploy.compress.plan import PruningPlan
 from dsp_deploy.compress.refit import (
@@ -55,7 +55,7 @@ from dsp_deploy.compress.refit import (
 )
 from dsp_deploy.compress.rules import REFIT_FEATURES
 from dsp_deploy.inference import batches, run_batch, session
-from dsp_deploy.irgraph import finish
+from dsp_deploy.irgraph import constant_value, finish
 
 __all__ = ["ReconstructReport", "Refitted", "reconstruct"]
 
@@ -90,14 +90,14 @@ class Reconstructed:
 def _depthwise(node: ir.Node) -> bool:
     if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
         return False
-    w = constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    w = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
     g = attr(node, "group", 1)
     return w is not None and w.ndim == 3 and g > 1 and w.shape[1] == 1 and w.shape[0] == g
 
 
 def _unfit(node: ir.Node, kind: str) -> str | None:
     """Why the node cannot be refitted (None: it can)."""
-    w = constant(node.inputs[1])
+    w = constant_value(node.inputs[1])
     if w is None:
         return "its weight is not a constant"
     if kind == CONV:

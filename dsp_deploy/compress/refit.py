@@ -17,9 +17,9 @@ import numpy as np
 import onnx_ir as ir
 
 from dsp_deploy.compress.conv_gram import conv_sums
-from dsp_deploy.compress.graph import attr, constant
+from dsp_deploy.compress.graph import attr
 from dsp_deploy.compress.lsq import Depthwise, Normal, row_chunks, unfold
-from dsp_deploy.irgraph import initializer
+from dsp_deploy.irgraph import constant_value, initializer
 
 __all__ = ["Target", "accumulate", "new_fit", "prior", "write"]
 
@@ -42,13 +42,13 @@ class Target:
 
 def _bias_value(add: ir.Node, matmul_out: ir.Value) -> tuple[int, np.ndarray]:
     k = 1 if add.inputs[0] is matmul_out else 0
-    return k, constant(add.inputs[k])
+    return k, constant_value(add.inputs[k])
 
 
 def prior(node: ir.Node, t: Target, nodes: dict[str, ir.Node]) -> np.ndarray:
     """The node's current weights as W₀ (features [+ 1], outputs), float64."""
-    w = constant(node.inputs[1]).astype(np.float64)
-    bias = constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    w = constant_value(node.inputs[1]).astype(np.float64)
+    bias = constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
     if t.kind == CONV:
         mat = w.reshape(w.shape[0], -1).T
         b = np.zeros(w.shape[0]) if bias is None else bias.astype(np.float64)
@@ -67,7 +67,7 @@ def prior(node: ir.Node, t: Target, nodes: dict[str, ir.Node]) -> np.ndarray:
 
 
 def new_fit(node: ir.Node, t: Target) -> Normal | Depthwise:
-    w = constant(node.inputs[1])
+    w = constant_value(node.inputs[1])
     if t.kind == DEPTHWISE:
         return Depthwise(w.shape[0])
     features = int(np.prod(w.shape[1:])) if t.kind == CONV else w.shape[0]
@@ -79,7 +79,7 @@ def new_fit(node: ir.Node, t: Target) -> Normal | Depthwise:
 
 
 def _conv_rows(node: ir.Node, x: np.ndarray) -> np.ndarray:
-    k = constant(node.inputs[1]).shape[2]
+    k = constant_value(node.inputs[1]).shape[2]
     pads = attr(node, "pads", [0, 0])
     return unfold(
         x,
@@ -114,7 +114,7 @@ def accumulate(
         if t.kind != CONV:
             fit.add(xs.reshape(len(xs), -1), _target_rows(ys, t), bool(mask is held))
             continue
-        k = constant(node.inputs[1]).shape[2]
+        k = constant_value(node.inputs[1]).shape[2]
         if k > 1 and attr(node, "strides", [1])[0] == 1:  # G, B without the unfolded rows
             _conv_sums(fit, node, t, xs, ys, bool(mask is held))
             continue
@@ -126,7 +126,7 @@ def accumulate(
 
 def _conv_sums(fit: Normal, node: ir.Node, t: Target, x, y, held: bool) -> None:
     pads = attr(node, "pads", [0, 0])
-    kernel, dilation = constant(node.inputs[1]).shape[2], attr(node, "dilations", [1])[0]
+    kernel, dilation = constant_value(node.inputs[1]).shape[2], attr(node, "dilations", [1])[0]
     y = np.take(y, t.rows, axis=1) if t.rows else y
     g, b = conv_sums(x, y, kernel, dilation, (pads[0], pads[1]))
     fit.add_sums(g, b, y, held)
@@ -146,11 +146,11 @@ def _set(graph: ir.Graph, node: ir.Node, k: int, array: np.ndarray, tag: str) ->
 
 def write(graph: ir.Graph, node: ir.Node, t: Target, solved, nodes: dict[str, ir.Node]) -> None:
     """Write the solution (``Normal``: W*; ``Depthwise``: (a, e)) into ``node``."""
-    w = constant(node.inputs[1])
+    w = constant_value(node.inputs[1])
     dtype = w.dtype
     if t.kind == DEPTHWISE:
         a, e = solved
-        bias = constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+        bias = constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
         b = np.zeros(len(a)) if bias is None else bias.astype(np.float64)
         _set(graph, node, 1, (w * a.reshape(-1, *([1] * (w.ndim - 1)))).astype(dtype), "W")
         _set(graph, node, 2, (a * b + e).astype(dtype), "B")

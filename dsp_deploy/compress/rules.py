@@ -77,8 +77,7 @@ def _unpadded(node: ir.Node) -> bool:
 
 
 def conv(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
-    if tracked_elsewhere(node, ctx, (0,)) is not None:
-        return Pin("weight or bias is computed from channels")
+    # A weight or bias computed from channels is no constant: the check below pins it.
     w = ctx.const(node.inputs[1])
     if w is None or (input_at(node, 2) is not None and ctx.const(node.inputs[2]) is None):
         return Pin("weight or bias is not a constant")
@@ -115,8 +114,7 @@ def _grouped(i: int, node: ir.Node, ctx: Context, w: np.ndarray, x: Layout | Non
 
 def per_channel_params(inputs: tuple[int, ...]) -> Rule:
     def rule(i: int, node: ir.Node, ctx: Context) -> Flow | Pin:
-        if tracked_elsewhere(node, ctx, (0,)) is not None:
-            return Pin("parameters are computed from channels")
+        # Parameters computed from channels are no constants: the check below pins them.
         x = ctx.layout(node.inputs[0])
         present = [k for k in inputs if input_at(node, k) is not None]
         if any(ctx.const(node.inputs[k]) is None for k in present):

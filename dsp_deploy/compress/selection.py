@@ -31,9 +31,10 @@ import onnx
 
 from dsp_deploy.compress.calibrate import ActivationStats
 from dsp_deploy.compress.flow import CONSUMER, DEPTHWISE, PRODUCER, Consumer
-from dsp_deploy.compress.graph import attr, constant, normalised
+from dsp_deploy.compress.graph import attr, normalised
 from dsp_deploy.compress.groups import ChannelAnalysis
 from dsp_deploy.compress.plan import PruningPlan, settled_plan
+from dsp_deploy.irgraph import constant_value
 
 __all__ = ["Ranking", "prefix_plan", "rank_units"]
 
@@ -73,7 +74,7 @@ def _importance(analysis: ChannelAnalysis, stats: ActivationStats, nodes: tuple)
     score = np.zeros(len(analysis.units))
     for c in analysis.consumers:
         s = stats.tensors.get(c.tensor)
-        w = constant(nodes[c.node].inputs[1])
+        w = constant_value(nodes[c.node].inputs[1])
         if s is None or w is None:
             continue
         var = np.maximum(s.energy - s.mean**2, 0.0)

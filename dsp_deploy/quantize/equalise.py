@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from dsp_deploy.irgraph import constant, finish, initializer, is_op, only_reader
+from dsp_deploy.irgraph import finish, initializer, initializer_value, is_op, only_reader
 from dsp_deploy.passes import ModelPass, Rewrite, apply
 
 __all__ = ["EqualiseReport", "equalise", "pair_scales"]
@@ -60,7 +60,7 @@ def pair_scales(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
 
 def _float_weights(conv: ir.Node) -> bool:
     params = [p for p in conv.inputs[1:3] if p is not None]
-    arrays = [constant(p) for p in params]
+    arrays = [initializer_value(p) for p in params]
     return all(a is not None for a in arrays) and params[0].const_value.dtype in _FLOATS
 
 
@@ -93,13 +93,13 @@ def _channel_range(w: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _rescale(first: ir.Node, second: ir.Node, s: np.ndarray, new: list[ir.Value]) -> None:
-    w1 = constant(first.inputs[1])
-    w2 = constant(second.inputs[1])
+    w1 = initializer_value(first.inputs[1])
+    w2 = initializer_value(second.inputs[1])
     shape1 = (-1, *[1] * (w1.ndim - 1))
     shape2 = (1, -1, *[1] * (w2.ndim - 2))
     _set(first, 1, (w1 / s.reshape(shape1)).astype(w1.dtype), new)
     if len(first.inputs) > 2 and first.inputs[2] is not None:
-        b1 = constant(first.inputs[2])
+        b1 = initializer_value(first.inputs[2])
         _set(first, 2, (b1 / s).astype(b1.dtype), new)
     _set(second, 1, (w2 * s.reshape(shape2)).astype(w2.dtype), new)
 
@@ -120,7 +120,7 @@ class Equalise(ModelPass[EqualiseReport]):
     def rewrite(self, model: ir.Model) -> tuple[bool, EqualiseReport]:
         done, new = [], []
         for first, second, tensor in _pairs(model.graph):
-            w1, w2 = constant(first.inputs[1]), constant(second.inputs[1])
+            w1, w2 = initializer_value(first.inputs[1]), initializer_value(second.inputs[1])
             r1 = self.ranges.get(tensor.name, self.ranges.get(first.outputs[0].name))
             r1 = _channel_range(w1, 0) if r1 is None else np.asarray(r1)
             if r1.shape != (len(w1),) or w2.shape[1] != len(w1):

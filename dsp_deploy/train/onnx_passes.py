@@ -38,7 +38,7 @@ from onnx_ir.passes.common import (
     RemoveUnusedNodesPass,
 )
 
-from dsp_deploy.irgraph import DEFAULT_DOMAINS, constant, finish, initializer, is_op
+from dsp_deploy.irgraph import DEFAULT_DOMAINS, finish, initializer, initializer_value, is_op
 from dsp_deploy.passes import ModelPass, Rewrite, apply
 
 logger = logging.getLogger(__name__)
@@ -80,9 +80,9 @@ class FoldConstants(ModelPass[FoldReport]):
 def _fold(node: ir.Node) -> bool:
     """Evaluate ``node`` if all its inputs are constant; its outputs become initializers."""
     args = [v for v in node.inputs if v is not None]
-    if not _foldable(node) or any(constant(v) is None for v in args):
+    if not _foldable(node) or any(initializer_value(v) is None for v in args):
         return False
-    feeds = {v.name: constant(v) for v in args}
+    feeds = {v.name: initializer_value(v) for v in args}
     values = ReferenceEvaluator(ir.serde.serialize_node(node)).run(None, feeds)
     graph = node.graph
     for out, value in zip(node.outputs, values, strict=True):
@@ -144,8 +144,8 @@ def _zero_pad_amounts(pad: ir.Node) -> list[int] | None:
     inputs = list(pad.inputs) + [None] * (4 - len(pad.inputs))
     if pad.attributes.get_string("mode", "constant") != "constant" or inputs[3] is not None:
         return None  # an `axes` input: rare, not worth the bookkeeping
-    amounts = constant(inputs[1])
-    value = None if inputs[2] is None else constant(inputs[2])
+    amounts = initializer_value(inputs[1])
+    value = None if inputs[2] is None else initializer_value(inputs[2])
     if amounts is None or (inputs[2] is not None and (value is None or np.any(value != 0))):
         return None
     pads = [int(v) for v in amounts.ravel()]
