@@ -9,7 +9,10 @@ configuration in ``RUNS``:
 * ``dsp``        the paper's rule with the default ``lstsq`` compensation;
 * ``auto``       ``--criterion auto``: as much as the gates allow, with reconstruction;
 * ``auto-norec`` the same search with the removed channels only masked (no refit), to
-                 show what reconstruction buys.
+                 show what reconstruction buys;
+* ``auto-point`` ``auto`` with ``--confidence 0.5``: the gates on point estimates, what
+                 the search finds where the series are too few to certify a 2-point drop
+                 (fewer than 133: ``auto`` then removes nothing, and the CLI exits 2).
 
 Per run it records params and MACs before/after, test accuracy of the input model and of
 the result (onnxruntime, the official test split, which ``compress`` never sees), the
@@ -58,6 +61,7 @@ RUNS: dict[str, dict[str, object]] = {
         {
             "auto": {"criterion": "auto"},
             "auto-norec": {"criterion": "auto", "compensation": "none"},
+            "auto-point": {"criterion": "auto", "confidence": 0.5},
         }
         if AUTO
         else {}
