@@ -20,7 +20,7 @@ from dsp_deploy.compress.verify import compare
 from dsp_deploy.errors import OptionError
 from dsp_deploy.inference import run_model
 from dsp_deploy.io import Calibration
-from testkit.onnx_graphs import HEAD, L, Weights, build, inputs, lite_like
+from onnx_graphs import HEAD, L, Weights, build, inputs, lite_like
 
 
 def _bisect(threshold: int, cum, **kw) -> tuple[int, list[int]]:

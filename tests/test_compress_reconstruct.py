@@ -15,7 +15,7 @@ from dsp_deploy.compress.plan import PruningPlan
 from dsp_deploy.compress.prune import prune
 from dsp_deploy.compress.reconstruct import reconstruct
 from dsp_deploy.inference import run_model
-from testkit.onnx_graphs import HEAD, Weights, as_float, build, inputs
+from onnx_graphs import HEAD, Weights, as_float, build, inputs
 
 LINEAR_SOURCE = "a = Conv <pads = [1, 1]> (x, c1_w, c1_b)\n"
 
@@ -222,7 +222,7 @@ def test_ridge_is_chosen_on_held_out_rows() -> None:
 def test_compress_with_reconstruct_beats_mean_on_held_out_agreement() -> None:
     from dsp_deploy.compress.pipeline import compress
     from dsp_deploy.io import Calibration
-    from testkit.onnx_graphs import lite_like
+    from onnx_graphs import lite_like
 
     model = lite_like()
     x = inputs(60)
@@ -246,7 +246,7 @@ def test_inception_modules_refit_in_levels_and_get_closer_than_the_mean_fold() -
     from dsp_deploy.compress.graph import normalise
     from dsp_deploy.compress.pipeline import probe_tensors
     from dsp_deploy.compress.selection import prefix_plan, rank_units
-    from testkit.onnx_graphs import L, inception_like
+    from onnx_graphs import L, inception_like
 
     model = inception_like(dead_m1=(), dead_out=())
     x = inputs(60)

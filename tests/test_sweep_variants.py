@@ -15,7 +15,7 @@ from dsp_deploy.data import Dataset
 from dsp_deploy.errors import InputError
 from dsp_deploy.options import CRITERIA
 from dsp_experiments import tasks
-from testkit import onnx_graphs
+import onnx_graphs
 
 BASE = ("dense", "dsp-onnx", "dsp-onnx-rule", "dsp-retrain", "dsp-exact", "narrow")
 AUTO = ("dsp-onnx-auto", "dense-onnx-auto")
