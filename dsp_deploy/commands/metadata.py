@@ -29,8 +29,7 @@ def register(app: typer.Typer) -> None:
         panels={"Declare (writes a copy)": ("classes", "normalisation", "output", "length", "out")},
         examples=(
             "dsp-deploy metadata mine.onnx",
-            "dsp-deploy metadata mine.onnx --classes a,b --normalisation znorm "
-            "--output logits -o mine.declared.onnx",
+            "dsp-deploy metadata mine.onnx --classes a,b --normalisation znorm -o m.onnx",
         ),
         exits={k: v for k, v in EXIT_CODES.items() if k != 1},
     )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dsp_deploy.clihelp import add_command
 from dsp_deploy.commands import check_output, naming
 
 if TYPE_CHECKING:
@@ -20,7 +21,18 @@ if TYPE_CHECKING:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("quantize")(quantize_command)
+    add_command(
+        app,
+        "quantize",
+        quantize_command,
+        panels={
+            "Files": ("calib", "output"),
+            "Checks (gates)": ("holdout", "min_agreement", "max_accuracy_drop", "force"),
+            "INT8": ("target", "max_float", "speed_check"),
+            "Output": ("as_json",),
+        },
+        examples=("dsp-deploy quantize model.pruned.onnx --calib calib.npz --target arm64",),
+    )
 
 
 def default_output(model: str) -> Path:

@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         },  # fmt: skip
         examples=(
             "dsp-deploy train --arch lite -d GunPont -o lite.onnx --calib-out calib.npz",
-            "dsp-deploy train --arch lite -d GunPont -o dense.onnx --sparsity 0 --epochs 300",
+            "dsp-deploy train --arch lite -d GunPont -o d.onnx --sparsity 0 --epochs 300",
         ),
         exits={k: v for k, v in EXIT_CODES.items() if k != 1},
     )
