@@ -74,6 +74,7 @@ __all__ = [
     "from_session",
     "graph_ends_in_softmax",
     "looks_like_probabilities",
+    "members_warning",
     "normalisation_name",
     "override",
     "read_signature",
@@ -96,6 +97,7 @@ _KEYS = {  # signature field -> the metadata key that declares it
     "normalisation": meta.NORMALISATION,
     "output_kind": meta.OUTPUT,
 }
+_GUESSABLE = ("normalisation", "output_kind", "classes")  # fields a warning names, in order
 _PROBE_SEED, _PROBE_BATCH, _SUM_TOLERANCE = 0, 4, 1e-3
 
 Dim = int | str | None  # fixed size, symbolic name, or unknown
@@ -267,33 +269,61 @@ def detect_output(
 
 def undeclared(sig: ModelSignature) -> tuple[str, ...]:
     """Metadata keys whose values the reader guessed or defaulted (none given by the caller)."""
-    guessed = (DEFAULT, DETECTED)
-    fields = ("normalisation", "output_kind", "classes")
-    return tuple(_KEYS[f] for f in fields if sig.origin(f) in guessed)
+    return tuple(_KEYS[f] for f in _GUESSABLE if sig.origin(f) in (DEFAULT, DETECTED))
 
 
 def default_warning(sig: ModelSignature, path: str) -> str | None:
     """The one warning for a model read with defaults: what was assumed, how to declare it."""
-    keys = undeclared(sig)
-    if not keys:
+    assumed = _assumed(sig)
+    if not assumed:
         return None
-    assumed = {
-        meta.NORMALISATION: "its input goes in raw",
-        meta.OUTPUT: f"its output reads as {sig.output_kind} ({sig.origin('output_kind')})",
-        meta.CLASSES: "classes are column indices",
-    }
-    options = {
-        meta.NORMALISATION: "--normalisation znorm|none",
-        meta.OUTPUT: f"--output {sig.output_kind}",
-        meta.CLASSES: "--classes NAME,NAME,...",
-    }
     return (
-        f"model {path} has no {', '.join(keys)} metadata: "
-        + "; ".join(assumed[k] for k in keys)
+        f"model {path} has no {', '.join(assumed)} metadata: "
+        + "; ".join(text for text, _ in assumed.values())
         + f". Declare them: dsp-deploy metadata {path} "
-        + " ".join(options[k] for k in keys)
+        + " ".join(option for _, option in assumed.values())
         + " -o OUT.onnx"
     )
+
+
+def members_warning(members: Sequence[tuple[ModelSignature, str]]) -> str | None:
+    """One warning for several models read with defaults (an ensemble's ``(signature,
+    label)`` members): the members grouped by what was assumed, and the command."""
+    groups: dict[tuple[tuple[str, tuple[str, str]], ...], list[str]] = {}
+    for sig, label in members:
+        if assumed := _assumed(sig):
+            groups.setdefault(tuple(assumed.items()), []).append(label)
+    if not groups:
+        return None
+    parts = [
+        f"{', '.join(labels)}: no {', '.join(k for k, _ in group)} "
+        f"({'; '.join(text for _, (text, _) in group)})"
+        for group, labels in groups.items()
+    ]
+    keys = [_KEYS[f] for f in _GUESSABLE]
+    options = {k: {o for g in groups for key, (_, o) in g if key == k} for k in keys}
+    flags = [
+        next(iter(o)) if len(o) == 1 else f"--output {'|'.join(OUTPUT_KINDS)}"
+        for o in options.values()
+        if o
+    ]
+    count = sum(map(len, groups.values()))
+    return (
+        f"{count} of {len(members)} members have no metadata for what was assumed: "
+        + "; ".join(parts)
+        + f". Declare it on each: dsp-deploy metadata MEMBER {' '.join(flags)} -o OUT.onnx"
+    )
+
+
+def _assumed(sig: ModelSignature) -> dict[str, tuple[str, str]]:
+    """Each undeclared key → (what the reader assumed, the ``metadata`` option setting it)."""
+    kind, origin = sig.output_kind, sig.origin("output_kind")
+    texts = {
+        meta.NORMALISATION: ("its input goes in raw", "--normalisation znorm|none"),
+        meta.OUTPUT: (f"its output reads as {kind} ({origin})", f"--output {kind}"),
+        meta.CLASSES: ("classes are column indices", "--classes NAME,NAME,..."),
+    }
+    return {key: texts[key] for key in undeclared(sig)}
 
 
 def from_session(

@@ -22,6 +22,7 @@ from dsp_deploy.render import ELLIPSIS, fit, fold_one_channel, middle, progress_
 sys.path.insert(0, str(Path(__file__).parents[1] / "testkit"))
 import onnx_graphs as G  # noqa: E402
 
+
 def _commands() -> tuple[str, ...]:
     import typer.main
 
