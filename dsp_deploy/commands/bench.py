@@ -68,9 +68,11 @@ def bench(
 
     Ratios to the first model (below 1: faster or smaller): latency is the median, with
     its quartiles, of paired rounds that time every model back to back in one process
-    (the fair comparison); p50 is the ratio of the separate processes' p50s; MACs the
-    ideal a latency ratio would reach; lat/MACs how far from it (1: as fast as its MACs
-    promise); params, size and RSS (above an empty onnxruntime process) likewise.
+    (the fair comparison); p50 is the ratio of the separate processes' p50s; lat/MACs is
+    the latency ratio over the MACs ratio, the ideal it would reach (1: as fast as its
+    MACs promise); RSS above an empty onnxruntime process. The models table gives the
+    params, MACs and size ratios in brackets. A batch or threads column that holds one
+    value is said in its table's title.
     """
     from dsp_deploy.bench import report
     from dsp_deploy.bench.results import to_json
