@@ -30,7 +30,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-__all__ = ["EXIT_CODES", "Group", "add_command", "epilog", "reflow", "tidy"]
+__all__ = ["EXIT_CODES", "NO_CHECK_EXIT_CODES", "Group", "add_command", "epilog", "reflow", "tidy"]
 
 EXIT_CODES: Mapping[int, str] = MappingProxyType(
     {
@@ -39,6 +39,10 @@ EXIT_CODES: Mapping[int, str] = MappingProxyType(
         2: "bad input: a file, an option or an output path",
         130: "interrupted (143 terminated, 129 hung up)",
     }
+)
+# A command that runs no check that can fail (no exit 1): bench, eval, inspect, ...
+NO_CHECK_EXIT_CODES: Mapping[int, str] = MappingProxyType(
+    {code: text for code, text in EXIT_CODES.items() if code != 1}
 )
 _JSON = frozenset({"as_json", "json"})
 _TYPE_METAVARS = {int: "N", float: "X", Path: "PATH", str: "TEXT"}

@@ -82,6 +82,14 @@ def test_help_reads_cleanly_at_80_columns(run_cli, monkeypatch, command: str) ->
     examples = text.split("Examples")[1].split("Exit codes")[0].strip().splitlines()
     assert examples and all(e.startswith("dsp-deploy ") for e in map(str.strip, examples))
     assert max(map(len, text.splitlines())) <= 80
+    assert ("a check failed" in text) == (command in ("compress", "quantize"))
+
+
+def test_default_outputs_sit_beside_the_input() -> None:
+    from dsp_deploy.commands import beside
+
+    assert beside("runs/a/net.onnx", ".pruned.onnx") == Path("runs/a/net.pruned.onnx")
+    assert beside(Path("net.v2.onnx"), ".int8.onnx") == Path("net.v2.int8.onnx")
 
 
 def test_compress_help_groups_its_options(run_cli, monkeypatch) -> None:
