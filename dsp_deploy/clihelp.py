@@ -5,9 +5,11 @@ typer (0.29) shows each option's Python type as its metavar (``<str>``, ``<bool>
 through a ``TyperCommand`` subclass that, once click has built the parameters, gives each
 one without an explicit metavar a plain one: nothing for a flag, ``N`` for an integer,
 ``X`` for a float, ``PATH`` for a path, ``TEXT`` for a string, and an argument its name
-in capitals (``MODEL``, ``MODEL...``). ``panels`` (title → parameter names) sorts the
-options into rich help panels, so the command's declarations stay untouched: a parameter
-in no panel stays under "Options". The epilog lists examples and the exit codes.
+in capitals (``MODEL``, ``MODEL...``), and the usage line shows it so (typer writes a
+required argument ``{MODEL}``). ``panels`` (title → parameter names) sorts the options
+into rich help panels, so the command's declarations stay untouched: a parameter in no
+panel stays under "Options"; ``--help`` joins ``--json`` (or "Options" where ``--json`` is
+in no panel). The epilog lists examples and the exit codes.
 
 Usage, in a command module's ``register``::
 
@@ -28,7 +30,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-__all__ = ["EXIT_CODES", "Group", "add_command", "epilog", "reflow", "tidy"]
+__all__ = ["EXIT_CODES", "NO_CHECK_EXIT_CODES", "Group", "add_command", "epilog", "reflow", "tidy"]
 
 EXIT_CODES: Mapping[int, str] = MappingProxyType(
     {
@@ -38,6 +40,11 @@ EXIT_CODES: Mapping[int, str] = MappingProxyType(
         130: "interrupted (143 terminated, 129 hung up)",
     }
 )
+# A command that runs no check that can fail (no exit 1): bench, eval, inspect, ...
+NO_CHECK_EXIT_CODES: Mapping[int, str] = MappingProxyType(
+    {code: text for code, text in EXIT_CODES.items() if code != 1}
+)
+_JSON = frozenset({"as_json", "json"})
 _TYPE_METAVARS = {int: "N", float: "X", Path: "PATH", str: "TEXT"}
 # Parameters named alike across commands read alike: every model argument is MODEL.
 _NAME_METAVARS = {
@@ -45,6 +52,8 @@ _NAME_METAVARS = {
     "models": "MODEL...",
     "calib": "NPZ",
     "calib_out": "NPZ",
+    "eval_file": "NPZ",
+    "output": "PATH",
     "dataset": "NAME|PATH",
     "plot": "PNG",
 }
@@ -82,16 +91,30 @@ def tidy(params: list[Any], panels: Mapping[str, Sequence[str]] | None = None) -
     params.sort(key=lambda p: titles.index(p.rich_help_panel) + 1 if p.name in panel_of else 0)
 
 
+def _usage_pieces(param: Any, ctx: Any) -> list[str]:
+    """An argument as ``MODEL``, ``[MODEL]`` or ``MODEL...`` (not typer's ``{MODEL}``)."""
+    if param.param_type_name != "argument":
+        return list(param.get_usage_pieces(ctx))
+    name = param.metavar if param.required else f"[{param.metavar}]"
+    return [name + ("..." if param.nargs != 1 else "")]
+
+
 def _flag_help(option: Any, panel: str | None = None) -> Any:
-    """The ``--help`` option without a type, at the end of the last panel."""
+    """The ``--help`` option without a type, at the end of ``panel``."""
     if option is not None:
         option.metavar = ""
         option.rich_help_panel = panel
     return option
 
 
+def _help_panel(panels: Mapping[str, Sequence[str]] | None) -> str | None:
+    """The panel that holds ``json`` (the output options), else the plain "Options"."""
+    titles = (title for title, names in (panels or {}).items() if _JSON & set(names))
+    return next(titles, None)
+
+
 def _command_class(panels: Mapping[str, Sequence[str]] | None) -> type[TyperCommand]:
-    last = list(panels)[-1] if panels else None
+    help_panel = _help_panel(panels)
 
     class Command(TyperCommand):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -99,7 +122,11 @@ def _command_class(panels: Mapping[str, Sequence[str]] | None) -> type[TyperComm
             tidy(self.params, panels)
 
         def get_help_option(self, ctx: Any) -> Any:
-            return _flag_help(super().get_help_option(ctx), last)
+            return _flag_help(super().get_help_option(ctx), help_panel)
+
+        def collect_usage_pieces(self, ctx: Any) -> list[str]:
+            pieces = [self.options_metavar] if self.options_metavar else []
+            return pieces + [p for param in self.get_params(ctx) for p in _usage_pieces(param, ctx)]
 
     return Command
 

@@ -46,10 +46,11 @@ gives argmax indices. One warning (logged) says what was assumed and names the
 "znorm", classes=[...], output="logits")`` overrides the metadata for this process.
 
 The graph is read with onnx when it is installed, else from the file's bytes, so a
-vendored copy of this file (with ``signature``, ``protobuf_wire``, ``metadata`` and
-``errors``) beside numpy and onnxruntime alone reads the same. A fixed batch dim b is
-honoured by running chunks of b (the last one padded with zeros). A missing,
-unreadable or unsupported model raises ``ModelError``.
+vendored copy of this file (with ``signature``, ``signature_output``,
+``signature_origins``, ``protobuf_wire``, ``metadata`` and ``errors``) beside numpy and
+onnxruntime alone reads the same. A fixed batch dim b is honoured by running chunks of b
+(the last one padded with zeros). A missing, unreadable or unsupported model raises
+``ModelError``.
 """
 
 from __future__ import annotations

@@ -21,23 +21,15 @@ The default for models without our metadata (one rule, for every reader)
 * normalisation: ``dsp.normalisation`` when present (``znorm-per-series`` | ``none``),
   else ``none``: the input goes in raw.
 * output kind: ``dsp.output`` when present (``probabilities`` | ``logits``), else read
-  from the graph: the first output produced by a ``Softmax`` → ``probabilities``; any
-  other producer → detected (``detect_output``): the model is run once on a seeded
-  standard-normal probe ``(b, C, L)`` (b = the fixed batch, else 4), and rows that are
-  all ≥ 0 and sum to 1 (within 1e-3) mean ``probabilities``, anything else ``logits``.
-  A probabilities model gives such rows for any input, a logits model almost never (a
-  LogSoftmax output, negative, reads as logits: its softmax is the probabilities). With
-  C or L unknown there is no probe and ``logits`` stays the default. Logits become
-  probabilities with one softmax (``softmax``): the runtime's ``predict_proba`` and an
-  ensemble's mean both apply it; argmax (``evaluate``, ``predict``) is the same either
-  way. (An ensemble's final ``Mean`` of probabilities is no Softmax: ensembles carry
-  ``dsp.output``.)
-* where each value came from: ``ModelSignature.origins`` maps channels, length, classes,
-  normalisation and output_kind to ``metadata`` | ``graph`` (a fixed dim, a final
-  Softmax, the output's width) | ``detected`` | ``argument`` (``override``: the caller's
-  choice, e.g. ``Classifier(path, normalisation=...)``) | ``default``.
-  ``default_warning`` is the one warning a reader logs when a value is a default or a
-  guess: it names the keys to set and the ``dsp-deploy metadata`` command that sets them.
+  from the graph (a final ``Softmax`` → ``probabilities``), else detected on a probe
+  input (``detect_output``: rows ≥ 0 summing to 1 → ``probabilities``, else ``logits``;
+  the rule is :mod:`dsp_deploy.signature_output`'s). With C or L unknown there is no
+  probe and ``logits`` stays the default. Logits become probabilities with one softmax
+  (``softmax``): the runtime's ``predict_proba`` and an ensemble's mean both apply it;
+  argmax (``evaluate``, ``predict``) is the same either way. (An ensemble's final
+  ``Mean`` of probabilities is no Softmax: ensembles carry ``dsp.output``.)
+* where each value came from (``ModelSignature.origins``), and the one warning a reader
+  logs when a value is a default or a guess: :mod:`dsp_deploy.signature_origins`.
 
 ``bench`` times any model, classifier or not, and needs only its input shapes
 (``cost.input_shapes``: the same ``dsp.input_length`` for a dynamic last axis).
@@ -56,8 +48,30 @@ from typing import Any
 import numpy as np
 
 from dsp_deploy import metadata as meta
-from dsp_deploy import protobuf_wire as wire
 from dsp_deploy.errors import ModelError, OptionError
+from dsp_deploy.signature_origins import (
+    ARGUMENT,
+    DEFAULT,
+    DETECTED,
+    GRAPH,
+    KEYS,
+    METADATA,
+    ORIGINS,
+    default_warning,
+    members_warning,
+    undeclared,
+)
+from dsp_deploy.signature_output import (
+    LOGITS,
+    OUTPUT_KINDS,
+    PROBABILITIES,
+    detect_kind,
+    file_ends_in_softmax,
+    graph_ends_in_softmax,
+    looks_like_probabilities,
+    probe,
+    softmax,
+)
 
 __all__ = [
     "LOGITS",
@@ -74,6 +88,7 @@ __all__ = [
     "from_session",
     "graph_ends_in_softmax",
     "looks_like_probabilities",
+    "members_warning",
     "normalisation_name",
     "override",
     "read_signature",
@@ -82,22 +97,9 @@ __all__ = [
     "undeclared",
 ]
 
-LOGITS, PROBABILITIES = "logits", "probabilities"
-OUTPUT_KINDS = (PROBABILITIES, LOGITS)
 NO_NORMALISATION = "none"
 NORMALISATIONS = (meta.ZNORM, NO_NORMALISATION)
 _ALIASES = {"znorm": meta.ZNORM}  # what people type for znorm-per-series
-ORIGINS = ("metadata", "graph", "detected", "argument", "default")
-METADATA, GRAPH, DETECTED, ARGUMENT, DEFAULT = ORIGINS
-_KEYS = {  # signature field -> the metadata key that declares it
-    "channels": meta.INPUT_CHANNELS,
-    "length": meta.INPUT_LENGTH,
-    "classes": meta.CLASSES,
-    "normalisation": meta.NORMALISATION,
-    "output_kind": meta.OUTPUT,
-}
-_PROBE_SEED, _PROBE_BATCH, _SUM_TOLERANCE = 0, 4, 1e-3
-
 Dim = int | str | None  # fixed size, symbolic name, or unknown
 
 
@@ -189,7 +191,7 @@ def read_signature(
         output_kind=declared_kind or (PROBABILITIES if ends_in_softmax else LOGITS),
         origins=tuple(
             (field, METADATA if key in metadata else GRAPH if graph_found.get(field) else DEFAULT)
-            for field, key in _KEYS.items()
+            for field, key in KEYS.items()
         ),
     )
 
@@ -233,14 +235,6 @@ def override(
     return _with(sig, changes)
 
 
-def looks_like_probabilities(scores: np.ndarray) -> bool:
-    """Whether every row of ``(n, K)`` scores is ≥ 0 and sums to 1 (within 1e-3)."""
-    rows = np.asarray(scores, dtype=np.float64)
-    if rows.ndim != 2 or rows.size == 0 or not np.isfinite(rows).all():
-        return False
-    return bool(rows.min() >= 0 and np.abs(rows.sum(axis=1) - 1).max() <= _SUM_TOLERANCE)
-
-
 def detect_output(
     sig: ModelSignature, run: Callable[[np.ndarray], np.ndarray], label: str = "model"
 ) -> ModelSignature:
@@ -251,49 +245,8 @@ def detect_output(
     """
     if sig.origin("output_kind") != DEFAULT or sig.channels is None or sig.length is None:
         return sig
-    dtype = {"tensor(double)": np.float64, "tensor(float16)": np.float16}.get(
-        sig.inputs[0].dtype, np.float32
-    )
-    shape = (sig.batch or _PROBE_BATCH, sig.channels, sig.length)
-    probe = np.random.default_rng(_PROBE_SEED).standard_normal(shape).astype(dtype)
-    try:
-        scores = run(probe)
-    except Exception as e:  # onnxruntime raises its own exception types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{label}: cannot run on an input of shape {shape}: {first}") from e
-    kind = PROBABILITIES if looks_like_probabilities(scores) else LOGITS
-    return _with(sig, {"output_kind": (kind, DETECTED)})
-
-
-def undeclared(sig: ModelSignature) -> tuple[str, ...]:
-    """Metadata keys whose values the reader guessed or defaulted (none given by the caller)."""
-    guessed = (DEFAULT, DETECTED)
-    fields = ("normalisation", "output_kind", "classes")
-    return tuple(_KEYS[f] for f in fields if sig.origin(f) in guessed)
-
-
-def default_warning(sig: ModelSignature, path: str) -> str | None:
-    """The one warning for a model read with defaults: what was assumed, how to declare it."""
-    keys = undeclared(sig)
-    if not keys:
-        return None
-    assumed = {
-        meta.NORMALISATION: "its input goes in raw",
-        meta.OUTPUT: f"its output reads as {sig.output_kind} ({sig.origin('output_kind')})",
-        meta.CLASSES: "classes are column indices",
-    }
-    options = {
-        meta.NORMALISATION: "--normalisation znorm|none",
-        meta.OUTPUT: f"--output {sig.output_kind}",
-        meta.CLASSES: "--classes NAME,NAME,...",
-    }
-    return (
-        f"model {path} has no {', '.join(keys)} metadata: "
-        + "; ".join(assumed[k] for k in keys)
-        + f". Declare them: dsp-deploy metadata {path} "
-        + " ".join(options[k] for k in keys)
-        + " -o OUT.onnx"
-    )
+    x = probe(sig.inputs[0].dtype, sig.batch, sig.channels, sig.length)
+    return _with(sig, {"output_kind": (detect_kind(run, x, label), DETECTED)})
 
 
 def from_session(
@@ -322,21 +275,6 @@ def from_model(model: Any, label: str = "model") -> ModelSignature:
     outputs = [tensor_spec(v) for v in graph.output]
     metadata = {p.key: p.value for p in model.metadata_props}
     return read_signature(metadata, inputs, outputs, graph_ends_in_softmax(graph), label)
-
-
-def graph_ends_in_softmax(graph: Any) -> bool:
-    """Whether a ``GraphProto``'s first output is produced by a Softmax node."""
-    if not graph.output:
-        return False
-    name = graph.output[0].name
-    producer = next((n for n in graph.node if name in n.output), None)
-    return producer is not None and producer.op_type == "Softmax"
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    """Row-wise softmax over the last axis, in the input's float type."""
-    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -416,8 +354,3 @@ def tensor_spec(value: Any) -> TensorSpec:
         d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
     )
     return TensorSpec(value.name, dtype, dims)
-
-
-def file_ends_in_softmax(data: bytes) -> bool:
-    """``graph_ends_in_softmax`` from a serialized model, for apps without onnx."""
-    return wire.ends_in_softmax(data)

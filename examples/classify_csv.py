@@ -13,11 +13,14 @@ otherwise the id is the row's line number.
 
 Output on stdout, CSV: ``id,label,probability`` — the most probable class and its
 probability — one line per series, written as each batch of ``--batch-size`` rows is done
-(so a stream can be classified as it arrives).
+(so a stream can be classified as it arrives). A batch is checked and classified before
+any of it is written: input that fails in its first batch writes nothing, not even the
+header.
 
 Needs only numpy, onnxruntime and ``dsp_deploy.runtime`` (the core install: runs on a
 Raspberry Pi). Exit status: 0 done; 2 bad input (a missing file or model, a value that
-is not a number, rows of different lengths, series the model cannot take).
+is not a number, rows of different lengths, series the model cannot take); 141, with
+nothing on stderr, when the reader of stdout has gone (``... | head``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -35,6 +39,8 @@ import numpy as np
 
 from dsp_deploy.errors import DspDeployError
 from dsp_deploy.runtime import Classifier, SeriesError
+
+BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer its reader left
 
 
 class InputFileError(ValueError):
@@ -86,20 +92,36 @@ def _value(cell: str, where: str, line_no: int) -> float:
     return value
 
 
+HEADER = ("id", "label", "probability")
+
+
 def classify(clf: Classifier, rows: Iterator[Row], out: TextIO, batch_size: int) -> int:
-    """Write ``id,label,probability`` per row; return how many series were classified."""
+    """Write ``id,label,probability`` per row; return how many series were classified.
+
+    Each batch is read, checked and classified before any of it is written, the header
+    with the first: input that fails in its first batch leaves stdout empty."""
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(("id", "label", "probability"))
     done = 0
     while batch := list(islice(rows, batch_size)):
-        proba = clf.predict_proba(np.array([r.values for r in batch], dtype=np.float64))
-        best = proba.argmax(axis=1)
-        names = clf.classes
-        for row, k, p in zip(batch, best, proba[np.arange(len(best)), best], strict=True):
-            writer.writerow((row.id, names[k] if names else int(k), f"{p:.4f}"))
+        lines = _labelled(clf, batch)
+        writer.writerows([HEADER, *lines] if done == 0 else lines)
         out.flush()
         done += len(batch)
+    if done == 0:
+        writer.writerow(HEADER)
     return done
+
+
+def _labelled(clf: Classifier, batch: list[Row]) -> list[tuple[str, str | int, str]]:
+    """``(id, label, probability)`` of each row: the most probable class."""
+    proba = clf.predict_proba(np.array([r.values for r in batch], dtype=np.float64))
+    best = proba.argmax(axis=1)
+    names = clf.classes
+    top = proba[np.arange(len(best)), best]
+    return [
+        (row.id, names[k] if names else int(k), f"{p:.4f}")
+        for row, k, p in zip(batch, best, top, strict=True)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout,
                 args.batch_size,
             )
+    except BrokenPipeError:  # the reader has gone (``| head``): stop, quietly
+        _drop_stdout()
+        return BROKEN_PIPE
     except (SeriesError, OSError) as e:  # series the model cannot take; unreadable input
         print(f"error: {where}: {e}", file=sys.stderr)
         return 2
@@ -137,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _open(path: str) -> TextIO:

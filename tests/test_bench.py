@@ -12,7 +12,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dsp_deploy import metadata
-from dsp_deploy.bench.results import ModelBench, PairedTimes, Platform, compare, summarise
+from dsp_deploy.bench.results import (
+    BenchReport,
+    ModelBench,
+    PairedTimes,
+    Platform,
+    compare,
+    summarise,
+)
 from dsp_deploy.cost import model_cost
 
 FAST = ("--runs", "20", "--warmup", "2", "--rounds", "2")
@@ -242,3 +249,68 @@ def test_emulated_cortex_a72_run(run_cli, nets) -> None:
     assert doc["models"][0]["results"][0]["runs"] == 3
     (c,) = doc["comparison"]  # the paired rounds ran in the emulated python too
     assert c["clock"] == "thread-cpu" and c["latency_ratio"] > 0
+
+
+# --- the tables for people ----------------------------------------------------------------
+
+LONG_NAMES = ("inceptiontime_gunpoint.onnx", "inceptiontime_gunpoint.pruned.onnx", "x.int8.onnx")
+
+
+def fake_report(batches: tuple[int, ...], threads: tuple[int, ...]) -> BenchReport:
+    """Three models under /some/where: the later ones 2 and 3 times as slow, with 1/2 and
+    1/3 of the first's params, MACs and size."""
+    platform = Platform(
+        "native", False, "x86_64", "x86_64", 2, "Linux", "3.11", "2", "1.32", "CPU", "all"
+    )
+    models = [
+        ModelBench(
+            f"/some/where/{name}", 412_345 // k, 81_234_567 // k, 1_650_000 // k, (1, 1, 150),
+            platform,
+            tuple(
+                summarise(b, t, [[int(1e6 * b * k * (1 + i / 10)) for i in range(10)]] * 3,
+                          (60 + k) << 20, 500)
+                for b in batches for t in threads
+            ),
+        )
+        for k, name in enumerate(LONG_NAMES, start=1)
+    ]  # fmt: skip
+    noise = [1 + (i % 5 - 2) / 100 for i in range(20)]  # per-round ratios k · 0.98 ... k · 1.02
+    rounds = tuple(tuple(1000.0 * k * (n if k > 1 else 1) for n in noise) for k in (1, 2, 3))
+    paired = {(b, t): PairedTimes("thread-cpu", 20, rounds) for b in batches for t in threads}
+    return BenchReport(platform, 52.3, 100, 10, 3, 20, tuple(models), compare(models, 52.3, paired))
+
+
+@pytest.mark.parametrize("threads", [(1,), (1, 4)], ids=["one-thread", "two-threads"])
+def test_tables_fit_80_columns(monkeypatch, capsys, threads: tuple[int, ...]) -> None:
+    from rich.measure import Measurement
+
+    from dsp_deploy.bench import report
+    from dsp_deploy.render import console
+
+    monkeypatch.setenv("COLUMNS", "80")
+    bench = fake_report((1, 64), threads)
+    out = console()
+    report.render(bench, out)
+    text = capsys.readouterr().out
+    assert max(map(len, text.splitlines())) <= 80
+    for table in report.models_table(bench, 80), report.results_table(bench, 80), (
+        report.comparison_table(bench, 80)
+    ):  # fmt: skip
+        assert Measurement.get(out, out.options, table).maximum <= 80  # rich cropped nothing
+    assert "2.000 [1.98, 2.02]" in text and "3.000 [2.97, 3.03]" in text  # paired, quartiles
+    assert "206,172 (0.50)" in text and "27,078,189 (0.33)" in text  # static ratios, once
+    assert "inceptiontim" in text and "pruned.onnx" in text  # shortened in the middle
+    assert ("1 thread" in text) == (threads == (1,)) and (" thr " in text) == (threads != (1,))
+
+
+def test_wide_tables_keep_whole_names_and_every_value(capsys) -> None:
+    from rich.console import Console
+
+    from dsp_deploy.bench import report
+
+    bench = fake_report((1, 64), (1,))
+    report.render(bench, Console(width=200))
+    text = capsys.readouterr().out
+    assert all(name in text for name in LONG_NAMES)
+    rows = [line for line in text.splitlines() if "inceptiontime_gunpoint.pruned.onnx │" in line]
+    assert len(rows) == 2 + 2 + 1  # results at 2 batches, comparison at 2, models

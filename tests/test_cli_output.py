@@ -22,7 +22,16 @@ from dsp_deploy.render import ELLIPSIS, fit, fold_one_channel, middle, progress_
 sys.path.insert(0, str(Path(__file__).parents[1] / "testkit"))
 import onnx_graphs as G  # noqa: E402
 
-COMMANDS = ("bench", "compress", "ensemble", "eval", "inspect", "ops", "sweep", "train")
+
+def _commands() -> tuple[str, ...]:
+    import typer.main
+
+    from dsp_deploy.cli import app
+
+    return tuple(sorted(typer.main.get_group(app).commands))
+
+
+COMMANDS = _commands()
 
 
 @pytest.fixture
@@ -49,10 +58,38 @@ def test_help_has_plain_metavars_panels_an_example_and_exit_codes(
     assert result.code == 0, result.stderr
     text = result.stdout
     assert not re.search(r"<(str|bool|int|float|path|list\[\w+\])>", text, re.I), text
-    assert "{model}" not in text and "MEMBER" not in text
+    assert "{" not in text and "MEMBER" not in text
     assert "Examples" in text and f"dsp-deploy {command}" in text.split("Examples")[1]
     assert "Exit codes" in text and re.search(r"^\s+0\s+done", text, re.M)
     assert command == "ops" or re.search(r"^\s+2\s+bad input", text, re.M)
+
+
+def _panels(text: str) -> dict[str, str]:
+    """Each rich panel's title → its body."""
+    return dict(re.findall(r"╭─ (.+?) ─+╮\n(.*?)╰", text, re.S))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_reads_cleanly_at_80_columns(run_cli, monkeypatch, command: str) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    text = run_cli(command, "--help").stdout
+    usage = text.split("Usage: ")[1].splitlines()[0].split()
+    assert usage[:3] == ["dsp-deploy", command, "[OPTIONS]"], usage
+    assert all(re.fullmatch(r"\[?[A-Z]+\]?(\.\.\.)?", a) for a in usage[3:]), usage
+    panels = _panels(text)
+    holding_json = [t for t, body in panels.items() if "--json" in body]
+    assert [t for t, body in panels.items() if "--help" in body] == (holding_json or ["Options"])
+    examples = text.split("Examples")[1].split("Exit codes")[0].strip().splitlines()
+    assert examples and all(e.startswith("dsp-deploy ") for e in map(str.strip, examples))
+    assert max(map(len, text.splitlines())) <= 80
+    assert ("a check failed" in text) == (command in ("compress", "quantize"))
+
+
+def test_default_outputs_sit_beside_the_input() -> None:
+    from dsp_deploy.commands import beside
+
+    assert beside("runs/a/net.onnx", ".pruned.onnx") == Path("runs/a/net.pruned.onnx")
+    assert beside(Path("net.v2.onnx"), ".int8.onnx") == Path("net.v2.int8.onnx")
 
 
 def test_compress_help_groups_its_options(run_cli, monkeypatch) -> None:

@@ -323,6 +323,16 @@ def _no_output_kind() -> onnx.ModelProto:
     return model
 
 
+def test_members_without_metadata_give_one_warning_naming_them(caplog) -> None:
+    members = [_no_output_kind(), member(4, seed=1), _no_output_kind()]
+    with caplog.at_level("WARNING", logger="dsp_deploy"):
+        combine(members, labels=["a.onnx", "b.onnx", "c.onnx"])
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    text = record.getMessage()
+    assert text.startswith("3 of 3 members have no metadata") and "a.onnx, c.onnx: no" in text
+    assert "b.onnx: no dsp.normalisation, dsp.classes (" in text
+
+
 def _other_domain(version: int) -> onnx.ModelProto:
     model = member(3)
     model.opset_import.append(onnx.helper.make_opsetid("ai.onnx.ml", version))

@@ -139,8 +139,35 @@ def test_app_reports_bad_rows(app, model, tmp_path, capsys, text: str, message: 
     path = tmp_path / "input.csv"
     path.write_text(text)
     assert app.main(["--model", str(model), str(path)]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert re.search(message, err) and err.startswith("error: ") and err.count("\n") == 1
+    assert out == ""  # checked before anything is written: not even the header
+
+
+def test_app_writes_the_rows_before_a_later_bad_batch(app, tmp_path, capsys) -> None:
+    (tmp_path / "in.csv").write_text("0,1,2\n3,-1,0\n1,x,2\n")
+    args = ["--model", str(bare_model(tmp_path)), "--batch-size", "2", str(tmp_path / "in.csv")]
+    assert app.main(args) == 2
+    out, err = capsys.readouterr()
+    assert [r[:2] for r in parse_output(out)] == [("1", "2"), ("2", "0")]
+    assert "line 3: 'x' is not a finite number" in err
+
+
+def test_app_stops_quietly_when_its_reader_goes(tmp_path: Path) -> None:
+    # `classify_csv.py ... | head -n 2`: ~300 kB of output, more than a pipe holds, so the
+    # app is still writing when the reader closes its end.
+    rows = "".join(f"{i % 7},{i % 5},{i % 3}\n" for i in range(20_000))
+    (tmp_path / "in.csv").write_text(rows)
+    args = [str(APP), "--model", str(bare_model(tmp_path, True)), "--batch-size", "100"]
+    command = [sys.executable, *args, str(tmp_path / "in.csv")]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "cwd": ROOT}
+    with subprocess.Popen(command, **pipes) as app:
+        assert app.stdout is not None and app.stderr is not None
+        assert app.stdout.readline() == "id,label,probability\n"
+        assert app.stdout.readline().startswith("1,")
+        app.stdout.close()
+        assert app.wait(timeout=120) == 141
+        assert app.stderr.read() == ""
 
 
 def test_app_header_yes_skips_a_numeric_header(app, model, sample, tmp_path, capsys) -> None:
@@ -207,17 +234,28 @@ def test_readme_snippet_runs_and_prints_what_it_says(model: Path, sample, tmp_pa
     )
 
 
-def test_app_prints_probabilities_for_a_bare_logits_model(app, tmp_path, capsys) -> None:
-    # A user's export: no metadata, logits out. The column is a probability, not a logit.
+BARE = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    net (float[N, 1, 3] x) => (float[N, 3] p) { p = Flatten <axis = 1> (x) }
+"""
+
+
+def bare_model(folder: Path, declared: bool = False) -> Path:
+    """A 3-class "model" whose logits are its input; without metadata unless ``declared``
+    (classes a, b, c; logits of raw series: no missing-metadata warning is due)."""
     import onnx
 
-    model = onnx.parser.parse_model(
-        """
-        <ir_version: 8, opset_import: ["" : 17]>
-        net (float[N, 1, 3] x) => (float[N, 3] p) { p = Flatten <axis = 1> (x) }
-        """
-    )
-    onnx.save(model, tmp_path / "bare.onnx")
+    model = onnx.parser.parse_model(BARE)
+    if declared:
+        keys = {metadata.OUTPUT: "logits", metadata.NORMALISATION: "none"}
+        metadata.write_metadata(model, {**keys, metadata.CLASSES: ["a", "b", "c"]})
+    onnx.save(model, folder / "bare.onnx")
+    return folder / "bare.onnx"
+
+
+def test_app_prints_probabilities_for_a_bare_logits_model(app, tmp_path, capsys) -> None:
+    # A user's export: no metadata, logits out. The column is a probability, not a logit.
+    bare_model(tmp_path)
     (tmp_path / "in.csv").write_text("0,1,2\n3,-1,0\n")
     assert app.main(["--model", str(tmp_path / "bare.onnx"), str(tmp_path / "in.csv")]) == 0
     rows = parse_output(capsys.readouterr().out)

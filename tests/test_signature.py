@@ -332,6 +332,27 @@ def test_the_warning_names_what_was_assumed_and_the_command() -> None:
     )
 
 
+def test_members_share_one_warning_grouped_by_what_was_assumed() -> None:
+    logits = probed(text_model("p = Identity (f)"))  # no metadata at all; logits detected
+    softmaxed = sig.from_model(softmax_text_model())  # a final Softmax: probabilities
+    declared = sig.override(softmaxed, normalisation="none", classes=list("abcd"))
+    members = [(logits, "a.onnx"), (softmaxed, "b.onnx"), (logits, "c.onnx"), (declared, "d")]
+    assert sig.members_warning(members) == (
+        "3 of 4 members have no metadata for what was assumed: a.onnx, c.onnx: no "
+        "dsp.normalisation, dsp.output, dsp.classes (its input goes in raw; its output reads "
+        "as logits (detected); classes are column indices); b.onnx: no dsp.normalisation, "
+        "dsp.classes (its input goes in raw; classes are column indices). Declare it on each: "
+        "dsp-deploy metadata MEMBER --normalisation znorm|none --output logits "
+        "--classes NAME,NAME,... -o OUT.onnx"
+    )
+    hidden = probed(text_model("s = Softmax <axis = 1> (f)\n p = Identity (s)"))
+    assert hidden.output_kind == "probabilities" and hidden.origin("output_kind") == "detected"
+    mixed = sig.members_warning([(logits, "a"), (hidden, "b")])
+    assert mixed is not None and "--output probabilities|logits --classes" in mixed
+    assert mixed.startswith("2 of 2 members") and "b: no dsp.normalisation, dsp.output" in mixed
+    assert sig.members_warning([(declared, "d")]) is None
+
+
 def test_a_classifier_logs_one_warning_and_none_once_declared(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

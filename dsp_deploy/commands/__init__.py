@@ -16,6 +16,9 @@ one ``InputError`` line naming the option (exit 2):
   right suffix (``-o out.txt`` for a model is refused) and it does not exist yet
   (``--no-overwrite``).
 
+``beside(model, suffix)`` is a command's default output, ``<stem><suffix>`` next to its
+input (``model.pruned.onnx``, ``model.int8.onnx``).
+
 ``naming(path)`` prefixes a ``ModelError`` raised by library code that never saw the file
 (e.g. onnxruntime failing on the calibration data) with the model's path.
 """
@@ -32,6 +35,7 @@ from dsp_deploy.errors import InputError, ModelError
 
 __all__ = [
     "at_least",
+    "beside",
     "check_output",
     "choice",
     "finite_at_least",
@@ -39,6 +43,12 @@ __all__ = [
     "naming",
     "positive",
 ]
+
+
+def beside(model: str | os.PathLike, suffix: str) -> Path:
+    """``<stem><suffix>`` in the folder of ``model`` (``net.onnx`` → ``net.pruned.onnx``)."""
+    p = Path(model)
+    return p.with_name(f"{p.stem}{suffix}")
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dsp_deploy.clihelp import add_command
-from dsp_deploy.commands import check_output, naming
+from dsp_deploy.commands import beside, check_output, naming
 from dsp_deploy.options import AUTO, COMPENSATIONS, CRITERIA, CompressOptions, with_changes
 from dsp_deploy.render import Folded
 from dsp_deploy.render_auto import auto_progress, render_search
@@ -59,12 +59,6 @@ NOTHING_TO_PRUNE = (
     "network, dsp_deploy.train.sparsity.dsp_penalty: README, Bring your own model), or try "
     "the lossy --criterion dsp (gated on held-out samples)."
 )
-
-
-def default_output(model: str) -> Path:
-    """``<stem>.pruned.onnx`` beside the input model."""
-    p = Path(model)
-    return p.with_name(f"{p.stem}.pruned.onnx")
 
 
 def compress_command(
@@ -226,7 +220,7 @@ def compress_command(
     # Before the calibration pass, not after it: a bad -o must not cost a whole run.
     sources = [model, calib, eval_file]
     out = check_output(
-        output or default_output(model),
+        output or beside(model, ".pruned.onnx"),
         "--output",
         inputs=sources,
         suffix=".onnx",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dsp_deploy.clihelp import EXIT_CODES, add_command
+from dsp_deploy.clihelp import NO_CHECK_EXIT_CODES, add_command
 
 if TYPE_CHECKING:
     from dsp_deploy.evaluate import EvalResult
@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         "eval",
         eval_command,
         examples=("dsp-deploy eval model.onnx -d GunPont", "dsp-deploy eval model.onnx -d t.npz"),
-        exits={k: v for k, v in EXIT_CODES.items() if k != 1},
+        exits=NO_CHECK_EXIT_CODES,
     )
 
 

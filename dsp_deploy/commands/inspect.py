@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dsp_deploy.clihelp import EXIT_CODES, add_command
+from dsp_deploy.clihelp import NO_CHECK_EXIT_CODES, add_command
 from dsp_deploy.render import Folded, fold_one_channel
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         "inspect",
         inspect_command,
         examples=("dsp-deploy inspect model.onnx", "dsp-deploy inspect model.onnx --calib c.npz"),
-        exits={k: v for k, v in EXIT_CODES.items() if k != 1},
+        exits=NO_CHECK_EXIT_CODES,
     )
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dsp_deploy.clihelp import EXIT_CODES, add_command
+from dsp_deploy.clihelp import NO_CHECK_EXIT_CODES, add_command
 
 if TYPE_CHECKING:
     from dsp_deploy.signature import ModelSignature
@@ -29,10 +29,9 @@ def register(app: typer.Typer) -> None:
         panels={"Declare (writes a copy)": ("classes", "normalisation", "output", "length", "out")},
         examples=(
             "dsp-deploy metadata mine.onnx",
-            "dsp-deploy metadata mine.onnx --classes a,b --normalisation znorm "
-            "--output logits -o mine.declared.onnx",
+            "dsp-deploy metadata mine.onnx --classes a,b --normalisation znorm -o m.onnx",
         ),
-        exits={k: v for k, v in EXIT_CODES.items() if k != 1},
+        exits=NO_CHECK_EXIT_CODES,
     )
 
 

@@ -13,20 +13,26 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dsp_deploy.commands import check_output, naming
+from dsp_deploy.clihelp import add_command
+from dsp_deploy.commands import beside, check_output, naming
 
 if TYPE_CHECKING:
     from dsp_deploy.quantize.pipeline import QuantizeResult
 
 
 def register(app: typer.Typer) -> None:
-    app.command("quantize")(quantize_command)
-
-
-def default_output(model: str) -> Path:
-    """``<stem>.int8.onnx`` beside the input model."""
-    p = Path(model)
-    return p.with_name(f"{p.stem}.int8.onnx")
+    add_command(
+        app,
+        "quantize",
+        quantize_command,
+        panels={
+            "Files": ("calib", "output"),
+            "Checks (gates)": ("holdout", "min_agreement", "max_accuracy_drop", "force"),
+            "INT8": ("target", "max_float", "speed_check"),
+            "Output": ("as_json",),
+        },
+        examples=("dsp-deploy quantize model.pruned.onnx --calib calib.npz --target arm64",),
+    )
 
 
 def quantize_command(
@@ -71,7 +77,7 @@ def quantize_command(
         max_accuracy_drop=max_accuracy_drop, max_float=max_float, speed_check=speed_check,
     )  # fmt: skip
     loaded = io.load_model(model)
-    out = check_output(output or default_output(model), "--output", inputs=[model, calib])
+    out = check_output(output or beside(model, ".int8.onnx"), "--output", inputs=[model, calib])
     calibration = io.load_calibration(calib, loaded)
     with naming(model):
         result = quantize(loaded, calibration, options)

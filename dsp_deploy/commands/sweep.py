@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dsp_deploy.clihelp import EXIT_CODES, add_command
+from dsp_deploy.clihelp import NO_CHECK_EXIT_CODES, add_command
 from dsp_deploy.commands import at_least, finite_at_least, positive
 from dsp_deploy.errors import InputError
 
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 
 def register(app: typer.Typer) -> None:
-    exits = {k: v for k, v in EXIT_CODES.items() if k != 1}
     add_command(
         app,
         "sweep",
@@ -46,11 +45,11 @@ def register(app: typer.Typer) -> None:
             "Output": ("keep_models", "report", "as_json", "quiet"),
         },  # fmt: skip
         examples=("dsp-deploy sweep --datasets GunPont,Coffee --archs lite -o sweep/",),
-        exits=exits,
+        exits=NO_CHECK_EXIT_CODES,
     )
     add_command(
         app, "sweep-report", report_command, examples=("dsp-deploy sweep-report sweep/",),
-        exits=exits,
+        exits=NO_CHECK_EXIT_CODES,
     )  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 
-from dsp_deploy.clihelp import EXIT_CODES, add_command
+from dsp_deploy.clihelp import NO_CHECK_EXIT_CODES, add_command
 from dsp_deploy.commands import check_output, finite_at_least, positive
 
 if TYPE_CHECKING:
@@ -37,9 +37,9 @@ def register(app: typer.Typer) -> None:
         },  # fmt: skip
         examples=(
             "dsp-deploy train --arch lite -d GunPont -o lite.onnx --calib-out calib.npz",
-            "dsp-deploy train --arch lite -d GunPont -o dense.onnx --sparsity 0 --epochs 300",
+            "dsp-deploy train --arch lite -d GunPont -o d.onnx --sparsity 0 --epochs 300",
         ),
-        exits={k: v for k, v in EXIT_CODES.items() if k != 1},
+        exits=NO_CHECK_EXIT_CODES,
     )
 
 

@@ -21,7 +21,7 @@ ensemble ``train --arch litetime --seed S`` gives, up to float32 rounding of the
 * A member whose ``dsp.output`` is ``logits`` gets a Softmax(axis=-1); one without
   ``dsp.output`` is read as every tool reads it (``dsp_deploy.signature``: a final
   Softmax means probabilities, else the kind detected on a probe input), with one
-  warning naming the metadata to set.
+  warning in all naming the members and the metadata to set.
 * Opsets: members at a lower default-domain opset are converted up to the highest with
   ``onnx.version_converter`` (upgrades are what its adapters cover well; downgrades are
   not, e.g. Relu 14 → 13). Other domains must agree on their version.
@@ -64,7 +64,7 @@ from dsp_deploy.ensemble.meta import ensemble_arch, merge_training, write_metada
 from dsp_deploy.ensemble.verify import EnsembleCheck, verify
 from dsp_deploy.errors import InputError, ModelError, OptionError
 from dsp_deploy.passes import Rewrite
-from dsp_deploy.signature import default_warning
+from dsp_deploy.signature import members_warning
 
 logger = logging.getLogger(__name__)
 
@@ -135,12 +135,11 @@ def _signatures(
     if len(labels) != len(members):
         raise OptionError(f"{len(labels)} labels for {len(members)} members; expected one each")
     sigs = [signature(m, label) for m, label in zip(members, labels, strict=True)]
-    for sig in sigs:
-        warning = default_warning(sig.shared, sig.label)
-        if warning is not None:
-            logger.warning("%s", warning)
     for sig in sigs[1:]:
         check_agree(sigs[0], sig)
+    warning = members_warning([(sig.shared, sig.label) for sig in sigs])  # once they agree
+    if warning is not None:
+        logger.warning("%s", warning)
     return sigs
 
 
