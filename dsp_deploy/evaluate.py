@@ -110,6 +110,7 @@ def evaluate(
             f"model {path} outputs {scores.shape[1]} scores per series but its "
             f"{meta.CLASSES} names {len(columns)} classes"
         )
+    _warn_defaults(signature, path)
     predicted = columns[scores.argmax(axis=1)]
     return _result(data, predicted, path, seconds)
 
@@ -132,15 +133,19 @@ def _signature(model: onnx.ModelProto, path: str) -> ModelSignature:
 
 
 def _resolve(signature: ModelSignature, session: ort.InferenceSession, path: str) -> ModelSignature:
-    """The output kind detected as the runtime does, and its one warning on defaults."""
-    sig = detect_output(
+    """The output kind detected as the runtime does (its warning: ``_warn_defaults``)."""
+    return detect_output(
         signature, lambda x: session.run([signature.output_name], {signature.input_name: x})[0],
         f"model {path}",
     )  # fmt: skip
-    warning = default_warning(sig, path)
+
+
+def _warn_defaults(signature: ModelSignature, path: str) -> None:
+    """The runtime's one warning on defaults, once the model is known to fit the data (a
+    bad input stays one line)."""
+    warning = default_warning(signature, path)
     if warning is not None:
         logger.warning("%s", warning)
-    return sig
 
 
 def _expected_dims(signature: ModelSignature) -> tuple[Dim, ...]:

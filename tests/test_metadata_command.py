@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from dsp_deploy import metadata
+from dsp_deploy import declare, metadata
 from dsp_deploy.data import znormalise
 from dsp_deploy.errors import ModelError, OptionError
 from dsp_deploy.runtime import Classifier
@@ -86,11 +86,11 @@ def test_writing_a_copy_that_declares_it(run_cli, tmp_path: Path) -> None:
 
 def test_the_python_functions_match_the_command(tmp_path: Path) -> None:
     model = bare(tmp_path / "mine.onnx", dims="N, 1, T")
-    assert metadata.describe(model).origin("length") == "default"
-    sig = metadata.declare(model, tmp_path / "out.onnx", length=4, normalisation="none")
+    assert declare.describe(model).origin("length") == "default"
+    sig = declare.declare(model, tmp_path / "out.onnx", length=4, normalisation="none")
     assert (sig.length, sig.origin("length"), sig.output_kind) == (4, "metadata", "logits")
     assert sig.origin("output_kind") == "detected"  # a probe with L known at last
-    assert metadata.describe(tmp_path / "out.onnx") == sig
+    assert declare.describe(tmp_path / "out.onnx") == sig
 
 
 @pytest.mark.parametrize(
@@ -115,7 +115,7 @@ def test_bad_declarations_write_nothing(run_cli, tmp_path: Path, args, message: 
 def test_a_final_softmax_declared_as_logits_is_refused(tmp_path: Path) -> None:
     model = bare(tmp_path / "p.onnx", body="p = Softmax <axis = 1> (f)")
     with pytest.raises(OptionError, match="declared --output logits, but on a probe input"):
-        metadata.declare(model, tmp_path / "out.onnx", output="logits")
+        declare.declare(model, tmp_path / "out.onnx", output="logits")
 
 
 @pytest.mark.parametrize(
@@ -140,4 +140,4 @@ def test_bad_outputs_are_refused(run_cli, tmp_path: Path, out, extra, message: s
 def test_a_model_that_cannot_load_is_one_model_error(tmp_path: Path) -> None:
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     with pytest.raises(ModelError):
-        metadata.describe(tmp_path / "bad.onnx")
+        declare.describe(tmp_path / "bad.onnx")

@@ -96,12 +96,12 @@ def guide(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
 
 @pytest.mark.torch
 def test_the_bare_export_reads_as_raw_input_logits(guide) -> None:
-    from dsp_deploy import metadata
+    from dsp_deploy import declare, metadata
 
     work, _, _ = guide
     bare = onnx.load(work / "mine.onnx")
     assert not bare.metadata_props and bare.graph.node[-1].op_type == "Gemm"
-    sig = metadata.describe(work / "mine.onnx")
+    sig = declare.describe(work / "mine.onnx")
     assert (sig.normalisation, sig.output_kind, sig.origin("output_kind")) == (
         "none", "logits", "detected",
     )  # fmt: skip

@@ -1,10 +1,10 @@
 """``dsp-deploy metadata MODEL``: what every tool will do with a model, and how to change it.
 
-Without options it shows the model's signature (``dsp_deploy.metadata.describe``): input
+Without options it shows the model's signature (``dsp_deploy.declare.describe``): input
 name, shape and type, C, L, classes, normalisation and output kind, each with where it
 came from (``metadata``, ``graph``, ``detected`` on a probe input, or ``default``). With
 ``--classes``, ``--normalisation``, ``--output`` or ``--length`` and ``-o OUT.onnx`` it
-writes a copy carrying those keys (``dsp_deploy.metadata.declare``) and shows the copy's.
+writes a copy carrying those keys (``dsp_deploy.declare.declare``) and shows the copy's.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def metadata_command(
     """Show the model's inputs, classes, normalisation and output kind; -o writes a copy
     that declares them (the input is never changed).
     """
-    from dsp_deploy import metadata as meta
+    from dsp_deploy import declare as meta
     from dsp_deploy.commands import check_output
     from dsp_deploy.errors import OptionError
 
