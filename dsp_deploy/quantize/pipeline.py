@@ -121,6 +121,7 @@ class _Built:
     unfused: tuple[str, ...]
     pairs: int
     tried: int
+    notes: tuple[str, ...]
 
 
 def check_quantizable(model: onnx.ModelProto) -> None:
@@ -251,20 +252,21 @@ def _search(ctx: _Context, unfused: tuple[str, ...]) -> fallback.Attempt:
 
 
 def _wide(ctx: _Context, attempt: fallback.Attempt, unfused: tuple[str, ...]):
-    """(candidate, decision report, kept, wide): A16W8 for the layers the fallback kept
-    in float when that passes and runs faster than keeping them float (module doc, 4.)."""
+    """(candidate, decision report, kept, wide, note): A16W8 for the layers the fallback
+    kept in float when that passes and runs faster than keeping them float (module doc, 4.)."""
     keep = (*attempt.candidate, attempt.kept_float, ())
     kept = tuple(n for n in attempt.kept_float if n not in unfused)
     if not (ctx.options.a16 and kept and attempt.passed and ctx.native):
-        return keep
+        return (*keep, None)
     (model, report), failures = _trial(ctx, unfused, kept)
+    what = f"A16W8 for the {len(kept)} layer(s) in float"
     if failures:
-        logger.info("A16W8 for %d layer(s): %s", len(kept), "; ".join(failures))
-        return keep
+        return (*keep, f"{what}: not taken, the decision series fail ({'; '.join(failures)})")
     feeds = {k: np.resize(v, (64, *v.shape[1:])) for k, v in ctx.inputs.items()}
     ratio = speed.paired_ratio(attempt.candidate[0], model, feeds)
-    logger.info("A16W8 for %d layer(s): %.2fx the time with them in float", len(kept), ratio)
-    return (model, report, unfused, kept) if ratio < A16_MARGIN else keep
+    if ratio < A16_MARGIN:
+        return model, report, unfused, kept, f"{what}: taken, {ratio:.2f}x their float time"
+    return (*keep, f"{what}: not taken, {ratio:.2f}x the time with them in float")
 
 
 def _unfused(ctx: _Context) -> tuple[str, ...]:
@@ -282,8 +284,9 @@ def _build(model: onnx.ModelProto, part: Calibration, opts: QuantizeOptions) -> 
     ctx = _Context(float_model, chosen, opts, dict(part.inputs), reference, part.labels, native)
     unfused = _unfused(ctx)
     attempt = _search(ctx, unfused)
-    candidate, decision, kept, wide = _wide(ctx, attempt, unfused)
-    return _Built(candidate, decision, kept, wide, unfused, pairs, attempt.tried)
+    candidate, decision, kept, wide, note = _wide(ctx, attempt, unfused)
+    notes = () if note is None else (note,)
+    return _Built(candidate, decision, kept, wide, unfused, pairs, attempt.tried, notes)
 
 
 def _latency(model: onnx.ModelProto, candidate: onnx.ModelProto, part: Calibration) -> dict:
@@ -363,7 +366,7 @@ def quantize(
                                    latency, (len(part.decide), part.plan.samples)))  # fmt: skip
     return QuantizeResult(
         candidate, scheme, kept, wide, built.unfused, built.pairs, built.decision, held,
-        evaluated, gate, latency, (*notes, *gate.notes), failures, built.tried,
+        evaluated, gate, latency, (*built.notes, *notes, *gate.notes), failures, built.tried,
         time.perf_counter() - start,
     )  # fmt: skip
 
