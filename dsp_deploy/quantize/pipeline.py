@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -316,7 +316,7 @@ def _kfold(
     reports = []
     for j, fold in enumerate(folds):
         others = np.sort(np.concatenate([f for i, f in enumerate(folds) if i != j]))
-        built = _build(model, calibration.take(others), replace(opts, speed_check=False))
+        built = _build(model, calibration.take(others), opts)
         reports.append(_report(model, built.candidate, calibration.take(fold), opts))
         logger.info("fold %d of %d judged: %d series", j + 1, len(folds), len(fold))
     return pool(reports)
@@ -349,24 +349,29 @@ def quantize(
     built = _build(model, decide, opts)
     native = host_target() == opts.target
     notes = [] if native else [f"judged as written: this host is not {opts.target}"]
-    if part.plan.mode == "kfold":
-        notes.append(f"k-fold: the procedure ran {len(part.folds) + 1} times (once per fold)")
     latency = _latency(model, built.candidate, decide) if native and opts.speed_check else None
     candidate, scheme = built.candidate, opts.flavour.label
     if latency and max(latency.values()) >= 1.0:
         notes.append(f"INT8 ran {max(latency.values()):.2f}x the float time here: "
                      "the float model is kept")  # fmt: skip
         candidate, scheme = _copy(model), "float"
-    held, evaluated = _judge(model, built, calibration, evaluation, part, opts)
+    if part.plan.mode == "kfold" and scheme != "float":
+        notes.append(f"k-fold: the procedure ran {len(part.folds) + 1} times (once per fold)")
+    held, evaluated = (
+        (None, None)
+        if scheme == "float"
+        else _judge(model, built, calibration, evaluation, part, opts)
+    )  # the float input needs no judging (nor k more runs)
     folds = len(part.folds) if part.plan.mode == "kfold" else 0
     gate = gate_report(gate_options(opts), built.decision, held, evaluated, folds=folds)
     failures = () if scheme == "float" else gate.failures
     kept, wide = (built.kept_float, built.wide) if scheme != "float" else ((), ())
     stamp(candidate, model, record(opts, scheme, kept, wide, built, held, evaluated, gate,
                                    latency, (len(part.decide), part.plan.samples)))  # fmt: skip
+    judged_notes = gate.notes if scheme != "float" else ()
     return QuantizeResult(
         candidate, scheme, kept, wide, built.unfused, built.pairs, built.decision, held,
-        evaluated, gate, latency, (*built.notes, *notes, *gate.notes), failures, built.tried,
+        evaluated, gate, latency, (*built.notes, *notes, *judged_notes), failures, built.tried,
         time.perf_counter() - start,
     )  # fmt: skip
 
