@@ -18,9 +18,18 @@ from dsp_deploy.errors import ModelError, OptionError
 from dsp_deploy.inference import run_model
 from dsp_deploy.quantize import QuantizeOptions, quantize
 from dsp_deploy.quantize.equalise import equalise, pair_scales
-from dsp_deploy.quantize.fallback import first_passing, harm_order
+from dsp_deploy.quantize.fallback import (
+    configurations,
+    first_passing,
+    probabilities,
+    probability_mse,
+    sensitivity_order,
+)
 
-FAST = QuantizeOptions(speed_check=False, min_agreement=0.0, max_accuracy_drop=1.0)
+# Gates that pass (point estimates, any drop), split mode (no k-fold runs): fast.
+FAST = QuantizeOptions(
+    speed_check=False, min_agreement=0.0, max_accuracy_drop=1.0, confidence=0.5, a16=False
+)
 
 DEPTHWISE_POINTWISE = """
     a = Conv <pads = [1, 1], group = 4> (x4, dw_w)
@@ -78,16 +87,65 @@ def test_fallback_stops_at_the_first_passing_configuration() -> None:
         tried.append(kept)
         return f"model{len(kept)}", () if len(kept) >= 2 else ("too far",)
 
-    attempt = first_passing(("c", "a", "b", "d"), trial)
+    configs = configurations(("x",), ("c", "a", "b", "d"))
+    attempt = first_passing(configs, trial)
     assert attempt.passed and attempt.kept_float == ("c", "a") and attempt.candidate == "model2"
-    assert tried == [(), ("c",), ("c", "a")] and attempt.tried == 3
-    failed = first_passing(("c", "a"), lambda kept: (kept, ("never",)), max_float=1)
+    assert tried == [(), ("x",), ("c",), ("c", "a")] and attempt.tried == 4
+    failed = first_passing(configurations((), ("c", "a"), 1), lambda kept: (kept, ("never",)))
     assert not failed.passed and failed.kept_float == ("c",) and failed.tried == 2
 
 
-def test_harm_order_puts_the_most_harmful_first() -> None:
-    cost = {(): 1.0, ("a",): 0.9, ("b",): 0.2, ("c",): 0.95}
-    assert harm_order(("a", "b", "c"), lambda kept: cost[kept]) == ("b", "a", "c")
+def test_configurations_try_the_input_convs_once_and_within_the_limit() -> None:
+    assert configurations(("a",), ("a", "b"), 2) == ((), ("a",), ("a", "b"))
+    assert configurations(("a", "b", "c"), ("c", "b", "a"), 2) == ((), ("c",), ("c", "b"))
+    assert configurations(("b",), ("a", "b"), 0) == ((),)
+
+
+def test_sensitivity_order_puts_the_most_sensitive_first() -> None:
+    score = {"a": 0.1, "b": 0.7, "c": 0.1}
+    assert sensitivity_order(("a", "b", "c"), score.__getitem__) == ("b", "a", "c")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(-30, 30), min_size=6, max_size=6))
+def test_probability_mse_compares_softmax_of_logits(values: list[float]) -> None:
+    logits = np.array(values).reshape(2, 3)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(probabilities(logits), p, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(probabilities(p), p)  # already probabilities: kept
+    other = p[::-1]
+    assert probability_mse([p], [other]) == pytest.approx(np.mean(np.sum((p - other) ** 2, 1)))
+    assert probability_mse([logits], [logits]) == 0.0
+
+
+def test_wide_nodes_get_16_bit_activations_and_stay_closer_to_float() -> None:
+    from dsp_deploy.quantize import ranges
+    from dsp_deploy.quantize.build import quantize_qdq
+    from dsp_deploy.quantize.options import FLAVOURS
+
+    model = onnx_graphs.chain(dead1=(), dead2=())
+    for i, node in enumerate(model.graph.node):
+        node.name = f"n{i}"  # as the prepared models have (wide names nodes)
+    x = onnx_graphs.inputs(16)
+    acts = ranges.activations(model, {"x": x}, ranges.float_tensors(model))
+    chosen = {k: ranges.choose_range(v) for k, v in acts.items()}
+    convs = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    narrow = quantize_qdq(model, chosen, FLAVOURS["x86"])
+    wide = quantize_qdq(model, chosen, FLAVOURS["x86"], wide=convs)
+    types = {t.data_type for t in wide.graph.initializer if t.name.endswith("zero_point")}
+    assert onnx.TensorProto.UINT16 in types
+    assert onnx.TensorProto.UINT16 not in {
+        t.data_type for t in narrow.graph.initializer if t.name.endswith("zero_point")
+    }
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in wide.graph.initializer}
+    wide_q = [n for n in wide.graph.node if n.op_type == "QuantizeLinear"
+              and init[n.input[2]].dtype == np.uint16]  # fmt: skip
+    assert {n.input[0] for n in wide_q} >= {"x"}  # the first conv's input at 16 bits
+    for q in wide_q:  # the chosen range on the 16-bit grid
+        r = chosen[q.input[0]]
+        assert float(init[q.input[1]]) == pytest.approx((r.hi - r.lo) / 65535, rel=1e-5)
+    np.testing.assert_allclose(_outputs(wide, x), _outputs(model, x), atol=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +202,15 @@ def test_cli_contract(run_cli, files, tmp_path: Path) -> None:
     before = {k: p.read_bytes() for k, p in files.items()}
     out = tmp_path / "m.int8.onnx"
     fragile = {**files, "model": files["fragile"]}
-    failed = _cli(run_cli, fragile, out, "--max-float", "0", "--holdout", "0.5")
+    few = _cli(run_cli, files, out)  # 40 series: compress's refusal, before the run
+    assert few.code == 2 and "too few for the gates" in few.stderr and "133" in few.stderr
+    assert len(few.stderr.strip().splitlines()) == 1 and not out.exists()
+    failed = _cli(run_cli, fragile, out, "--max-float", "0", "--eval", files["calib"],
+                  "--confidence", "0.5", "--json")  # fmt: skip
     assert failed.code == 1, failed.stderr  # class scores 1e-4 apart: INT8 flips them
     assert not out.exists() and "not written" in failed.stderr
+    judged = json.loads(failed.stdout.splitlines()[0])
+    assert judged["gates"]["judged"] == "eval" and judged["eval"]["samples"] == 40
     ok = _cli(run_cli, files, out, "--min-agreement", "0", "--max-accuracy-drop", "1", "--json")
     assert ok.code == 0, ok.stderr
     answer = json.loads(ok.stdout)
@@ -199,3 +263,30 @@ def test_ensemble_takes_the_int8_model(run_cli, int8_file: Path, tmp_path: Path)
     assert answer.code == 0, answer.stderr
     ens = onnx.load(out)
     assert sum(n.op_type == "DequantizeLinear" for n in ens.graph.node) > 0
+
+
+def test_input_nodes_are_the_convs_reading_the_series() -> None:
+    from dsp_deploy.quantize.pipeline import input_nodes
+
+    model = onnx_graphs.lite_like(dead_concat=(), dead_dw1=())
+    for i, node in enumerate(model.graph.node):
+        node.name = f"n{i}"
+    convs = tuple(n.name for n in model.graph.node if n.op_type == "Conv")
+    expected = tuple(n.name for n in model.graph.node if n.op_type == "Conv" and "x" in n.input)
+    assert expected and input_nodes(model, convs) == expected
+    assert input_nodes(model, convs[len(expected) :]) == ()
+
+
+@pytest.mark.slow
+def test_few_series_are_judged_over_k_folds_pooled(files) -> None:
+    model = io.load_model(files["model"])
+    calibration = io.load_calibration(files["calib"], model)
+    options = QuantizeOptions(speed_check=False, a16=False, max_float=1)
+    result = quantize(model, calibration, options)
+    assert result.gate.judged == "kfold" and result.gate.folds == 5
+    assert result.holdout.samples == 40 and result.evaluation is None
+    assert any("5 folds" in note for note in result.notes)
+    # 40 series cannot certify a 2-point drop: the bound refuses, however well it did.
+    assert any(f.startswith("held-out accuracy drop up to") for f in result.failures)
+    record = json.loads({p.key: p.value for p in result.model.metadata_props}["dsp.quantize"])
+    assert record["gates"]["judged"] == "kfold" and record["calibration_samples"] == [40, 40]

@@ -1,8 +1,11 @@
 """``dsp-deploy quantize MODEL --calib NPZ``: INT8 that keeps accuracy, gated, written atomically.
 
 Exit 0: written (gates passed, or ``--force``); 1: a gate failed, nothing written;
-2: bad input (an already quantized model, no Conv, a calibration file that does not fit,
-bad options, output path). Default output: ``<stem>.int8.onnx`` beside MODEL.
+2: bad input (an already quantized model, no Conv, a calibration or ``--eval`` file that
+does not fit, bad options, output path), or series too few for the gates at
+``--confidence`` (``compress.holdout``, the same line as ``compress``: it says how many
+they need; ``--force`` proceeds and says what cannot be seen). Default output:
+``<stem>.int8.onnx`` beside MODEL.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ def register(app: typer.Typer) -> None:
         "quantize",
         quantize_command,
         panels={
-            "Files": ("calib", "output"),
-            "Checks (gates)": ("holdout", "min_agreement", "max_accuracy_drop", "force"),
+            "Files": ("calib", "eval_file", "output"),
+            "Checks (gates)": (
+                "holdout", "min_agreement", "max_accuracy_drop", "confidence", "force"
+            ),
             "INT8": ("target", "max_float", "speed_check"),
             "Output": ("as_json",),
         },
@@ -46,14 +51,41 @@ def quantize_command(
     target: Annotated[str, typer.Option("--target", help="x86 | arm64.")] = "x86",
     holdout: Annotated[
         float,
-        typer.Option("--holdout", help="Fraction of calibration samples held out to gate on."),
+        typer.Option("--holdout", help="Fraction held out to gate on (few series: 1/this folds)."),
     ] = 0.2,
     min_agreement: Annotated[
-        float, typer.Option("--min-agreement", help="Held-out argmax agreement gate.")
-    ] = 0.99,
+        float | None,
+        typer.Option(
+            "--min-agreement",
+            help="The upper confidence bound of the judged disagreement rate must be <= "
+            "1 - this. Default: 0.98 without labels; with labels, none (accuracy decides).",
+            show_default=False,
+        ),
+    ] = None,
     max_accuracy_drop: Annotated[
-        float, typer.Option("--max-accuracy-drop", help="Accuracy drop gate (with labels).")
-    ] = 0.01,
+        float,
+        typer.Option(
+            "--max-accuracy-drop",
+            help="With labels: the upper confidence bound of the judged accuracy drop "
+            "must be <= this.",
+        ),
+    ] = 0.02,
+    confidence: Annotated[
+        float,
+        typer.Option(
+            "--confidence",
+            help="One-sided confidence of the gates' bounds, in [0.5, 1). 0.95 needs >= "
+            "133 judged series for the default gates.",
+        ),
+    ] = 0.95,
+    eval_file: Annotated[
+        str | None,
+        typer.Option(
+            "--eval",
+            help="A separate .npz (x, optional labels y, as --calib) the gates judge "
+            "instead of held-out calibration series; the decision then sees all of --calib.",
+        ),
+    ] = None,
     max_float: Annotated[
         int, typer.Option("--max-float", help="At most this many layers kept in float.")
     ] = 8,
@@ -69,27 +101,47 @@ def quantize_command(
 ) -> None:
     """Quantize to INT8 (QDQ, per-channel weights), keeping accuracy; gated like compress."""
     from dsp_deploy import io
-    from dsp_deploy.errors import VerificationError
+    from dsp_deploy.errors import CalibrationError, VerificationError
     from dsp_deploy.quantize import QuantizeOptions, quantize
+    from dsp_deploy.quantize.pipeline import gate_options, judged_partition
 
     options = QuantizeOptions(
         target=target, holdout=holdout, min_agreement=min_agreement,
-        max_accuracy_drop=max_accuracy_drop, max_float=max_float, speed_check=speed_check,
+        max_accuracy_drop=max_accuracy_drop, confidence=confidence, max_float=max_float,
+        speed_check=speed_check,
     )  # fmt: skip
     loaded = io.load_model(model)
-    out = check_output(output or beside(model, ".int8.onnx"), "--output", inputs=[model, calib])
+    sources = [s for s in (model, calib, eval_file) if s]
+    out = check_output(output or beside(model, ".int8.onnx"), "--output", inputs=sources)
     calibration = io.load_calibration(calib, loaded)
+    evaluation = _load_eval(eval_file, loaded)
+    judged = judged_partition(options, calibration, evaluation).plan
+    if not judged.enough and not force:  # before the run: it could pass no candidate
+        raise CalibrationError(f"{eval_file or calib}: {judged.shortfall(gate_options(options))}")
     with naming(model):
-        result = quantize(loaded, calibration, options)
+        result = quantize(loaded, calibration, options, evaluation)
     write = result.verified or force
     if write:
-        io.save_model(result.model, out, inputs=[model, calib])
+        io.save_model(result.model, out, inputs=sources)
     if as_json:
         typer.echo(json.dumps(_as_dict(result, model, out, write)))
     else:
         _render(result, model, out, write)
     if not result.verified and not force:
         raise VerificationError(f"{model}: not written ({'; '.join(result.failures)})")
+
+
+def _load_eval(path: str | None, model):
+    """The ``--eval`` set, checked like a calibration file; its errors name ``--eval``."""
+    from dsp_deploy import io
+    from dsp_deploy.errors import CalibrationError
+
+    if path is None:
+        return None
+    try:
+        return io.load_calibration(path, model)
+    except CalibrationError as e:
+        raise CalibrationError(f"--eval: {e}") from e
 
 
 def _as_dict(result: QuantizeResult, model: str, out: Path, written: bool) -> dict:
@@ -99,10 +151,13 @@ def _as_dict(result: QuantizeResult, model: str, out: Path, written: bool) -> di
         "verified": result.verified,
         "scheme": result.scheme,
         "kept_float": list(result.kept_float),
+        "a16w8": list(result.wide),
         "unfused": list(result.unfused),
         "equalised": result.equalised,
         "decision": result.decision.as_dict(),
         "holdout": None if result.holdout is None else result.holdout.as_dict(),
+        "eval": None if result.evaluation is None else result.evaluation.as_dict(),
+        "gates": result.gate.as_dict(),
         "latency_ratio": result.latency_ratio,
         "notes": list(result.notes),
         "failures": list(result.failures),
@@ -119,8 +174,13 @@ def _render(result: QuantizeResult, model: str, out: Path, written: bool) -> Non
         console.print(f"quantize {model}: the float model is kept (INT8 does not pay here)")
     else:
         kept = len(result.kept_float)
-        console.print(f"quantize {model}: {result.scheme}, {kept} layer(s) kept in float")
-    pairs = (("INT8 on the decision part", result.decision), ("held-out", result.holdout))
+        wide = f", {len(result.wide)} with 16-bit activations" if result.wide else ""
+        console.print(f"quantize {model}: {result.scheme}, {kept} layer(s) kept in float{wide}")
+    pairs = (
+        ("INT8 on the decision part", result.decision),
+        ("held-out", result.holdout),
+        ("eval", result.evaluation),
+    )
     for label, report in pairs:
         if report is not None:
             acc = "" if report.accuracy is None else (

@@ -11,7 +11,8 @@ A target names the CPU family the INT8 model is for and fixes its flavour
   fuses on aarch64 and onnxruntime recommends symmetric-friendly int8 there. An
   asymmetric int8 grid is the uint8 grid shifted by 128, so accuracy is the same.
 
-The gates are compress's (``compress.gates``) with the same defaults.
+The gates are compress's (``compress.gates``: one-sided confidence bounds on the judged
+series, ``compress.holdout.partition``) with the same defaults.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import platform
 from dataclasses import dataclass
 
 from dsp_deploy.checks import at_least, choice, fraction, positive
+from dsp_deploy.errors import OptionError
 from dsp_deploy.quantize.build import Flavour
 
 __all__ = ["FLAVOURS", "TARGETS", "QuantizeOptions", "host_target"]
@@ -42,13 +44,15 @@ class QuantizeOptions:
     """The settings of one ``quantize`` run; see ``quantize.pipeline`` for their effect."""
 
     target: str = "x86"  # TARGETS
-    holdout: float = 0.2  # fraction of the calibration samples held out to gate on
-    min_agreement: float = 0.99  # held-out argmax agreement gate
-    max_accuracy_drop: float = 0.01  # accuracy drop gate (with labels)
+    holdout: float = 0.2  # held out to gate on (split), or 1/holdout folds (k-fold)
+    min_agreement: float | None = None  # agreement gate (None: compress's default)
+    max_accuracy_drop: float = 0.02  # gate (with labels): upper bound of the drop <= this
+    confidence: float = 0.95  # one-sided level of the gates' bounds (compress.bounds)
     equalise: bool = True  # cross-layer equalisation
     bias_correction: bool = True
     max_float: int | None = 8  # at most this many layers kept in float (None: any)
     speed_check: bool = True  # keep float where INT8 does not run faster (host = target)
+    a16: bool = True  # try 16-bit activations for the layers the fallback keeps in float
     batch_size: int = 64
     threads: int | None = None
     seed: int = 0
@@ -56,7 +60,10 @@ class QuantizeOptions:
     def __post_init__(self) -> None:
         choice("--target", self.target, TARGETS)
         fraction("--holdout", self.holdout, closed=False)
-        fraction("--min-agreement", self.min_agreement)
+        if self.min_agreement is not None:
+            fraction("--min-agreement", self.min_agreement)
+        if not 0.5 <= self.confidence < 1:  # also catches NaN
+            raise OptionError(f"--confidence {self.confidence}: expected a number in [0.5, 1)")
         fraction("--max-accuracy-drop", self.max_accuracy_drop)
         positive("--batch-size", self.batch_size)
         positive("--threads", self.threads)

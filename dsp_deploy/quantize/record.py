@@ -3,10 +3,11 @@
 A JSON object: ``source_sha256`` (of the serialized input model), ``scheme`` (the
 flavour, e.g. ``QDQ U8S8``, or ``float`` when INT8 was not kept), ``target``,
 ``per_channel`` weights, ``kept_float`` (nodes left in float by the fallback),
-``unfused`` (Convs onnxruntime would not fuse into an integer op here, left float),
-``equalised`` pairs, ``bias_correction``, the decision and held-out reports,
+``a16w8`` (nodes with 16-bit activations), ``unfused`` (Convs onnxruntime would not
+fuse into an integer op here, left float), ``equalised`` pairs, ``bias_correction``,
+the decision, held-out and eval reports, ``gates`` (``compress.gates.GateReport``),
 ``latency_ratio`` (INT8 / float, one thread, per batch; null when not measured) and
-``calibration_samples`` [decision, held out].
+``calibration_samples`` [decision, judged].
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import onnx
 
 from dsp_deploy import metadata
+from dsp_deploy.compress.gates import GateReport
 from dsp_deploy.compress.verify import ParityReport
 from dsp_deploy.quantize.options import QuantizeOptions
 
@@ -29,24 +31,29 @@ def record(
     options: QuantizeOptions,
     scheme: str,
     kept_float: tuple[str, ...],
-    unfused: tuple[str, ...],
-    equalised: int,
-    decision: ParityReport,
+    wide: tuple[str, ...],
+    built: Any,
     holdout: ParityReport | None,
+    evaluation: ParityReport | None,
+    gate: GateReport,
     latency: dict[int, float] | None,
     samples: tuple[int, int],
 ) -> dict[str, Any]:
-    """The record (module docstring) of one run, less ``source_sha256``."""
+    """The record (module docstring) of one run, less ``source_sha256``; ``built`` is
+    the pipeline's build (``unfused``, ``pairs``, ``decision``)."""
     return {
         "scheme": scheme,
         "target": options.target,
         "per_channel": True,
         "kept_float": list(kept_float),
-        "unfused": list(unfused),
-        "equalised": equalised,
+        "a16w8": list(wide),
+        "unfused": list(built.unfused),
+        "equalised": built.pairs,
         "bias_correction": options.bias_correction,
-        "decision": decision.as_dict(),
+        "decision": built.decision.as_dict(),
         "holdout": None if holdout is None else holdout.as_dict(),
+        "eval": None if evaluation is None else evaluation.as_dict(),
+        "gates": gate.as_dict(),
         "latency_ratio": None if latency is None else {str(k): v for k, v in latency.items()},
         "calibration_samples": list(samples),
     }
