@@ -76,6 +76,7 @@ COLUMNS: tuple[str, ...] = (
     "accuracy_none",  # dsp-onnx-rule under each compensation (COMPENSATIONS)
     "accuracy_mean",
     "accuracy_lstsq",
+    "accuracy_reconstruct",
     "accuracy_unpruned",  # the sparse model before compression (dsp-onnx, -exact, -rule)
     "train_accuracy",
     "params",
