@@ -122,13 +122,13 @@ def worker(name: str, n: int, profile: str | None) -> dict:
     return {**row, "cpu_seconds": cpu, "peak_rss_mb": peak, **_summary(text)}
 
 
-def measure(name: str, n: int) -> dict:
-    calibration_file(name, n)  # synthesised outside the measured process
-    cmd = [sys.executable, __file__, "--worker", name, "--series", str(n)]
+def measure(key: str, n: int) -> dict:
+    calibration_file(MODELS[key], n)  # synthesised outside the measured process
+    cmd = [sys.executable, __file__, "--worker", key, "--series", str(n)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode:
-        raise RuntimeError(f"{name} {n}: {done.stderr[-2000:]}")
+        raise RuntimeError(f"{key} {n}: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -141,7 +141,8 @@ def _markdown(runs: dict) -> str:
         "wall seconds include waiting. Targets: LITE ≤ 60 s, Inception ≤ 600 s at 1,000",
         "series; RSS(10,000) / RSS(1,000) ≤ 1.1.",
         "",
-        "| label | model | series | wall s | CPU s | peak RSS MB | RSS ratio | chosen | MACs removed |",
+        "| label | model | series | wall s | CPU s | peak RSS MB | RSS ratio | chosen "
+        "| MACs removed |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, rows in runs.items():
@@ -176,10 +177,12 @@ def main() -> None:
         return
     path = RESULTS / "auto_speed.json"
     saved = json.loads(path.read_text()) if path.exists() else {"runs": {}}
-    rows = [measure(MODELS[m], n) for m in args.models for n in args.series]
+    rows = [measure(m, n) for m in args.models for n in args.series]
     for r in rows:
         print(json.dumps({k: v for k, v in r.items() if k != "curve"}), flush=True)
-    saved["runs"][args.label] = rows
+    fresh = {(r["model"], r["series"]) for r in rows}
+    kept = [r for r in saved["runs"].get(args.label, []) if (r["model"], r["series"]) not in fresh]
+    saved["runs"][args.label] = kept + rows
     saved["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "load": os.getloadavg()}  # fmt: skip
     path.write_text(json.dumps(saved, indent=1) + "\n")
