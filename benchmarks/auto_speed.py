@@ -132,6 +132,43 @@ def measure(key: str, n: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+NOTES = """
+## Where the time goes (cProfile, Inception, one reconstruction of 1,000 series)
+
+At 1,000 series the default gates judge by 5 folds, so a search of 6 candidates runs
+6 × (1 + 5) = 36 reconstructions; they are the whole cost (LITE: 123 of 132 s under the
+profiler). One Inception reconstruction (11 levels, 512 series; after the ``upto``
+cut below, before the ``conv_gram`` change): onnxruntime passes ≈ 40%,
+``conv_gram.conv_sums`` ≈ 50% (of it, ``np.cumsum`` along the positions of the
+(L, C, C) lag products ≈ 60%), the ridge grid's solves ≈ 8%.
+
+Changes (results identical up to float rounding: the same chosen depth and curve):
+
+* ``reconstruct.upto``: each level's passes run the model cut to the nodes that level's
+  tensors need (onnxruntime runs every node whatever is fetched: fetching an early
+  tensor cost the same as the logits, measured). CPU per reconstruction, same run
+  order: LITE 2.97 → 2.23 s, Inception 66.8 → 52.5 s (``--criterion dsp
+  --compensation reconstruct`` on 1,000 series, one reconstruction).
+* ``conv_gram``: prefix sums only at the 2(k − δ) window ends (``np.add.reduceat``,
+  then a cumsum over the segments) instead of a cumsum over every position; conv_sums
+  0.21–0.27 → 0.18–0.23 s CPU for a (64, 32, 150) batch at k = 40 (G equal to 5e-16).
+* ``auto``: one pass of the original over the decision part serves the decision
+  report and the k-fold reference (was two).
+
+Not done (measured, left): the ridge grid's 9 LU solves per consumer (≈ 8%; an eigen-
+or Cholesky-based grid costs about as much as 9 solves at F ≈ 1,300); sharing the lag
+products of an Inception module's three convs, which read one bottleneck output
+(≈ 40% of conv_sums); caching the original's target activations across candidates
+(exact, but O(512 · channels · L) per fold: ≈ 300 MB per input set for Inception).
+
+Memory: the statistics pass (``calibrate.Probe.statistics``) keeps running sums per
+batch; a reconstruction reads a seeded subset of at most ``reconstruct.MAX_SAMPLES``
+= 512 series; only the outputs (N × classes) and the calibration array itself grow
+with N. At 10,000 series the gates judge a held-out part (2,000 series), so the search
+runs 6 reconstructions instead of 36: fewer seconds than at 1,000.
+"""
+
+
 def _markdown(runs: dict) -> str:
     lines = [
         "# `compress --criterion auto`: time and peak RSS",
@@ -156,7 +193,7 @@ def _markdown(runs: dict) -> str:
                 f"{r['cpu_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {ratio:.3f} | "
                 f"{r.get('chosen_units')} | {removed:.1%} |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + NOTES
 
 
 def main() -> None:
