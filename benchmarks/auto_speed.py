@@ -161,6 +161,12 @@ products of an Inception module's three convs, which read one bottleneck output
 (≈ 40% of conv_sums); caching the original's target activations across candidates
 (exact, but O(512 · channels · L) per fold: ≈ 300 MB per input set for Inception).
 
+Inception, 1,000 series, after these changes: not finished when stopped at 18.4 CPU
+min (25 min wall at load 8–9 on the 2 cores): the 600 s target is **not met**; before,
+an unfinished profiled run had reached 9.4 CPU min after 27 min wall. The 36
+reconstructions (≈ 25–50 CPU s each) are the cost; Inception at 10,000 series was not
+reached.
+
 Memory: the statistics pass (``calibrate.Probe.statistics``) keeps running sums per
 batch; a reconstruction reads a seeded subset of at most ``reconstruct.MAX_SAMPLES``
 = 512 series; only the outputs (N × classes) and the calibration array itself grow
