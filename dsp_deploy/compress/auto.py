@@ -132,9 +132,10 @@ def auto_plan(
         return 1 - after.macs / max(before.macs, 1), 1 - after.params / max(before.params, 1)
 
     tol = (settings.atol, settings.rtol)
+    mine = outputs_of(original, part.inputs)  # one pass: the decision's and the folds' reference
     if judged.mode == "kfold":
         held_of = _kfold_judge(model, analysis, judged, settings, cum, plan_at, rewrite,
-                               outputs_of(original, part.inputs), outputs_of, tol)  # fmt: skip
+                               mine, outputs_of, tol)  # fmt: skip
     else:
         reference = outputs_of(original, judged.held.inputs)
 
@@ -146,7 +147,7 @@ def auto_plan(
         helds[n] = held_of(n, m)
         return helds[n]
 
-    decision = (outputs_of(original, part.inputs), part.inputs, part.labels)
+    decision = (mine, part.inputs, part.labels)
     judge = Judge(decision, remembered, judged.labelled, tol,
                   lambda d, h: _gate(opts, judged, d, h))  # fmt: skip
     report, chosen = search(len(ranking.order), cum, build, cost, judge, outputs_of, progress)

@@ -23,13 +23,20 @@ import numpy as np
 __all__ = ["conv_sums"]
 
 
-def _lag_block(xt: np.ndarray, xq: np.ndarray, shift: int) -> np.ndarray:
-    """Prefix sums over s of Σ_n x[n, c, s] x[n, c', s + shift]: (L_p − shift + 1, C, C)."""
+def _lag_block(
+    xt: np.ndarray, xq: np.ndarray, shift: int, starts: np.ndarray, length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(points, S): S[j] = Σ_{s < points[j]} Σ_n x[n, c, s] x[n, c', s + shift], only at
+    the window ends ``starts`` and ``starts + length`` (and 0): one ``reduceat`` pass
+    over the products, then a prefix sum over the few segments it leaves (a cumsum
+    along the positions of a (m, C, C) array is several times slower)."""
     m = xt.shape[0] - shift
     product = np.matmul(xt[:m], xq[shift : shift + m])  # (m, C, N) @ (m, N, C)
-    cum = np.zeros((m + 1, *product.shape[1:]))
-    np.cumsum(product, axis=0, out=cum[1:])
-    return cum
+    points = np.unique(np.concatenate([[0], starts, starts + length]))
+    inner = points[points < m]
+    cum = np.zeros((len(inner) + 1, *product.shape[1:]))
+    np.cumsum(np.add.reduceat(product, inner, axis=0), axis=0, out=cum[1:])
+    return np.append(inner, m), cum
 
 
 def conv_sums(
@@ -45,9 +52,12 @@ def conv_sums(
     xq = np.ascontiguousarray(xp.transpose(2, 0, 1))  # (L_p, N, C)
     g = np.empty((f + 1, f + 1))
     for delta in range(kernel):
-        cum = _lag_block(xt, xq, delta * dilation)
+        starts = np.arange(kernel - delta) * dilation
+        points, cum = _lag_block(xt, xq, delta * dilation, starts, lout)
+        at = np.searchsorted(points, starts)
+        end = np.searchsorted(points, starts + lout)
         for i in range(kernel - delta):
-            block = cum[i * dilation + lout] - cum[i * dilation]
+            block = cum[end[i]] - cum[at[i]]
             g[i:f:kernel, i + delta : f : kernel] = block
             g[i + delta : f : kernel, i:f:kernel] = block.T
     sums = np.zeros((c, lp + 1))
