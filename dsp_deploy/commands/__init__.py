@@ -37,6 +37,7 @@ __all__ = [
     "at_least",
     "beside",
     "check_output",
+    "load_eval",
     "choice",
     "finite_at_least",
     "fraction",
@@ -97,3 +98,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def load_eval(path: str | None, model):
+    """The ``--eval`` set, checked like a calibration file; its errors name ``--eval``."""
+    from dsp_deploy import io
+    from dsp_deploy.errors import CalibrationError
+
+    if path is None:
+        return None
+    try:
+        return io.load_calibration(path, model)
+    except CalibrationError as e:
+        raise CalibrationError(f"--eval: {e}") from e

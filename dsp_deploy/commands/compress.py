@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dsp_deploy.clihelp import add_command
-from dsp_deploy.commands import beside, check_output, naming
+from dsp_deploy.commands import beside, check_output, load_eval, naming
 from dsp_deploy.options import AUTO, COMPENSATIONS, CRITERIA, CompressOptions, with_changes
 from dsp_deploy.render_auto import auto_progress
 from dsp_deploy.render_compress import as_dict, render
@@ -216,7 +216,7 @@ def compress_command(
         overwrite=not no_overwrite,
     )
     calibration = io.load_calibration(calib, loaded)
-    evaluation = _load_eval(eval_file, loaded)
+    evaluation = load_eval(eval_file, loaded)
     judged = partition(options, calibration, evaluation).plan
     if not judged.enough and not force:  # before the run: it could pass no candidate
         raise CalibrationError(f"{eval_file or calib}: {judged.shortfall(options)}")
@@ -252,16 +252,3 @@ def _echo_json(report: dict, refusal: str | None) -> None:
 
     error_line(refusal)
     raise typer.Exit(code)
-
-
-def _load_eval(path: str | None, model):
-    """The ``--eval`` set, checked like a calibration file; its errors name ``--eval``."""
-    from dsp_deploy import io
-    from dsp_deploy.errors import CalibrationError
-
-    if path is None:
-        return None
-    try:
-        return io.load_calibration(path, model)
-    except CalibrationError as e:
-        raise CalibrationError(f"--eval: {e}") from e

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dsp_deploy.clihelp import add_command
-from dsp_deploy.commands import beside, check_output, naming
+from dsp_deploy.commands import beside, check_output, load_eval, naming
 
 if TYPE_CHECKING:
     from dsp_deploy.quantize.pipeline import QuantizeResult
@@ -31,7 +31,11 @@ def register(app: typer.Typer) -> None:
         panels={
             "Files": ("calib", "eval_file", "output"),
             "Checks (gates)": (
-                "holdout", "min_agreement", "max_accuracy_drop", "confidence", "force"
+                "holdout",
+                "min_agreement",
+                "max_accuracy_drop",
+                "confidence",
+                "force",
             ),
             "INT8": ("target", "max_float", "speed_check"),
             "Output": ("as_json",),
@@ -114,7 +118,7 @@ def quantize_command(
     sources = [s for s in (model, calib, eval_file) if s]
     out = check_output(output or beside(model, ".int8.onnx"), "--output", inputs=sources)
     calibration = io.load_calibration(calib, loaded)
-    evaluation = _load_eval(eval_file, loaded)
+    evaluation = load_eval(eval_file, loaded)
     judged = judged_partition(options, calibration, evaluation).plan
     if not judged.enough and not force:  # before the run: it could pass no candidate
         raise CalibrationError(f"{eval_file or calib}: {judged.shortfall(gate_options(options))}")
@@ -129,19 +133,6 @@ def quantize_command(
         _render(result, model, out, write)
     if not result.verified and not force:
         raise VerificationError(f"{model}: not written ({'; '.join(result.failures)})")
-
-
-def _load_eval(path: str | None, model):
-    """The ``--eval`` set, checked like a calibration file; its errors name ``--eval``."""
-    from dsp_deploy import io
-    from dsp_deploy.errors import CalibrationError
-
-    if path is None:
-        return None
-    try:
-        return io.load_calibration(path, model)
-    except CalibrationError as e:
-        raise CalibrationError(f"--eval: {e}") from e
 
 
 def _as_dict(result: QuantizeResult, model: str, out: Path, written: bool) -> dict:
