@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dsp_deploy.errors import InputError
-from dsp_deploy.options import CRITERIA
+from dsp_deploy.options import CRITERIA, CompressOptions
 from dsp_experiments.measure import accuracy, dense_cost, dense_model, paired_latency, predict
 from dsp_experiments.training import (
     SWEEP_COMPRESS,
@@ -290,7 +290,10 @@ def _post_training(task: Task, train: Dataset, upstream: TaskOutput | None) -> _
     """The upstream's ONNX compressed under the variant's criterion, nothing retrained."""
     model, fields = _upstream_model(task, train, upstream)
     criterion = REGISTERED[task.variant].criterion
-    options = replace(SWEEP_COMPRESS, criterion=criterion, threads=task.threads)
+    # auto judges its candidates on held-out series (k folds on small sets), as the CLI
+    # does: the sweep's holdout 0 would leave it nothing to judge on.
+    holdout = CompressOptions().holdout if criterion == "auto" else SWEEP_COMPRESS.holdout
+    options = replace(SWEEP_COMPRESS, criterion=criterion, threads=task.threads, holdout=holdout)
     result = compress(model, train, options)
     return _Built(result.model, {**fields, **compressed_fields(result)}, scored={"unpruned": model})
 

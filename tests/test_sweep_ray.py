@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from dsp_experiments.results import ResultsStore, row_key
+from dsp_experiments.tasks import VARIANTS
 
 pytest.importorskip("ray")
 pytest.importorskip("torch")
@@ -74,7 +75,7 @@ def test_killed_sweep_resumes_with_every_row_once(tmp_path, local_ray, run_cli) 
     rows = ResultsStore(out).rows()
     with (out / "results.csv").open() as f:
         raw = list(csv.DictReader(f))
-    assert len(raw) == len(rows) == 2 * 2 * 6  # datasets × seeds × variants, once each
+    assert len(raw) == len(rows) == 2 * 2 * len(VARIANTS)  # datasets × seeds × variants, once each
     assert len({row_key(r) for r in raw}) == len(raw)
     assert all(r in rows for r in before)  # rows from the killed run kept as they were
     for r in rows:
@@ -87,8 +88,8 @@ def test_killed_sweep_resumes_with_every_row_once(tmp_path, local_ray, run_cli) 
     assert all(float(r["train_seconds"]) == 0 for r in by_variant["dsp-onnx-rule"])
     assert all(r["verified"] in ("true", "false") for r in by_variant["dsp-onnx-rule"])
     assert all(r["verified"] == "true" for r in by_variant["dsp-onnx"])
-    # the sparse model before compression is scored where there is one, and only there
-    sparse = ("dsp-onnx", "dsp-onnx-rule", "dsp-exact")
+    # the model before compression is scored where one is compressed, and only there
+    sparse = ("dsp-onnx", "dsp-onnx-rule", "dsp-exact", "dsp-onnx-auto", "dense-onnx-auto")
     assert all(
         (0 <= float(r["accuracy_unpruned"]) <= 1)
         if r["variant"] in sparse
@@ -107,15 +108,15 @@ def test_killed_sweep_resumes_with_every_row_once(tmp_path, local_ray, run_cli) 
     assert (report / "accuracy_lite.png").stat().st_size > 0
     with (report / "table.csv").open() as f:
         table = list(csv.DictReader(f))
-    assert sum(r["seed"] == "ensemble" for r in table) == 2 * 6
+    assert sum(r["seed"] == "ensemble" for r in table) == 2 * len(VARIANTS)
     text = (report / "report.md").read_text()
     assert "| lite | dsp-retrain | narrow | single | 2 |" in text
     assert "| lite | dsp-retrain | single | 2 |" in text  # against the paper's claim
     assert (report / "latency_lite.png").stat().st_size > 0  # the rows' paired ratios
 
     again = run_cli("sweep", *BASE, "--out", str(out), "--variants", "all", "--no-report")
-    assert again.code == 0 and "0 tasks run now, 24 already done" in again.stdout
-    assert len(ResultsStore(out).rows()) == 24
+    assert again.code == 0 and f"0 tasks run now, {2 * 2 * len(VARIANTS)} already done" in again.stdout
+    assert len(ResultsStore(out).rows()) == 2 * 2 * len(VARIANTS)
 
     rep = run_cli("sweep-report", str(out), "-o", str(tmp_path / "rep"))
     assert rep.code == 0 and (tmp_path / "rep" / "report.md").is_file()
