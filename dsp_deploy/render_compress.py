@@ -14,7 +14,8 @@ from dsp_deploy.render import Folded
 from dsp_deploy.render_auto import render_search
 
 if TYPE_CHECKING:
-    from dsp_deploy.compress.pipeline import CompressResult, LayerReport
+    from dsp_deploy.compress.layers import LayerReport
+    from dsp_deploy.compress.pipeline import CompressResult
 
 __all__ = ["NOTHING_TO_PRUNE", "as_dict", "render"]
 

@@ -10,9 +10,8 @@ import onnx
 
 from dsp_deploy.compress.calibrate import ActivationStats, collect_stats
 from dsp_deploy.compress.groups import ChannelAnalysis, find_groups
+from dsp_deploy.compress.layers import LayerReport, layer_reports
 from dsp_deploy.compress.pipeline import (
-    LayerReport,
-    layer_reports,
     probe_segments,
     probe_tensors,
     series_length,

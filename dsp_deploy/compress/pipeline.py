@@ -49,6 +49,7 @@ from dsp_deploy.compress.gates import GateReport, gate_report
 from dsp_deploy.compress.graph import copy_model
 from dsp_deploy.compress.groups import ChannelAnalysis, find_groups
 from dsp_deploy.compress.holdout import kfold_holdout, partition
+from dsp_deploy.compress.layers import LayerReport, layer_reports
 from dsp_deploy.compress.plan import PruningPlan, make_plan
 from dsp_deploy.compress.policy import default_min_count, run_batch_size
 from dsp_deploy.compress.prune import prune_analysed
@@ -66,16 +67,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RANDOM_SAMPLES = 16
-
-
-@dataclass(frozen=True)
-class LayerReport:
-    """One source node (a Conv creating channels): channels, params, MACs before/after."""
-
-    name: str
-    channels: tuple[int, int]
-    params: tuple[int, int]
-    macs: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -128,27 +119,6 @@ def probe_segments(analysis: ChannelAnalysis) -> dict[str, np.ndarray]:
     """
     group = [analysis.units[u].group for u in analysis.unit_of]
     return {t: np.array([group[a] for a in layout]) for t, layout in analysis.taps.items()}
-
-
-def layer_reports(analysis: ChannelAnalysis, plan: PruningPlan, before, after) -> tuple:
-    cost_b = {n.name: n for n in before.per_node}
-    cost_a = {n.name: n for n in after.per_node}
-    removed = plan.removed_atoms
-    rows = []
-    for s in analysis.sources:
-        if s.node < 0:
-            continue
-        b, a = cost_b.get(s.label), cost_a.get(s.label)
-        kept = sum(atom not in removed for atom in s.atoms)
-        rows.append(
-            LayerReport(
-                name=s.label,
-                channels=(len(s.atoms), kept),
-                params=(b.params if b else 0, a.params if a else 0),
-                macs=(b.macs if b else 0, a.macs if a else 0),
-            )
-        )
-    return tuple(rows)
 
 
 def _random_report(
