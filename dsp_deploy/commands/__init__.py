@@ -29,6 +29,9 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from dsp_deploy.checks import at_least, choice, finite_at_least, fraction, positive
 from dsp_deploy.errors import InputError, ModelError
@@ -36,6 +39,7 @@ from dsp_deploy.errors import InputError, ModelError
 __all__ = [
     "at_least",
     "beside",
+    "EvalOption",
     "check_output",
     "load_eval",
     "choice",
@@ -111,3 +115,14 @@ def load_eval(path: str | None, model):
         return io.load_calibration(path, model)
     except CalibrationError as e:
         raise CalibrationError(f"--eval: {e}") from e
+
+
+# ``--eval`` of compress and quantize: one declaration, one help text.
+EvalOption = Annotated[
+    str | None,
+    typer.Option(
+        "--eval",
+        help="A separate .npz (x, optional labels y, as --calib) the gates judge "
+        "instead of held-out calibration series; the decision then sees all of --calib.",
+    ),
+]

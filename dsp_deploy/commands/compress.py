@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dsp_deploy.clihelp import add_command
-from dsp_deploy.commands import beside, check_output, load_eval, naming
+from dsp_deploy.commands import EvalOption, beside, check_output, load_eval, naming
 from dsp_deploy.options import AUTO, COMPENSATIONS, CRITERIA, CompressOptions, with_changes
 from dsp_deploy.render_auto import auto_progress
 from dsp_deploy.render_compress import as_dict, render
@@ -154,14 +154,7 @@ def compress_command(
             "estimates). 0.95 needs >= 133 judged series for the default gates.",
         ),
     ] = DEFAULTS.confidence,
-    eval_file: Annotated[
-        str | None,
-        typer.Option(
-            "--eval",
-            help="A separate .npz (x, optional labels y, as --calib) the gates judge "
-            "instead of held-out calibration series; the decision then sees all of --calib.",
-        ),
-    ] = None,
+    eval_file: EvalOption = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Samples per run.")
     ] = DEFAULTS.batch_size,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dsp_deploy.clihelp import add_command
-from dsp_deploy.commands import beside, check_output, load_eval, naming
+from dsp_deploy.commands import EvalOption, beside, check_output, load_eval, naming
 
 if TYPE_CHECKING:
     from dsp_deploy.quantize.pipeline import QuantizeResult
@@ -82,14 +82,7 @@ def quantize_command(
             "133 judged series for the default gates.",
         ),
     ] = 0.95,
-    eval_file: Annotated[
-        str | None,
-        typer.Option(
-            "--eval",
-            help="A separate .npz (x, optional labels y, as --calib) the gates judge "
-            "instead of held-out calibration series; the decision then sees all of --calib.",
-        ),
-    ] = None,
+    eval_file: EvalOption = None,
     max_float: Annotated[
         int, typer.Option("--max-float", help="At most this many layers kept in float.")
     ] = 8,
