@@ -30,6 +30,15 @@ gates protected the user from.
 
 Rows go to ``benchmarks/results/posttrain.csv`` as each model finishes (a rerun skips the
 (model, run) pairs already there); ``posttrain.md`` is rewritten from the CSV at the end.
+
+``--eval-half`` is the protocol a careful user follows: the gates judge data the model
+never trained on. Each test split is cut in two (``benchmarks/heldout.py``); one half is
+``compress``'s ``evaluation`` (``--eval``: the gates judge it, and the decision sees the
+whole training split), the other half alone measures the test accuracy columns. Rows go
+to ``posttrain_eval.{csv,md}``; ``n_eval`` is the judged half's size, ``n_test`` the
+measured half's::
+
+    python benchmarks/posttrain.py --eval-half --runs dead,dsp,auto,auto-norec,auto-point
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from heldout import halves
 
 from dsp_deploy.compress import compress
 from dsp_deploy.inference import run_model
@@ -53,6 +63,7 @@ from dsp_deploy.options import CRITERIA, CompressOptions
 HERE = Path(__file__).resolve().parent
 ZOO = HERE / "zoo"
 RESULTS = HERE / "results" / "posttrain"
+RESULTS_EVAL = HERE / "results" / "posttrain_eval"
 AUTO = "auto" in CRITERIA
 RUNS: dict[str, dict[str, object]] = {
     "dead": {"criterion": "dead"},
@@ -68,7 +79,7 @@ RUNS: dict[str, dict[str, object]] = {
     ),
 }
 COLUMNS = (
-    "model", "arch", "kind", "dataset", "run", "n_calib", "n_test",
+    "model", "arch", "kind", "dataset", "run", "n_calib", "n_eval", "n_test",
     "params", "params_after", "macs", "macs_after",
     "accuracy", "accuracy_after", "agreement", "verified", "failures",
     "latency_ratio_b1", "latency_ratio_b64", "compress_seconds", "host",
@@ -91,23 +102,33 @@ def predict(model, x: np.ndarray) -> np.ndarray:
     return out.argmax(axis=1)
 
 
-def measure(path: Path, runs: Iterable[str]) -> list[dict[str, object]]:
-    """One row per run of one zoo model (latency columns empty)."""
+def measure(path: Path, runs: Iterable[str], eval_half: bool = False) -> list[dict[str, object]]:
+    """One row per run of one zoo model (latency columns empty).
+
+    ``eval_half``: half of the test split is ``compress``'s evaluation set and the other
+    half measures accuracy (``heldout.halves``); else the whole test split measures it.
+    """
     arch, kind, dataset = path.stem.split("-", 2)
     (x, y), (x_test, y_test) = load_split(dataset, "train"), load_split(dataset, "test")
     model = load_model(path)
+    name = model.graph.input[0].name
+    evaluation = None
+    if eval_half:
+        evaluation, (x_test, y_test) = halves(x_test, y_test, name)
     before = predict(model, x_test)
-    calibration = Calibration({model.graph.input[0].name: x}, y)
+    calibration = Calibration({name: x}, y)
     rows = []
     for run in runs:
+        options = CompressOptions(threads=1, **RUNS[run])
         start = time.perf_counter()
-        result = compress(model, calibration, CompressOptions(threads=1, **RUNS[run]))
+        result = compress(model, calibration, options, evaluation=evaluation)
         seconds = time.perf_counter() - start
         after = predict(result.model, x_test)
         rows.append(
             {
                 "model": path.name, "arch": arch, "kind": kind, "dataset": dataset,
                 "run": run, "n_calib": len(y), "n_test": len(y_test),
+                "n_eval": len(evaluation) if evaluation is not None else "",
                 "params": result.params[0], "params_after": result.params[1],
                 "macs": result.macs[0], "macs_after": result.macs[1],
                 "accuracy": round(float(np.mean(before == y_test)), 6),
@@ -148,9 +169,15 @@ def done_pairs(csv_path: Path) -> set[tuple[str, str]]:
 
 
 def append_rows(csv_path: Path, rows: list[dict[str, object]]) -> None:
+    """Append under the file's own header (files written before a column was added keep
+    their columns), or under ``COLUMNS`` in a new file."""
     new = not csv_path.exists()
+    columns = COLUMNS
+    if not new:
+        with csv_path.open() as handle:
+            columns = tuple(next(csv.reader(handle)))
     with csv_path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerows(rows)
@@ -160,7 +187,7 @@ def markdown(rows: list[dict[str, str]]) -> str:
     """The per-family target table, then one line per model and run."""
     lines = [
         "| family | run | models | params removed | MACs removed | Δ test acc (mean) "
-        "| Δ min | passed gates | written below −2 pt (≥ 50 calib) | latency/MACs b1 | b64 "
+        "| Δ min | passed gates | written below −2 pt (≥ 50 judged) | latency/MACs b1 | b64 "
         "| mean s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -188,7 +215,7 @@ def _family_line(family: str, run: str, group: list[dict[str, str]]) -> str:
     bad = [
         r
         for r in passed
-        if int(r["n_calib"]) >= 50 and float(r["accuracy_after"]) - float(r["accuracy"]) < -0.02
+        if _judged(r) >= 50 and float(r["accuracy_after"]) - float(r["accuracy"]) < -0.02
     ]
     gap = {b: _gap(group, b) for b in ("1", "64")}
     seconds = np.mean([float(r["compress_seconds"]) for r in group])
@@ -198,6 +225,11 @@ def _family_line(family: str, run: str, group: list[dict[str, str]]) -> str:
         f"| {100 * min(delta):+.1f} pt | {len(passed)}/{len(group)} | {len(bad)} "
         f"| {gap['1']} | {gap['64']} | {seconds:.1f} |"
     )
+
+
+def _judged(row: dict[str, str]) -> int:
+    """The labelled series the gates could judge: the eval half, else the calibration set."""
+    return int(row.get("n_eval") or row["n_calib"])
 
 
 def _frac(row: dict[str, str], key: str) -> float:
@@ -219,8 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="model-name prefix, e.g. lite-dense or inception-dsp")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma list of {list(RUNS)}")
     parser.add_argument("--latency", action="store_true", help="also bench (slow)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--eval-half", action="store_true", help="gates judge half of the test split"
+    )
+    parser.add_argument("--out", type=Path, help="results stem (default: by protocol)")
     args = parser.parse_args(argv)
+    args.out = args.out or (RESULTS_EVAL if args.eval_half else RESULTS)
     runs = [r for r in args.runs.split(",") if r]
     if unknown := [r for r in runs if r not in RUNS]:
         print(f"error: unknown run(s) {unknown}; expected {list(RUNS)}", file=sys.stderr)
@@ -233,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         todo = [r for r in runs if (path.name, r) not in seen]
         if not todo:
             continue
-        rows = measure(path, todo)
+        rows = measure(path, todo, args.eval_half)
         if args.latency:
             add_latency(path, rows)
         append_rows(csv_path, rows)

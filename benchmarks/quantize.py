@@ -28,6 +28,7 @@ from dsp_deploy.calib_io import Calibration
 from dsp_deploy.inference import run_model
 from dsp_deploy.quantize import QuantizeOptions, quantize
 from dsp_deploy.quantize.speed import paired_ratio
+from heldout import halves
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = Path("/work/main/benchmarks/zoo")
@@ -38,7 +39,7 @@ Machine: AMD EPYC, AVX2, no VNNI, 2 shared cores; latency ratios INT8 / its floa
 one thread, paired interleaved rounds in one process, on the measured test half.
 
 **Data.** Each dataset's test split is cut in two by a seeded permutation
-(`benchmarks.quantize.halves`): one half is `--eval` (the gates judge it; the decision
+(`benchmarks/heldout.py`): one half is `--eval` (the gates judge it; the decision
 then sees all of `--calib`), the other half measures test accuracy — the only held-out
 data GunPoint has (its 50 training series are the shipped calibration files). Zoo models:
 the 5 with ≥ 133 training series (the whole training split is `--calib`). `quantize` ran
@@ -109,13 +110,6 @@ def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
 def _ratios(reference, candidate, x: np.ndarray) -> dict[int, float]:
     return {b: paired_ratio(reference, candidate, {"x": np.resize(x, (b, *x.shape[1:]))})
             for b in (1, 64)}  # fmt: skip
-
-
-def halves(x: np.ndarray, y: np.ndarray) -> tuple[Calibration, tuple[np.ndarray, np.ndarray]]:
-    """The test split in two by a seeded permutation: the --eval half, the measured half."""
-    order = np.random.default_rng(0).permutation(len(y))
-    e, t = np.sort(order[: len(y) // 2]), np.sort(order[len(y) // 2 :])
-    return Calibration({"x": x[e]}, y[e]), (x[t], y[t])
 
 
 def measure(name: str, path: Path, calib: Path, test: tuple[np.ndarray, np.ndarray]) -> dict:

@@ -156,6 +156,17 @@ def test_lossless_gates_are_exact_and_unbounded() -> None:
     assert len(gates(CompressOptions(), off, None)) == 2  # deviation and the point drop
 
 
+def test_lossless_with_an_eval_set_is_exact_on_both_sets_whatever_their_size() -> None:
+    exact = ParityReport(20, 0.0, True, 1.0, (0.9, 0.9), disagreements=0, newly_wrong=0,
+                         newly_right=0)  # fmt: skip
+    result = gate_report(CompressOptions(), exact, None, exact)  # 20 + 20: too few to bound
+    assert result.judged == "lossless" and result.samples == 40 and result.failures == ()
+    off = ParityReport(20, 0.5, False, 0.95, (0.9, 0.85))
+    (deviates, drops) = gates(CompressOptions(), exact, None, off)
+    assert deviates.startswith("outputs deviate on the eval samples")
+    assert drops.startswith("eval accuracy drops 0.9000 → 0.8500")
+
+
 def test_a_report_without_paired_counts_fails_rather_than_skips_the_accuracy_gate() -> None:
     bare = ParityReport(200, 0.1, False, 1.0, (0.9, 0.9), disagreements=0)
     (line,) = gates(LOSSY, bare, bare)

@@ -3,9 +3,11 @@
 Any failing gate is one line in ``CompressResult.failures`` (the CLI exits 1 and writes
 nothing unless ``--force``):
 
-* lossless options (``dead``, threshold 0): outputs on every calibration sample within
-  ``atol + rtol·|y|``, and (with labels) the accuracy on them no lower by more than
-  ``max_accuracy_drop`` — exact claims about the samples seen, so no bound;
+* lossless options (``dead``, threshold 0): outputs on every calibration sample — and
+  on every ``--eval`` sample when one is given — within ``atol + rtol·|y|``, and (with
+  labels) the accuracy on each set no lower by more than ``max_accuracy_drop`` — exact
+  claims about the samples seen, so no bound (a model exact on every series it is shown
+  is not refused because the series are few);
 * every other run, on the judged series (an ``--eval`` set, else the held-out series —
   one stratified part, or all of them over k folds — else, at ``--holdout 0``, the
   decision series; ``compress.holdout``), each gate on a one-sided confidence bound at
@@ -100,20 +102,18 @@ class GateReport:
         }
 
 
-def _exact_failures(
-    options: CompressOptions, decision: ParityReport, *, accuracy: bool
-) -> list[str]:
-    """The lossless gates on the decision (= every calibration) sample."""
+def _exact_failures(options: CompressOptions, report: ParityReport, where: str) -> list[str]:
+    """The lossless gates on every sample of one set (``where``: calibration, eval)."""
     failures = []
-    if not decision.within_tolerance:
+    if not report.within_tolerance:
         failures.append(
-            f"outputs deviate on the calibration samples (max |Δ| {decision.max_abs_diff:.3g})"
+            f"outputs deviate on the {where} samples (max |Δ| {report.max_abs_diff:.3g})"
         )
     drop = options.max_accuracy_drop
-    if accuracy and decision.accuracy is not None:
-        before, after = decision.accuracy
+    if report.accuracy is not None:
+        before, after = report.accuracy
         if before - after > drop:
-            failures.append(f"accuracy drops {before:.4f} → {after:.4f} (> {drop})")
+            failures.append(f"{where} accuracy drops {before:.4f} → {after:.4f} (> {drop})")
     return failures
 
 
@@ -181,16 +181,17 @@ def gate_report(
     """The gates (module docstring) on these reports: ``decision`` (the samples the
     channels were decided on), ``holdout`` (held out; pooled over ``folds`` folds when
     k-fold), ``evaluation`` (a separate set; judged instead of ``holdout`` when given)."""
-    failures = (
-        _exact_failures(options, decision, accuracy=evaluation is None) if options.lossless else []
-    )
-    if options.lossless and evaluation is None:
-        n = decision.samples
-        return GateReport("lossless", n, 0, decision.accuracy is not None, options.confidence,
-                          (), tuple(failures), ())  # fmt: skip
+    if options.lossless:
+        failures = _exact_failures(options, decision, "calibration")
+        n, labelled = decision.samples, decision.accuracy is not None
+        if evaluation is not None:
+            failures += _exact_failures(options, evaluation, "eval")
+            n, labelled = n + evaluation.samples, labelled or evaluation.accuracy is not None
+        return GateReport("lossless", n, 0, labelled, options.confidence, (), tuple(failures),
+                          ())  # fmt: skip
     judged, report = _judged(decision, holdout, evaluation, folds)
     rows = _bounds(options, report)
-    failures += [_failure(b, judged, options.confidence) for b in rows if not b.passed]
+    failures = [_failure(b, judged, options.confidence) for b in rows if not b.passed]
     if report.accuracy is not None and report.newly_wrong is None:  # never skipped silently
         failures.append("accuracy gate: the report has no newly wrong/right counts "
                         "(build it with verify.compare or verify.pool)")  # fmt: skip
