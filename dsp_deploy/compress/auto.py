@@ -1,4 +1,4 @@
-"""The plan of ``--criterion auto``: rank, then bisect the depth against the gates.
+"""The plan of ``--criterion auto``: rank, then climb the depth against the gates.
 
 Glue between the pipeline and ``compress.search``: the ranking (``compress.selection``)
 of the decision part's statistics, the original's outputs on the decision and held-out

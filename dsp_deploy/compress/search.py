@@ -2,25 +2,38 @@
 
 One knob: how far down the global ranking (``compress.selection``) to remove, counted
 in MACs. With ``cum[n]`` the estimated fraction of MACs the first n ranked units carry
-(non-decreasing, cum[0] = 0, cum[N] = 1), the search keeps lo (largest n known to pass;
-n = 0 is the model itself) and hi (smallest known to fail; n = N, every removable unit,
-is taken to fail unevaluated: the net it leaves keeps one channel per stage), evaluating
+(non-decreasing, cum[0] = 0, cum[N] = 1), the search climbs a fixed ladder of MACs
+shares removed,
 
-    mid = the n with cum[n] nearest (cum[lo] + cum[hi]) / 2,   lo < mid < hi
+    f_k = 1 − (1 − STEP)^k,   k = 1, 2, …     (STEP = 0.2: 20%, 36%, 49%, 59%, 67%, …)
 
-until hi − lo ≤ 1, cum[hi] − cum[lo] ≤ ``resolution`` or ``max_steps`` candidates were
-evaluated; it returns lo. So it needs about ⌈log₂(1 / resolution)⌉ candidates (6 at the
-default 2%), and never returns a candidate that failed or was not evaluated (except
-n = 0, the model itself). Bisection assumes that passing is monotone in n, which holds
-roughly: a deeper cut removes a superset of the channels.
+each rung keeping (1 − STEP) of the MACs the previous one kept. Rung k is the smallest
+depth n with cum[n] ≥ f_k; rungs that land on a depth already passed are skipped, and
+the depth N (every removable unit: the net it leaves keeps one channel per stage) is
+taken to fail unevaluated. The climb stops at the first candidate that fails its gates
+and returns the last one that passed (depth 0, the model itself, when the first fails).
+
+Why a fixed ladder and not a bisection. Each candidate's gates are a level-α test
+(α = 1 − ``--confidence``) of "its accuracy drop exceeds the threshold" on the judged
+series. A search that *picks* among several tested candidates inflates α: a bisection
+moves past every candidate that passes by luck, so the chosen depth is bad when any
+bad candidate it tries passes (up to ~6α over its 6 tries). Testing rungs in an order
+fixed before the judged series are seen, stopping at the first failure (the
+fixed-sequence procedure, Maurer et al. 1995; Westfall & Krishen 2001), keeps the
+chance that the *returned* candidate is bad at ≤ α with no correction: let k₀ be the
+first bad rung (fixed by the calibration data alone); returning a bad candidate needs
+rung k₀ to pass, which happens with probability ≤ α. No monotonicity is assumed. The
+price is resolution: the returned model keeps at most 1 / (1 − STEP) = 1.25× the MACs
+of the deepest rung that would pass, and a failing rung ends the climb even if a deeper
+one would pass by luck. ``tests/test_compress_auto.py`` measures both searches' error
+rate on simulated candidates.
 
 A candidate is the plan removing the first n units (``selection.prefix_plan``), pruned
 and reconstructed on the decision part (``compress.reconstruct``; ``--compensation
-mean`` or ``none``: without reconstruction), run on the held-out part and judged by
+mean`` or ``none``: without reconstruction), run on the judged series and judged by
 ``compress.gates`` — the same gates the written model must pass. The curve of every
-candidate (units, MACs and params removed, held-out agreement and accuracy) comes back
-in ``SearchReport``; the held-out part that chose the candidate also gates it, so its
-numbers are optimistic: ``--eval`` on a separate set says more.
+candidate (units, MACs and params removed, judged agreement and accuracy) comes back
+in ``SearchReport``.
 """
 
 from __future__ import annotations
@@ -34,12 +47,12 @@ import onnx
 
 from dsp_deploy.compress.verify import ParityReport, compare
 
-__all__ = ["Candidate", "SearchReport", "bisect", "search"]
+__all__ = ["Candidate", "SearchReport", "climb", "max_candidates", "rungs", "search"]
 
 logger = logging.getLogger(__name__)
 
-RESOLUTION = 0.02  # stop when the bracket spans at most 2% of the model's MACs
-MAX_STEPS = 8
+STEP = 0.2  # each rung keeps 80% of the MACs the one below it kept
+MIN_KEPT = 0.005  # the last rung keeps 0.5% of the MACs: at most 24 rungs
 
 
 @dataclass(frozen=True)
@@ -93,35 +106,32 @@ class SearchReport:
         }
 
 
-def _nearest(cum: Sequence[float], target: float, lo: int, hi: int) -> int:
-    """The index in (lo, hi) whose cum is nearest ``target``."""
-    k = int(np.searchsorted(cum, target))
-    best = min((k - 1, k), key=lambda i: abs(cum[i] - target) if 0 <= i < len(cum) else np.inf)
-    return min(max(best, lo + 1), hi - 1)
+def rungs(step: float = STEP, min_kept: float = MIN_KEPT) -> tuple[float, ...]:
+    """The ladder's MACs shares removed, f_k = 1 − (1 − step)^k, while 1 − f_k ≥ min_kept."""
+    if not 0 < step < 1:
+        raise ValueError(f"the ladder's step must be in (0, 1), got {step}")
+    count = int(np.floor(np.log(min_kept) / np.log(1 - step) + 1e-9))
+    return tuple(1 - (1 - step) ** k for k in range(1, count + 1))
 
 
-def bisect(
-    passes: Callable[[int], bool],
-    cum: Sequence[float],
-    *,
-    resolution: float = RESOLUTION,
-    max_steps: int = MAX_STEPS,
-) -> int:
-    """The largest depth n in [0, len(cum) − 1] found to pass (module docstring)."""
-    lo, hi = 0, len(cum) - 1
-    if hi <= 0:
-        return 0
-    if hi == 1:
-        return 1 if passes(1) else 0
-    steps = 0
-    while hi - lo > 1 and cum[hi] - cum[lo] > resolution + 1e-12 and steps < max_steps:
-        mid = _nearest(cum, (cum[lo] + cum[hi]) / 2, lo, hi)
-        steps += 1
-        if passes(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+def max_candidates(step: float = STEP) -> int:
+    """The most candidates a climb evaluates (one per rung)."""
+    return len(rungs(step))
+
+
+def climb(passes: Callable[[int], bool], cum: Sequence[float], *, step: float = STEP) -> int:
+    """The last depth of the fixed ladder that passes, stopping at the first failure
+    (module docstring); ``passes(n)`` is asked in increasing n, each depth at most once."""
+    cum = np.asarray(cum, dtype=np.float64)
+    top, chosen = len(cum) - 1, 0
+    for target in rungs(step):
+        n = int(np.searchsorted(cum, target - 1e-12))  # smallest n with cum[n] ≥ target
+        if n <= chosen:
+            continue
+        if n >= top or not passes(n):
+            break
+        chosen = n
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -151,7 +161,7 @@ def search(
     outputs_of: Callable,
     progress: Callable[[Candidate], None] | None = None,
 ) -> tuple[SearchReport, onnx.ModelProto | None]:
-    """Bisect the ranking's depth (module docstring). ``build(n)`` gives the candidate
+    """Climb the ranking's depth (module docstring). ``build(n)`` gives the candidate
     model and the units its plan removes; ``cost(model)`` its (MACs, params) removed.
     Returns the report and the chosen candidate's model (None: depth 0)."""
     found: list[Candidate] = []
@@ -169,11 +179,11 @@ def search(
         logger.info("auto: %d units (%.0f%% MACs): %s", n, 100 * macs, candidate.failures or "ok")
         if progress is not None:
             progress(candidate)
-        if candidate.passed:  # bisection only ever moves up past a pass: keep the last
+        if candidate.passed:  # the climb only moves up past a pass: keep the last
             passed.clear()
             passed[n] = model
         return candidate.passed
 
-    chosen = bisect(passes, cum)
+    chosen = climb(passes, cum)
     labels = judge.labelled
     return SearchReport(tuple(found), chosen, ranked, labels), passed.get(chosen)
