@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 from heldout import halves
 
-from dsp_deploy.compress import compress
+from dsp_deploy.compress import bounds, compress
 from dsp_deploy.inference import run_model
 from dsp_deploy.io import Calibration, load_model
 from dsp_deploy.options import CRITERIA, CompressOptions
@@ -192,11 +192,17 @@ def markdown(rows: list[dict[str, str]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     families = dict.fromkeys((r["arch"], r["kind"]) for r in rows)
-    for arch, kind in families:
-        for run in RUNS:
-            group = [r for r in rows if (r["arch"], r["kind"], r["run"]) == (arch, kind, run)]
-            if group:
-                lines.append(_family_line(f"{arch} {kind}", run, group))
+    enough = bounds.needed(0.02, 0.95)  # judged series that can certify the default gate
+    for judged in ("all", f"≥ {enough} judged"):
+        for arch, kind in families:
+            for run in RUNS:
+                group = [
+                    r for r in rows
+                    if (r["arch"], r["kind"], r["run"]) == (arch, kind, run)
+                    and (judged == "all" or _judged(r) >= enough)
+                ]  # fmt: skip
+                if group:
+                    lines.append(_family_line(f"{arch} {kind} ({judged})", run, group))
     lines += ["", "| model | run | params | MACs | test accuracy | agreement | gates | s |"]
     lines.append("|---|---|---|---|---|---|---|---|")
     lines += [
