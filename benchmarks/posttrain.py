@@ -91,6 +91,13 @@ def zoo_models(only: str | None) -> list[Path]:
     return [p for p in paths if only is None or p.name.startswith(only)]
 
 
+def judged_series(path: Path, eval_half: bool) -> int:
+    """How many labelled series the gates of a run on this zoo model judge."""
+    dataset = path.stem.split("-", 2)[2]
+    n = len(load_split(dataset, "test" if eval_half else "train")[1])
+    return n // 2 if eval_half else n
+
+
 def load_split(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     with np.load(ZOO / "data" / f"{dataset}.{split}.npz") as data:
         return data["x"], data["y"]
@@ -260,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--eval-half", action="store_true", help="gates judge half of the test split"
     )
+    parser.add_argument(
+        "--min-judged", type=int, default=0, help="skip models with fewer judged series"
+    )
     parser.add_argument("--out", type=Path, help="results stem (default: by protocol)")
     args = parser.parse_args(argv)
     args.out = args.out or (RESULTS_EVAL if args.eval_half else RESULTS)
@@ -270,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     csv_path = args.out.with_suffix(".csv")
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     seen = done_pairs(csv_path)
-    paths = zoo_models(args.only)
+    paths = [
+        p for p in zoo_models(args.only) if judged_series(p, args.eval_half) >= args.min_judged
+    ]
     for i, path in enumerate(paths, 1):
         todo = [r for r in runs if (path.name, r) not in seen]
         if not todo:

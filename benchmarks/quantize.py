@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from heldout import halves
 
 from dsp_deploy import io
-from dsp_deploy.calib_io import Calibration
 from dsp_deploy.inference import run_model
 from dsp_deploy.quantize import QuantizeOptions, quantize
 from dsp_deploy.quantize.speed import paired_ratio
-from heldout import halves
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = Path("/work/main/benchmarks/zoo")

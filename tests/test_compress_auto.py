@@ -8,20 +8,19 @@ import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from onnx_graphs import HEAD, L, Weights, build, inputs, lite_like
 
 from dsp_deploy.compress.auto import cumulative_macs
+from dsp_deploy.compress.bounds import drop_upper
 from dsp_deploy.compress.calibrate import collect_stats
-from dsp_deploy.compress.gates import split
 from dsp_deploy.compress.groups import find_groups
 from dsp_deploy.compress.pipeline import compress, probe_tensors
-from dsp_deploy.compress.bounds import drop_upper
 from dsp_deploy.compress.search import MIN_KEPT, climb, max_candidates, rungs
 from dsp_deploy.compress.selection import prefix_plan, rank_units
 from dsp_deploy.compress.verify import compare
 from dsp_deploy.errors import OptionError
 from dsp_deploy.inference import run_model
 from dsp_deploy.io import Calibration
-from onnx_graphs import HEAD, L, Weights, build, inputs, lite_like
 
 
 def _climb(threshold: int, cum, **kw) -> tuple[int, list[int]]:
@@ -75,7 +74,7 @@ def _error_rate(search, runs: int, n_judged: int, seed: int) -> float:
     for _ in range(runs):
         wrong = rng.binomial(n_judged, rate)
 
-        def passes(n: int) -> bool:
+        def passes(n: int, wrong: np.ndarray = wrong) -> bool:
             return drop_upper(int(wrong[n]), 0, n_judged, 0.95) <= 0.02
 
         bad += rate[search(passes, cum)] > 0.02

@@ -4,9 +4,9 @@ and the CLI's contract (exit codes, nothing written, inputs untouched)."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from onnx_graphs import HEAD, Weights, as_float, build, inputs
 
 from dsp_deploy.compress.conv_gram import conv_sums
 from dsp_deploy.compress.groups import find_groups
@@ -15,7 +16,6 @@ from dsp_deploy.compress.plan import PruningPlan
 from dsp_deploy.compress.prune import prune
 from dsp_deploy.compress.reconstruct import reconstruct
 from dsp_deploy.inference import run_model
-from onnx_graphs import HEAD, Weights, as_float, build, inputs
 
 LINEAR_SOURCE = "a = Conv <pads = [1, 1]> (x, c1_w, c1_b)\n"
 
@@ -220,9 +220,10 @@ def test_ridge_is_chosen_on_held_out_rows() -> None:
 
 
 def test_compress_with_reconstruct_beats_mean_on_held_out_agreement() -> None:
+    from onnx_graphs import lite_like
+
     from dsp_deploy.compress.pipeline import compress
     from dsp_deploy.io import Calibration
-    from onnx_graphs import lite_like
 
     model = lite_like()
     x = inputs(60)
@@ -242,11 +243,12 @@ def test_compress_with_reconstruct_beats_mean_on_held_out_agreement() -> None:
 def test_inception_modules_refit_in_levels_and_get_closer_than_the_mean_fold() -> None:
     """k = 9/5/3 convs after a bottleneck, a MaxPool branch, a residual Add: the refit
     follows the levels (bottleneck, then its convs) and beats the mean fold."""
+    from onnx_graphs import L, inception_like
+
     from dsp_deploy.compress.calibrate import collect_stats
     from dsp_deploy.compress.graph import normalise
     from dsp_deploy.compress.pipeline import probe_tensors
     from dsp_deploy.compress.selection import prefix_plan, rank_units
-    from onnx_graphs import L, inception_like
 
     model = inception_like(dead_m1=(), dead_out=())
     x = inputs(60)
