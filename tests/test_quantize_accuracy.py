@@ -34,9 +34,13 @@ def _ranges(model: onnx.ModelProto, x: np.ndarray, clip: float = 1.0) -> dict:
 
 
 def _mean_errors(model, quantized, x: np.ndarray, convs) -> dict[str, np.ndarray]:
+    """Per Conv, the mean error of its output (before the Relu the quantizer folds into
+    it, whose name its output then takes) against ``model``'s."""
+    ours, theirs = bias.conv_outputs(model), bias.conv_outputs(quantized)
     run = partial(ranges.activations, inputs={"x": x})
-    ref, got = run(model, names=convs), run(quantized, names=convs)
-    return bias.bias_shifts(ref, got)
+    ref = run(model, names=[ours[c] for c in convs])
+    got = run(quantized, names=[theirs[c] for c in convs])
+    return bias.bias_shifts(ref, {ours[c]: got[theirs[c]] for c in convs})
 
 
 def test_conv_levels_group_the_convs_that_do_not_read_each_other() -> None:
@@ -53,6 +57,7 @@ def test_bias_correction_makes_each_convs_mean_error_zero() -> None:
     fixed = bias.corrected(model, build, lambda m, names: run(m, names=names))
     after = _mean_errors(model, fixed, x, ["a", "b"])
     assert max(np.abs(d).max() for d in before.values()) > 0.05  # the clip shifts means
+    assert set(after) == {"a", "b"}  # the Convs' own outputs
     for name in ("a", "b"):
         np.testing.assert_allclose(after[name], 0.0, atol=2e-3)
     # only biases changed: the corrected model computes the float function up to noise
@@ -103,3 +108,4 @@ def test_range_search_never_loses_to_min_max(seed: int, spread: float, shift: fl
     assert chosen.lo <= 0 <= chosen.hi
     assert chosen.mse == ranges.quant_mse(v.astype(np.float64), chosen.lo, chosen.hi)
     assert chosen.mse <= ranges.quant_mse(v.astype(np.float64), lo, hi)
+

@@ -22,7 +22,8 @@ each other) and corrected in level order, each level's ``δ`` measured on the mo
 quantized with every earlier level already corrected: one quantization and one run of
 the emulated graph per level (Inception: 13 levels). After level ``L`` the mean error of
 its Convs on the decision samples is 0 up to the int32 bias rounding (a later level
-does not change an earlier one's inputs).
+does not change an earlier one's inputs). The error is the Conv's own output's, before
+any Relu (``conv_outputs``).
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ def _add_bias(graph: onnx.GraphProto, node: onnx.NodeProto, inits: dict, delta: 
 
 
 def conv_outputs(model: onnx.ModelProto) -> dict[str, str]:
-    """Conv node name → its output (onnxruntime's quantizer keeps node names)."""
+    """Conv node name → its output (onnxruntime's quantizer keeps node names; where it
+    folds the Relu after a Conv into its QuantizeLinear, the Conv's output takes the
+    Relu's name but still holds the Conv's values, before the Relu)."""
     return {n.name: n.output[0] for n in model.graph.node if n.op_type == "Conv" and n.name}
 
 
