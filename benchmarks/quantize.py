@@ -237,7 +237,8 @@ def markdown(records: list[dict], before: dict | None = None) -> str:
     lines = [
         *_targets(records),
         "",
-        "| model | series calib / eval / test | test float → INT8 | before: INT8 (in float), b1 / b64, size | "
+        "| model | series calib / eval / test | test float → INT8 | "
+        "before: INT8 (in float), b1 / b64, size | "
         "eval float → INT8 | size INT8/float | time b1 | b64 | in float / A16W8 | gates | "
         "default run writes |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

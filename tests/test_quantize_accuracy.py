@@ -65,8 +65,10 @@ def test_bias_correction_makes_each_convs_mean_error_zero() -> None:
 
 
 def _abs_error(model, quantized, x) -> float:
-    ours = run_model(session(model, 1, optimise=False), {"x": x})[0]
-    return float(np.abs(run_model(session(quantized, 1, optimise=False), {"x": x})[0] - ours).mean())
+    ours, theirs = (
+        run_model(session(m, 1, optimise=False), {"x": x})[0] for m in (model, quantized)
+    )
+    return float(np.abs(theirs - ours).mean())
 
 
 def _weight_codes(quantized: onnx.ModelProto, name: str) -> np.ndarray:
@@ -108,4 +110,3 @@ def test_range_search_never_loses_to_min_max(seed: int, spread: float, shift: fl
     assert chosen.lo <= 0 <= chosen.hi
     assert chosen.mse == ranges.quant_mse(v.astype(np.float64), chosen.lo, chosen.hi)
     assert chosen.mse <= ranges.quant_mse(v.astype(np.float64), lo, hi)
-
