@@ -178,6 +178,10 @@ def test_quantize_writes_qdq_with_its_record(result) -> None:
     record = json.loads({p.key: p.value for p in result.model.metadata_props}["dsp.quantize"])
     assert record["scheme"] == "QDQ U8S8" and record["target"] == "x86"
     assert record["kept_float"] == list(result.kept_float) and len(record["source_sha256"]) == 64
+    # the Convs reading the (signed) series have 7-bit weights unless kept in float
+    reading_x = {n.name for n in result.model.graph.node if n.op_type == "Conv"
+                 and any(i.startswith("x") for i in n.input)} - set(result.kept_float)  # fmt: skip
+    assert reading_x and set(record["weights_7bit"]) >= reading_x
     assert result.decision.agreement > 0.5
 
 

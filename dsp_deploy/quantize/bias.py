@@ -10,20 +10,33 @@ the values the int8 kernels approximate), over the decision samples ``i`` and po
     δ_c = mean_{i,t} (y[i, c, t] − ỹ[i, c, t])      b'_c = b_c + δ_c
 
 is added to the float model's bias (a Conv without one gets ``δ``), and the model is
-quantized again. All Convs are corrected from one pair of runs: each ``δ`` also absorbs
-the shift its inputs carry from the layers before, which the correction of those layers
-then mostly removes, so the result is checked by the gates, not assumed.
+quantized again.
+
+**Level by level** (``corrected``). A ``δ`` measured with the layers before still
+uncorrected also absorbs *their* shift, which their own correction then removes too:
+correcting every Conv from one pair of runs over-corrects (Inception GunPoint, nothing
+in float: 0.53 test accuracy one-shot against 0.88 level by level, with 7-bit weights on
+signed inputs). So the Convs are grouped by *level* (``conv_levels``: the most Convs on
+a path from a graph input to it, itself included; the Convs of one level do not read
+each other) and corrected in level order, each level's ``δ`` measured on the model
+quantized with every earlier level already corrected: one quantization and one run of
+the emulated graph per level (Inception: 13 levels). After level ``L`` the mean error of
+its Convs on the decision samples is 0 up to the int32 bias rounding (a later level
+does not change an earlier one's inputs). The error is the Conv's own output's, before
+any Relu (``conv_outputs``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["bias_shifts", "with_bias_shifts"]
+__all__ = ["bias_shifts", "conv_levels", "conv_outputs", "corrected", "with_bias_shifts"]
+
+Outputs = Callable[[onnx.ModelProto, Sequence[str]], Mapping[str, np.ndarray]]
 
 
 def bias_shifts(
@@ -68,3 +81,52 @@ def _add_bias(graph: onnx.GraphProto, node: onnx.NodeProto, inits: dict, delta: 
         node.input[2] = name
     else:
         node.input.append(name)
+
+
+def conv_outputs(model: onnx.ModelProto) -> dict[str, str]:
+    """Conv node name → its output (onnxruntime's quantizer keeps node names; where it
+    folds the Relu after a Conv into its QuantizeLinear, the Conv's output takes the
+    Relu's name but still holds the Conv's values, before the Relu)."""
+    return {n.name: n.output[0] for n in model.graph.node if n.op_type == "Conv" and n.name}
+
+
+def conv_levels(model: onnx.ModelProto) -> tuple[tuple[str, ...], ...]:
+    """The named Convs grouped by level (module doc), in level and graph order."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    level: dict[int, int] = {}
+    for node in model.graph.node:  # topological order (ONNX requires it)
+        before = [level[id(producer[i])] for i in node.input if i in producer]
+        level[id(node)] = max(before, default=0) + (node.op_type == "Conv")
+    by_level: dict[int, list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv" and node.name:
+            by_level.setdefault(level[id(node)], []).append(node.name)
+    return tuple(tuple(by_level[k]) for k in sorted(by_level))
+
+
+def corrected(
+    model: onnx.ModelProto,
+    quantize: Callable[[onnx.ModelProto], onnx.ModelProto],
+    outputs: Outputs,
+    skip: Sequence[str] = (),
+) -> onnx.ModelProto:
+    """``quantize(model')`` with ``model'`` the float model whose Convs (but ``skip``)
+    are bias-corrected level by level (module doc). ``outputs(m, names)``: the tensors
+    ``names`` of ``m`` on the decision samples, as written (QDQ emulated in float)."""
+    ours = conv_outputs(model)
+    wanted = [n for level in conv_levels(model) for n in level if n not in skip]
+    reference = outputs(model, [ours[n] for n in wanted])
+    shifts: dict[str, np.ndarray] = {}
+    current = model
+    for level in conv_levels(model):
+        names = [n for n in level if n not in skip]
+        if not names:
+            continue
+        quantized = quantize(current)
+        theirs = conv_outputs(quantized)
+        names = [n for n in names if n in theirs]
+        got = outputs(quantized, [theirs[n] for n in names])
+        pairs = {ours[n]: got[theirs[n]] for n in names}
+        shifts |= bias_shifts({ours[n]: reference[ours[n]] for n in names}, pairs)
+        current = with_bias_shifts(model, shifts)
+    return quantize(current)

@@ -7,6 +7,8 @@ A target names the CPU family the INT8 model is for and fixes its flavour
 * ``x86``: QDQ, uint8 activations, int8 per-channel weights (U8S8). The only flavour
   whose ``DQ → Conv → Q`` onnxruntime's x86 kernels fuse into QLinearConv for every
   conv; S8S8 fuses few convs and runs slower than float, QOperator S8S8 2–3× float.
+  Convs that read a signed tensor get 7-bit weights (``build``: the int16 saturation
+  of the non-VNNI U8S8 kernels).
 * ``arm64``: QDQ S8S8 (int8 activations, asymmetric, and int8 weights): every flavour
   fuses on aarch64 and onnxruntime recommends symmetric-friendly int8 there. An
   asymmetric int8 grid is the uint8 grid shifted by 128, so accuracy is the same.
@@ -27,7 +29,7 @@ from dsp_deploy.quantize.build import Flavour
 __all__ = ["FLAVOURS", "TARGETS", "QuantizeOptions", "host_target"]
 
 FLAVOURS = {
-    "x86": Flavour("qdq", "u8", "s8", False),
+    "x86": Flavour("qdq", "u8", "s8", False, narrow_signed=True),
     "arm64": Flavour("qdq", "s8", "s8", False),
 }
 TARGETS = tuple(FLAVOURS)

@@ -16,7 +16,9 @@
    Conv → Relu → Conv and depthwise → pointwise pairs by the decision samples' channel
    ranges, ``ranges.choose_range`` picks each activation's range (min/max, percentile or
    MSE-optimal clipping, per tensor), ``build.quantize_qdq`` writes QDQ in the target's
-   flavour with per-channel weights, ``bias`` corrects the Conv biases and quantizes again.
+   flavour with per-channel weights (on x86 7-bit where a Conv reads a signed tensor:
+   the int16 saturation of non-VNNI U8S8 kernels), ``bias`` corrects the Conv biases
+   level by level and quantizes again.
 4. On a host of the target's kind, Convs onnxruntime would not fuse into an integer op
    stay float from the start (``speed.fusions``); then ``fallback`` keeps layers in float
    in the order of their sensitivity (the class probabilities' MSE with that layer alone
@@ -56,7 +58,7 @@ from dsp_deploy.io import Calibration
 from dsp_deploy.modelcheck import quantized_reason, runtime_ops
 from dsp_deploy.options import CompressOptions
 from dsp_deploy.quantize import bias, fallback, ranges, speed
-from dsp_deploy.quantize.build import prepare, quantize_qdq
+from dsp_deploy.quantize.build import prepare, quantize_qdq, signed_input_convs
 from dsp_deploy.quantize.equalise import equalise
 from dsp_deploy.quantize.options import QuantizeOptions, host_target
 from dsp_deploy.quantize.record import record, stamp
@@ -122,6 +124,7 @@ class _Built:
     pairs: int
     tried: int
     notes: tuple[str, ...]
+    narrow: tuple[str, ...] = ()  # Convs with 7-bit weights (``build``: signed inputs)
 
 
 def check_quantizable(model: onnx.ModelProto) -> None:
@@ -162,29 +165,19 @@ def _outputs(ctx: _Context, model: onnx.ModelProto, inputs: dict) -> tuple:
 
 
 def _corrected(ctx: _Context, kept: tuple[str, ...], wide: tuple[str, ...] = ()) -> onnx.ModelProto:
-    """The INT8 model with ``kept`` in float (``wide`` A16W8), its Conv biases corrected."""
+    """The INT8 model with ``kept`` in float (``wide`` A16W8), its Conv biases corrected
+    level by level (``bias.corrected``)."""
     build = partial(quantize_qdq, ranges=ctx.ranges, flavour=ctx.options.flavour,
                     exclude=kept, wide=wide)  # fmt: skip
     first = build(ctx.model)
     if not ctx.options.bias_correction:
         return first
-    ours, theirs = _conv_outputs(ctx.model), _conv_outputs(first)
-    common = [n for n in ours if n in theirs and n not in kept]
     run = partial(ranges.activations, inputs=ctx.inputs, batch_size=ctx.options.batch_size)
-    floats = run(ctx.model, names=[ours[n] for n in common])
-    emulated = run(first, names=[theirs[n] for n in common])
-    pairs = {ours[n]: emulated[theirs[n]] for n in common}
-    second = build(bias.with_bias_shifts(ctx.model, bias.bias_shifts(floats, pairs)))
-    # One-shot correction of every layer can overshoot: kept only where it helps.
+    second = bias.corrected(ctx.model, build, lambda m, names: run(m, names=names), kept)
+    # Kept only where it helps the class scores (it corrects means, not the decision).
     deviations = [fallback.mean_deviation(ctx.reference, _outputs(ctx, m, ctx.inputs))
                   for m in (first, second)]  # fmt: skip
     return second if deviations[1] < deviations[0] else first
-
-
-def _conv_outputs(model: onnx.ModelProto) -> dict[str, str]:
-    """Conv node name → its output (onnxruntime's quantizer keeps node names; it may
-    rename an output, when it drops the Relu after a Conv)."""
-    return {n.name: n.output[0] for n in model.graph.node if n.op_type == "Conv" and n.name}
 
 
 def _trial(
@@ -286,7 +279,9 @@ def _build(model: onnx.ModelProto, part: Calibration, opts: QuantizeOptions) -> 
     attempt = _search(ctx, unfused)
     candidate, decision, kept, wide, note = _wide(ctx, attempt, unfused)
     notes = () if note is None else (note,)
-    return _Built(candidate, decision, kept, wide, unfused, pairs, attempt.tried, notes)
+    narrow = signed_input_convs(float_model, chosen) if opts.flavour.narrow_signed else ()
+    narrow = tuple(n for n in narrow if n not in (*kept, *wide))
+    return _Built(candidate, decision, kept, wide, unfused, pairs, attempt.tried, notes, narrow)
 
 
 def _latency(model: onnx.ModelProto, candidate: onnx.ModelProto, part: Calibration) -> dict:

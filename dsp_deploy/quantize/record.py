@@ -3,7 +3,8 @@
 A JSON object: ``source_sha256`` (of the serialized input model), ``scheme`` (the
 flavour, e.g. ``QDQ U8S8``, or ``float`` when INT8 was not kept), ``target``,
 ``per_channel`` weights, ``kept_float`` (nodes left in float by the fallback),
-``a16w8`` (nodes with 16-bit activations), ``unfused`` (Convs onnxruntime would not
+``a16w8`` (nodes with 16-bit activations), ``weights_7bit`` (Convs whose weights are
+7-bit: they read a signed tensor, ``quantize.build``), ``unfused`` (Convs onnxruntime would not
 fuse into an integer op here, left float), ``equalised`` pairs, ``bias_correction``,
 the decision, held-out and eval reports, ``gates`` (``compress.gates.GateReport``),
 ``latency_ratio`` (INT8 / float, one thread, per batch; null when not measured) and
@@ -47,6 +48,7 @@ def record(
         "per_channel": True,
         "kept_float": list(kept_float),
         "a16w8": list(wide),
+        "weights_7bit": list(built.narrow) if scheme != "float" else [],
         "unfused": list(built.unfused),
         "equalised": built.pairs,
         "bias_correction": options.bias_correction,
