@@ -12,7 +12,9 @@ configuration in ``RUNS``:
                  show what reconstruction buys;
 * ``auto-point`` ``auto`` with ``--confidence 0.5``: the gates on point estimates, what
                  the search finds where the series are too few to certify a 2-point drop
-                 (fewer than 133: ``auto`` then removes nothing, and the CLI exits 2).
+                 (fewer than 133: ``auto`` then removes nothing, and the CLI exits 2);
+* ``auto-layout`` ``auto --align 8 --conv2d``: kept channels in multiples of 8 and the
+                 1-D convs in onnxruntime's blocked 2-D form, for the latency columns.
 
 Per run it records params and MACs before/after, test accuracy of the input model and of
 the result (onnxruntime, the official test split, which ``compress`` never sees), the
@@ -73,6 +75,7 @@ RUNS: dict[str, dict[str, object]] = {
             "auto": {"criterion": "auto"},
             "auto-norec": {"criterion": "auto", "compensation": "none"},
             "auto-point": {"criterion": "auto", "confidence": 0.5},
+            "auto-layout": {"criterion": "auto", "align": 8, "conv2d": True},
         }
         if AUTO
         else {}
