@@ -139,18 +139,20 @@ class Checkpointed:
 
     ``begin(model, names, keep)`` opens a pass computing ``names`` and keeping ``keep``;
     ``batch(b, feed)`` runs it on batch b; ``end()`` stores what was kept (within
-    ``budget`` bytes, else nothing: the next pass starts from the input). ``model``: the
-    model of every pass when it does not change (``begin(None, ...)``)."""
+    ``budget`` bytes, default ``BUDGET``, else nothing: the next pass starts from the
+    input). ``model``: the model of every pass when it does not change (``begin(None,
+    ...)``)."""
 
     def __init__(
         self,
         batches: int,
         threads: int | None,
-        budget: int = BUDGET,
+        budget: int | None = None,
         model: onnx.ModelProto | None = None,
     ) -> None:
         self.stored: list[dict[str, np.ndarray]] = [{} for _ in range(batches)]
-        self.threads, self.budget, self.model = threads, budget, model
+        self.threads, self.model = threads, model
+        self.budget = BUDGET if budget is None else budget
         self._pending: list[dict[str, np.ndarray]] = []
 
     def begin(
@@ -160,7 +162,9 @@ class Checkpointed:
         have = self.stored[0] if self.stored else {}
         self.names, self.keep = tuple(names), tuple(keep)
         self.fetch = tuple(n for n in dict.fromkeys([*names, *keep]) if n not in have)
-        self.session = session(cut(model, self.fetch, have), self.threads) if self.fetch else None
+        self.session = (
+            session(cut(model, self.fetch, have), self.threads, spin=False) if self.fetch else None
+        )
         self._pending = []
 
     def batch(self, b: int, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -160,7 +160,9 @@ class LagSums:
                 out[m] += xs[:, lo:hi].reshape(c, -1) @ xs[:, lo + lag : hi + lag].reshape(c, -1).T
         self.window += x.sum(axis=0)
         cross = [_cross(xs, y, shape) for y, shape in zip(ys, self.shapes, strict=True)]
-        self.cross = cross if not self.cross else [a + b for a, b in zip(self.cross, cross)]
+        self.cross = (
+            cross if not self.cross else [a + b for a, b in zip(self.cross, cross, strict=True)]
+        )
         self.samples += len(x)
 
     def result(self) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -13,16 +13,18 @@ bias compensation, with a scale). Only the kept output channels are fitted.
 
 Cost. At most ``MAX_SAMPLES`` calibration series (a seeded subset) are read: 512 series
 give a Gram matrix ≥ 512 · L_out rows, far more than the C·k + 1 columns of any
-consumer here, and the time is 2 · levels passes over them plus, per Conv of kernel k,
-O(k · N · C² · L) for its Gram matrix (``conv_gram``: no unfolded rows are formed).
+consumer here. Per 1-D stride-1 Conv of kernel k the Gram matrix costs O(k · N · C² · L)
+(``conv_gram``: no unfolded rows are formed; the Convs that read one tensor share it).
 
 Order. The nodes to refit get a *level*: 1 + the highest level among the refitted nodes
 upstream of them (0 when none). Nodes of one level never feed each other, so one
 onnxruntime pass of the current model (their inputs) and one of the original (their
-targets) per level serve all of them: 2 · levels passes, whatever the number of layers.
-Each pass runs the model cut to the nodes that level's tensors depend on (``upto``:
-onnxruntime computes every node of a graph whatever is fetched), so early levels cost
-a fraction of a pass.
+targets) per level serve all of them, whatever the number of layers. Each pass starts
+from the frontier the pass before it stored (``checkpoint``: the tensors no later refit
+can change) and runs only the nodes between it and the level's tensors, so the passes
+of a reconstruction cost about one whole pass of each model, not levels / 2; memory
+for the frontier is bounded (``checkpoint.BUDGET``), above it a pass starts from the
+input.
 
 Not refitted (kept as ``prune`` left them, their ``mean`` bias fold included, and
 named in ``ReconstructReport.skipped``): grouped Convs that are not depthwise, Convs
@@ -50,8 +52,8 @@ from dsp_deploy.compress.refit import (
     DEPTHWISE,
     GEMM,
     MATMUL,
-    Target,
     LevelFit,
+    Target,
     prior,
     write,
 )

@@ -101,17 +101,17 @@ def _target_rows(y: np.ndarray, t: Target) -> np.ndarray:
 
 
 def _summed(node: ir.Node, t: Target) -> ConvShape | None:
-    """The Conv's shape where its G, B come from lag sums (stride 1, kernel > 1), else None."""
+    """The Conv's shape where its G, B come from lag sums (1-D, stride 1), else None."""
     if t.kind != CONV or attr(node, "strides", [1])[0] != 1:
         return None
     k = constant_value(node.inputs[1]).shape[2]
     pads = attr(node, "pads", [0, 0])
-    return ConvShape(k, attr(node, "dilations", [1])[0], (pads[0], pads[1])) if k > 1 else None
+    return ConvShape(k, attr(node, "dilations", [1])[0], (pads[0], pads[1]))
 
 
 class LevelFit:
     """The fits of one level's Targets, fed batch by batch (``add``), then ``fits()``.
-    Stride-1 Convs of kernel > 1 that read one tensor share its lag sums
+    Stride-1 Convs that read one tensor share its lag sums
     (``conv_gram.LagSums``, one per part: fit and held-out rows), assembled once."""
 
     def __init__(self, nodes: dict[str, ir.Node], level: Sequence[Target]) -> None:
