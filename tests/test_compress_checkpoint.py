@@ -124,3 +124,21 @@ def test_reconstruct_from_frontiers_equals_reconstruct_from_the_input(monkeypatc
     assert weights[0].keys() == weights[1].keys()
     for name, value in weights[0].items():
         np.testing.assert_array_equal(value, weights[1][name], err_msg=name)
+
+
+SPLIT = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 4] x) => (float[N, 2] out) {
+    p1, p2 = Split <axis = 1> (x)
+    out = Add (p1, p2)
+}
+"""
+
+
+def test_a_source_that_a_kept_node_also_makes_is_recomputed_not_fed() -> None:
+    model = onnx.parser.parse_model(SPLIT)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    part = cut(model, ["p2"], {"p1": x[:, :2]})
+    assert [i.name for i in part.graph.input] == ["x"]
+    (p2,) = run_model(part, {"x": x})
+    np.testing.assert_array_equal(p2, x[:, 2:])

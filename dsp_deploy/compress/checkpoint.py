@@ -80,9 +80,11 @@ def cut(
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
     inputs = [i for i in out.graph.input if i.name not in sources]
+    remade = {o for n in keep for o in n.output}  # a kept node's other output: recomputed
     del out.graph.input[:]
     out.graph.input.extend(inputs)
-    out.graph.input.extend(_source_info(n, v) for n, v in sources.items() if n in needed)
+    fed = (_source_info(n, v) for n, v in sources.items() if n in needed and n not in remade)
+    out.graph.input.extend(fed)
     return with_outputs(out, wanted)
 
 
@@ -165,14 +167,14 @@ class Checkpointed:
         self.session = (
             session(cut(model, self.fetch, have), self.threads, spin=False) if self.fetch else None
         )
+        self.inputs = {i.name for i in self.session.get_inputs()} if self.session else set()
         self._pending = []
 
     def batch(self, b: int, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         have = self.stored[b]
         values = dict(have)
         if self.session is not None:
-            wanted = {i.name for i in self.session.get_inputs()}
-            inputs = {k: v for k, v in {**feed, **have}.items() if k in wanted}
+            inputs = {k: v for k, v in {**feed, **have}.items() if k in self.inputs}
             values.update(zip(self.fetch, run_batch(self.session, self.fetch, inputs), strict=True))
         self._pending.append({k: values[k] for k in self.keep})
         return [values[n] for n in self.names]
