@@ -129,7 +129,9 @@ def measure(key: str, n: int) -> dict:
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode:
         raise RuntimeError(f"{key} {n}: {done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    head = ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(head, capture_output=True, text=True, check=False).stdout.strip()
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "commit": commit}
 
 
 NOTES = """
@@ -166,6 +168,62 @@ min (25 min wall at load 8–9 on the 2 cores): the 600 s target is **not met**;
 an unfinished profiled run had reached 9.4 CPU min after 27 min wall. The 36
 reconstructions (≈ 25–50 CPU s each) are the cost; Inception at 10,000 series was not
 reached.
+
+## Second round (branch ``aspeed``): rows ``aspeed``
+
+Three changes, results identical up to float rounding (one Inception reconstruction,
+800 series, depth 464/928: the first level's refitted weights within one float32 ulp of
+before, the last ones within 2e-3 relative after 11 levels of compounding through a
+float32 model; logits within 5e-5, argmax equal on all 1,000 series; the same λ):
+
+* ``compress.checkpoint``: each level's passes start from the *frontier* the pass before
+  stored (the tensors no later refit can change) instead of the network's input, so a
+  reconstruction's passes cost about one whole pass of each model, not levels / 2. The
+  values fed back are onnxruntime's own: with and without the frontier the refitted
+  weights are bit-identical (``tests/test_compress_checkpoint.py``; on Inception too).
+  Memory: at most ``checkpoint.BUDGET`` = 256 MiB per model (above it a pass starts from
+  the input, as before); Inception, 512 series: ≤ 84 MB (pruned) + 112 MB (original).
+  This is O(``MAX_SAMPLES`` · frontier width): bounded, independent of the calibration
+  size, but not O(channels² · kernel).
+* ``conv_gram.LagSums``: the lag sums between window ends are summed over the batches
+  and assembled into G once per level (was: per batch, with a prefix sum over every
+  position); one-position segments at the edges from one batched product for every lag,
+  the long middle one matrix product; the Convs that read one tensor share one table
+  (Inception's k = 40/20/10 and, since they read another tensor, 1×1 Convs alone).
+* onnxruntime sessions of the reconstruction and of ``auto``'s candidate runs without
+  spinning threads (``inference.session(spin=False)``; one Inception pass of 512 series:
+  1.75–1.83 → 1.38–1.47 CPU s, the same wall time, at load 4).
+
+Full search (rows ``aspeed``, load 3–6): Inception at 1,000 series 473 CPU s (510 s
+wall; 36 reconstructions): the 600 s target is **met**; it removes the first 459 of 928
+ranked units, 68% of the MACs (the curve: 314, 396, 441, 459 pass, 473 and 542 fail). LITE 53.9
+→ 15.3 CPU s at 1,000 and 27.3 → 14.6 at 10,000, the same curve to the 4 decimals
+stored. Peak RSS: LITE 243 → 285 MB (frontiers, lag tables: not measured apart), ratio
+1.005; Inception 848 MB at 1,000 and 801 MB at 10,000 (0.945; 291 CPU s there, a
+held-out part of 2,000 judges, 6 reconstructions: 491 units, 73% of the MACs). No
+complete Inception search before these changes exists to compare its curve with (one
+would take over 30 CPU min); per reconstruction the results agree as above.
+
+One reconstruction (``/tmp`` script: the plan of the first n ranked units on 800
+resampled series, then ``reconstruct``), old and new code interleaved, load 7–9:
+
+| depth (units) | before CPU s | after CPU s |
+|---:|---:|---:|
+| 464 / 928 | 46.5, 47.2 | 12.3, 12.6 |
+| 232 / 928 | 56.6 | 16.2 |
+
+(the 25 ridge λ chosen at depth 464 are the same before and after.)
+
+After, per reconstruction (cProfile with a CPU clock, depth 464): onnxruntime 4.4 s,
+the ridge grid's LU solves 3.2 s (2.6 s of it the 10 solves of each k = 40 Conv that
+keeps 31–32 input channels, F ≈ 1,281), ``LagSums`` 4.7 s, the rest < 1.5 s.
+An intermediate state (frontier and lag sums, spinning threads) was stopped at 12.5 CPU
+min (26 min wall) of the full Inception search.
+
+Not done: FFT correlations for B and the long lag products (about 10× fewer
+multiply-adds, different rounding); an eigen-decomposed ridge grid (measured: no faster
+at F = 641–1,281); stopping a candidate's folds once its gate cannot pass any more
+(the curve's numbers for it would be partial); fewer folds or candidates (policy).
 
 Memory: the statistics pass (``calibrate.Probe.statistics``) keeps running sums per
 batch; a reconstruction reads a seeded subset of at most ``reconstruct.MAX_SAMPLES``

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from onnxruntime import InferenceSession
 
 from dsp_deploy.compress.calibrate import ActivationStats, merge_stats
 from dsp_deploy.compress.gates import gates
@@ -108,11 +109,12 @@ def auto_plan(
             f"calibration samples at --holdout {opts.holdout} hold none out"
         )
     ranking = rank_units(model, analysis, stats, settings.length, part.inputs)
-    original = session(model, opts.threads)
+    original = session(model, opts.threads, spin=False)  # batched runs: spinning saves nothing
     cum = cumulative_macs(ranking)
 
     def outputs_of(m, inputs) -> tuple[np.ndarray, ...]:
-        return run_model(m, inputs, batch_size=settings.batch_size, threads=opts.threads)
+        run = m if isinstance(m, InferenceSession) else session(m, opts.threads, spin=False)
+        return run_model(run, inputs, batch_size=settings.batch_size)
 
     def plan_at(s: ActivationStats, r: Ranking, n: int) -> PruningPlan:
         return prefix_plan(

@@ -88,23 +88,27 @@ class Normal:
     intercept: bool = True
     parts: dict[bool, _Sums] = field(default_factory=dict)
 
+    def _part(self, held: bool, g: np.ndarray | None = None) -> _Sums:
+        if held not in self.parts:
+            shape = (self.features, self.features) if g is None else g.shape
+            self.parts[held] = _Sums(np.zeros(shape), np.zeros((shape[0], self.outputs)))
+        return self.parts[held]
+
     def add(self, rows: np.ndarray, targets: np.ndarray, held: bool) -> None:
         """Add rows (R, F) and targets (R, outputs), both float64."""
         x = _with_one(rows) if self.intercept else rows
-        s = self.parts.setdefault(
-            held, _Sums(np.zeros((self.features,) * 2), np.zeros((self.features, self.outputs)))
-        )
+        s = self._part(held)
         s.g += x.T @ x
         s.b += x.T @ targets
         s.yy += float(np.einsum("ij,ij->", targets, targets))
         s.rows += len(x)
 
-    def add_sums(self, g: np.ndarray, b: np.ndarray, targets: np.ndarray, held: bool) -> None:
-        """Add a batch given by its own G and B (``conv_gram``) and its targets."""
-        s = self.parts.setdefault(held, _Sums(np.zeros_like(g), np.zeros_like(b)))
+    def add_sums(self, g: np.ndarray, b: np.ndarray, yy: float, held: bool) -> None:
+        """Add rows given by their own G and B (``conv_gram``) and Σ‖y‖² of their targets."""
+        s = self._part(held, g)
         s.g += g
         s.b += b
-        s.yy += float(np.vdot(targets, targets))
+        s.yy += yy
         s.rows += int(round(g[-1, -1]))
 
     def solve(self, prior: np.ndarray) -> tuple[np.ndarray, float]:

@@ -13,16 +13,18 @@ bias compensation, with a scale). Only the kept output channels are fitted.
 
 Cost. At most ``MAX_SAMPLES`` calibration series (a seeded subset) are read: 512 series
 give a Gram matrix ≥ 512 · L_out rows, far more than the C·k + 1 columns of any
-consumer here, and the time is 2 · levels passes over them plus, per Conv of kernel k,
-O(k · N · C² · L) for its Gram matrix (``conv_gram``: no unfolded rows are formed).
+consumer here. Per 1-D stride-1 Conv of kernel k the Gram matrix costs O(k · N · C² · L)
+(``conv_gram``: no unfolded rows are formed; the Convs that read one tensor share it).
 
 Order. The nodes to refit get a *level*: 1 + the highest level among the refitted nodes
 upstream of them (0 when none). Nodes of one level never feed each other, so one
 onnxruntime pass of the current model (their inputs) and one of the original (their
-targets) per level serve all of them: 2 · levels passes, whatever the number of layers.
-Each pass runs the model cut to the nodes that level's tensors depend on (``upto``:
-onnxruntime computes every node of a graph whatever is fetched), so early levels cost
-a fraction of a pass.
+targets) per level serve all of them, whatever the number of layers. Each pass starts
+from the frontier the pass before it stored (``checkpoint``: the tensors no later refit
+can change) and runs only the nodes between it and the level's tensors, so the passes
+of a reconstruction cost about one whole pass of each model, not levels / 2; memory
+for the frontier is bounded (``checkpoint.BUDGET``), above it a pass starts from the
+input.
 
 Not refitted (kept as ``prune`` left them, their ``mean`` bias fold included, and
 named in ``ReconstructReport.skipped``): grouped Convs that are not depthwise, Convs
@@ -41,7 +43,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from dsp_deploy.compress.calibrate import with_outputs
+from dsp_deploy.compress.checkpoint import Checkpointed, cut, frontiers, plain
 from dsp_deploy.compress.graph import attr, normalised
 from dsp_deploy.compress.lsq import HOLD_EVERY, one_blas_thread
 from dsp_deploy.compress.plan import PruningPlan
@@ -50,17 +52,16 @@ from dsp_deploy.compress.refit import (
     DEPTHWISE,
     GEMM,
     MATMUL,
+    LevelFit,
     Target,
-    accumulate,
-    new_fit,
     prior,
     write,
 )
 from dsp_deploy.compress.rules import REFIT_FEATURES
-from dsp_deploy.inference import batches, run_batch, session
+from dsp_deploy.inference import batches
 from dsp_deploy.irgraph import constant_value, finish
 
-__all__ = ["ReconstructReport", "Refitted", "reconstruct"]
+__all__ = ["ReconstructReport", "Refitted", "reconstruct", "upto"]
 
 logger = logging.getLogger(__name__)
 
@@ -171,58 +172,46 @@ def _held(start: int, count: int, total: int) -> np.ndarray:
     return index % HOLD_EVERY == HOLD_EVERY - 1 if total >= 2 * HOLD_EVERY else index < 0
 
 
-def upto(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """``model`` cut to the nodes ``names`` depend on, with exactly ``names`` as outputs
-    (onnxruntime runs every node of a graph whatever is fetched); the whole model with
-    ``names`` added where a name is no node's output or a node holds a subgraph."""
-    wanted = tuple(dict.fromkeys(names))
-    nodes = model.graph.node
-    made = {o for n in nodes for o in n.output}
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-           for n in nodes for a in n.attribute) or not set(wanted) <= made:  # fmt: skip
-        return with_outputs(model, wanted)
-    needed, keep = set(wanted), []
-    for node in reversed(nodes):
-        if needed.intersection(node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    cut = onnx.ModelProto()
-    cut.CopyFrom(model)
-    del cut.graph.node[:], cut.graph.output[:]
-    cut.graph.node.extend(reversed(keep))
-    needed.update(i.name for i in model.graph.input)  # an initializer listed as an input
-    kept = [t for t in cut.graph.initializer if t.name in needed]
-    del cut.graph.initializer[:]
-    cut.graph.initializer.extend(kept)
-    return with_outputs(cut, wanted)
-
-
-def _fit_level(model: ir.Model, normal: onnx.ModelProto, level: Sequence[Target], inputs,
-               opts) -> list:  # fmt: skip
-    batch_size, threads = opts
+def _fit_level(model: ir.Model, sides: tuple[Checkpointed, Checkpointed], level, keeps,
+               inputs, batch_size: int) -> list[Refitted]:  # fmt: skip
+    """Fit the Targets ``level`` on one pass of each side (current, original) and write
+    them into ``model``; ``keeps``: the frontier each side stores for the next level."""
     nodes = {n.name: n for n in model.graph}
-    current = session(upto(ir.to_proto(model), [t.fetch for t in level]), threads)
-    reference = session(upto(normal, [t.target for t in level]), threads)
-    fits = [new_fit(nodes[t.node], t) for t in level]
-    total = len(next(iter(inputs.values())))
-    start = 0
-    for feed in batches(inputs, batch_size):
-        xs = run_batch(current, [t.fetch for t in level], feed)
-        ys = run_batch(reference, [t.target for t in level], feed)
-        held = _held(start, len(xs[0]), total)
-        start += len(xs[0])
-        for fit, t, x, y in zip(fits, level, xs, ys, strict=True):
-            accumulate(fit, nodes[t.node], t, x.astype(np.float64), y.astype(np.float64), held)
-    done = []
-    for fit, t in zip(fits, level, strict=True):
-        node = nodes[t.node]
-        if t.kind == DEPTHWISE:
-            solved, lam = fit.solve(), None
-        else:
-            solved, lam = fit.solve(prior(node, t, nodes))
-        write(model.graph, node, t, solved, nodes)
-        done.append(Refitted(t.node, t.kind, t.level, lam))
-    return done
+    fetch = list(dict.fromkeys(t.fetch for t in level))  # Convs after one bottleneck share it
+    target = list(dict.fromkeys(t.target for t in level))
+    current, reference = sides
+    current.begin(ir.to_proto(model), fetch, keeps[0])
+    reference.begin(None, target, keeps[1])
+    fits = LevelFit(nodes, level)
+    total, start = len(next(iter(inputs.values()))), 0
+    for b, feed in enumerate(batches(inputs, batch_size)):
+        xs = dict(zip(fetch, _float64(current.batch(b, feed)), strict=True))
+        ys = dict(zip(target, _float64(reference.batch(b, feed)), strict=True))
+        held = _held(start, len(xs[fetch[0]]), total)
+        start += len(held)
+        fits.add([xs[t.fetch] for t in level], [ys[t.target] for t in level], held)
+    current.end()
+    reference.end()
+    return [_solve(model, nodes, fit, t) for fit, t in zip(fits.fits(), level, strict=True)]
+
+
+def _float64(values: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return [v.astype(np.float64) for v in values]
+
+
+def _solve(model: ir.Model, nodes: dict[str, ir.Node], fit, t: Target) -> Refitted:
+    node = nodes[t.node]
+    if t.kind == DEPTHWISE:
+        solved, lam = fit.solve(), None
+    else:
+        solved, lam = fit.solve(prior(node, t, nodes))
+    write(model.graph, node, t, solved, nodes)
+    return Refitted(t.node, t.kind, t.level, lam)
+
+
+def upto(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """``model`` cut to the nodes ``names`` depend on (``checkpoint.cut`` from the input)."""
+    return cut(model, names)
 
 
 def _subset(inputs: Mapping[str, np.ndarray], cap: int) -> Mapping[str, np.ndarray]:
@@ -261,14 +250,33 @@ def reconstruct(
     return Reconstructed(ir.to_proto(model), ReconstructReport(tuple(refits), levels, skipped))
 
 
+def _frontiers(current: onnx.ModelProto, reference: onnx.ModelProto, targets, levels: int):
+    """Per level, the frontier each side keeps for the next (``checkpoint.frontiers``)."""
+    if not (plain(current) and plain(reference)):
+        return [((), ())] * levels
+    made = {o: n.name for n in reference.graph.node for o in n.output}
+    fetched, aimed = {}, {}
+    for t in targets:
+        fetched[t.fetch] = max(fetched.get(t.fetch, 0), t.level)
+        aimed[t.target] = max(aimed.get(t.target, 0), t.level)
+    seeds = {t.node: t.level for t in targets}
+    produced = {made[t.target]: t.level for t in targets if t.target in made}
+    ours = frontiers(current, seeds, fetched, levels)
+    theirs = frontiers(reference, produced, aimed, levels)
+    return list(zip(ours, theirs, strict=True))
+
+
 def _fit_levels(model: ir.Model, normal: ir.Model, targets, inputs, opts) -> list[Refitted]:
     batch_size, threads = opts
     refits: list[Refitted] = []
     levels = max((t.level for t in targets), default=0)
     if targets:
         reference = ir.to_proto(normal)
+        keeps = _frontiers(ir.to_proto(model), reference, targets, levels)
+        count = -(-len(next(iter(inputs.values()))) // batch_size)
+        sides = (Checkpointed(count, threads), Checkpointed(count, threads, model=reference))
         for level in range(1, levels + 1):
             mine = [t for t in targets if t.level == level]
-            refits += _fit_level(model, reference, mine, inputs, (batch_size, threads))
+            refits += _fit_level(model, sides, mine, keeps[level - 1], inputs, batch_size)
         finish(model)
     return refits

@@ -11,17 +11,18 @@ changed; the old ones go with onnx-ir's unused-node removal at the end.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 
-from dsp_deploy.compress.conv_gram import conv_sums
+from dsp_deploy.compress.conv_gram import ConvShape, LagSums
 from dsp_deploy.compress.graph import attr
 from dsp_deploy.compress.lsq import Depthwise, Normal, row_chunks, unfold
 from dsp_deploy.irgraph import constant_value, initializer
 
-__all__ = ["Target", "accumulate", "new_fit", "prior", "write"]
+__all__ = ["LevelFit", "Target", "accumulate", "new_fit", "prior", "write"]
 
 CONV, GEMM, MATMUL, DEPTHWISE = "conv", "gemm", "matmul", "depthwise"
 
@@ -99,11 +100,71 @@ def _target_rows(y: np.ndarray, t: Target) -> np.ndarray:
     return np.moveaxis(y.reshape(y.shape[0], y.shape[1], -1), 1, 2).reshape(-1, y.shape[1])
 
 
+def _summed(node: ir.Node, t: Target) -> ConvShape | None:
+    """The Conv's shape where its G, B come from lag sums (1-D, stride 1), else None."""
+    if t.kind != CONV or attr(node, "strides", [1])[0] != 1:
+        return None
+    k = constant_value(node.inputs[1]).shape[2]
+    pads = attr(node, "pads", [0, 0])
+    return ConvShape(k, attr(node, "dilations", [1])[0], (pads[0], pads[1]))
+
+
+class LevelFit:
+    """The fits of one level's Targets, fed batch by batch (``add``), then ``fits()``.
+    Stride-1 Convs that read one tensor share its lag sums
+    (``conv_gram.LagSums``, one per part: fit and held-out rows), assembled once."""
+
+    def __init__(self, nodes: dict[str, ir.Node], level: Sequence[Target]) -> None:
+        self.nodes, self.level = nodes, tuple(level)
+        self._fits = [new_fit(nodes[t.node], t) for t in level]
+        self.shapes = [_summed(nodes[t.node], t) for t in level]
+        self.groups: dict[str, list[int]] = {}
+        for i, (t, shape) in enumerate(zip(level, self.shapes, strict=True)):
+            if shape is not None:
+                self.groups.setdefault(t.fetch, []).append(i)
+        self.sums: dict[tuple[str, bool], LagSums] = {}
+        self.yy = [dict.fromkeys((False, True), 0.0) for _ in level]
+
+    def add(self, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], held: np.ndarray) -> None:
+        """One batch: each Target's input and original output (float64); ``held``: the
+        samples held out for choosing λ."""
+        for i, t in enumerate(self.level):
+            if self.shapes[i] is None:
+                accumulate(self._fits[i], self.nodes[t.node], t, xs[i], ys[i], held)
+        for fetch, group in self.groups.items():
+            for part, mask in ((True, held), (False, ~held)):
+                if mask.any():
+                    self._add_group(fetch, group, xs[group[0]][mask], [ys[i][mask] for i in group],
+                                    part)  # fmt: skip
+
+    def _add_group(self, fetch: str, group: list[int], x, ys, part: bool) -> None:
+        ys = [self._kept(i, y) for i, y in zip(group, ys, strict=True)]
+        key = (fetch, part)
+        if key not in self.sums:
+            self.sums[key] = LagSums([self.shapes[i] for i in group], x.shape[1], x.shape[2])
+        self.sums[key].add(x, ys)
+        for i, y in zip(group, ys, strict=True):
+            self.yy[i][part] += float(np.vdot(y, y))
+
+    def _kept(self, i: int, y: np.ndarray) -> np.ndarray:
+        rows = self.level[i].rows
+        return np.take(y, rows, axis=1) if rows else y
+
+    def fits(self) -> list[Normal | Depthwise]:
+        """Every Target's fit, the shared sums added."""
+        for (fetch, part), sums in self.sums.items():
+            for i, (g, b) in zip(self.groups[fetch], sums.result(), strict=True):
+                self._fits[i].add_sums(g, b, self.yy[i][part], part)
+        self.sums = {}
+        return self._fits
+
+
 def accumulate(
     fit: Normal | Depthwise, node: ir.Node, t: Target, x: np.ndarray, y: np.ndarray, held
 ) -> None:
-    """Add one batch: ``x`` fetched from the pruned model, ``y`` the original's, float64;
-    ``held`` a boolean mask of the samples held out for choosing λ."""
+    """Add one batch to a fit that forms its rows (not a Conv with lag sums: ``LevelFit``):
+    ``x`` fetched from the pruned model, ``y`` the original's, float64; ``held`` a boolean
+    mask of the samples held out for choosing λ."""
     if isinstance(fit, Depthwise):
         fit.add(x, np.take(y, t.rows, axis=1) if t.rows else y)
         return
@@ -114,22 +175,10 @@ def accumulate(
         if t.kind != CONV:
             fit.add(xs.reshape(len(xs), -1), _target_rows(ys, t), bool(mask is held))
             continue
-        k = constant_value(node.inputs[1]).shape[2]
-        if k > 1 and attr(node, "strides", [1])[0] == 1:  # G, B without the unfolded rows
-            _conv_sums(fit, node, t, xs, ys, bool(mask is held))
-            continue
         step = row_chunks(int(np.prod(ys.shape[2:])), fit.features)
         for i in range(0, len(xs), step):
             rows = _conv_rows(node, xs[i : i + step])
             fit.add(rows, _target_rows(ys[i : i + step], t), bool(mask is held))
-
-
-def _conv_sums(fit: Normal, node: ir.Node, t: Target, x, y, held: bool) -> None:
-    pads = attr(node, "pads", [0, 0])
-    kernel, dilation = constant_value(node.inputs[1]).shape[2], attr(node, "dilations", [1])[0]
-    y = np.take(y, t.rows, axis=1) if t.rows else y
-    g, b = conv_sums(x, y, kernel, dilation, (pads[0], pads[1]))
-    fit.add_sums(g, b, y, held)
 
 
 def _set(graph: ir.Graph, node: ir.Node, k: int, array: np.ndarray, tag: str) -> None:
