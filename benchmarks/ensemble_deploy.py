@@ -38,7 +38,7 @@ RESULTS = HERE / "results" / "ensemble_deploy"  # --out overrides
 SEEDS = (9409, 3804, 3952)
 FAMILY = ("GunPoint", "GunPointAgeSpan", "GunPointMaleVersusFemale", "GunPointOldVersusYoung")
 VARIANTS = (
-    "dense", "dense-onnx-auto", "dsp-onnx", "dsp-onnx-auto", "dsp-onnx-rule", "dsp-retrain",
+    "dense", "dense-onnx-auto", "dsp-onnx", "dsp-onnx-auto", "dsp-onnx-rule", "dsp-exact", "dsp-retrain",
     "narrow",
 )  # fmt: skip
 
