@@ -53,7 +53,7 @@ class CompressOptions:
     """The settings of one ``compress`` run; see ``compress.pipeline`` for their effect."""
 
     criterion: str = "dead"  # CRITERIA: dead (lossless at threshold 0) | dsp (paper's rule)
-    # | auto (the deepest cut of one global ranking that passes the gates)
+    # | auto (a fixed ladder of cuts down one global ranking, climbed until the gates fail)
     threshold: float = 0.0  # dead: also drop channels with rms <= T·layer rms
     min_count: int | None = None  # dsp: keep n_c > this; None: the architecture's rule
     compensation: str = DEFAULT_COMPENSATION  # COMPENSATIONS, for lossy criteria

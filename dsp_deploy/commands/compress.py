@@ -79,8 +79,8 @@ def compress_command(
         str,
         typer.Option(
             "--criterion",
-            help=f"{' | '.join(CRITERIA)}: lossless | paper's rule | the deepest cut of one "
-            "global ranking that passes the gates (no ratio; reconstructs every consumer).",
+            help=f"{' | '.join(CRITERIA)}: lossless | paper's rule | cuts down one global "
+            "ranking, deeper until the gates fail (no ratio; reconstructs every consumer).",
         ),
     ] = DEFAULTS.criterion,
     threshold: Annotated[
