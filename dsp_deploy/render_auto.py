@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 @contextmanager
 def auto_progress(enabled: bool) -> Iterator[Callable[[Candidate], None] | None]:
-    """A transient bar counting candidates; None when disabled or stderr is no terminal."""
-    from dsp_deploy.compress.search import max_candidates
+    """A transient bar while candidates run, pulsing (the climb stops at its first
+    failure: how many candidates there will be is not known); None when disabled or
+    stderr is no terminal."""
     from dsp_deploy.render import console
 
     err = console(stderr=True)
@@ -33,7 +34,7 @@ def auto_progress(enabled: bool) -> Iterator[Callable[[Candidate], None] | None]
         TextColumn("{task.description}"),
     )
     with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task("ranking, first candidate", total=max_candidates())
+        task = bar.add_task("ranking, first candidate", total=None)
 
         def update(c: Candidate) -> None:
             verdict = "passes" if c.passed else "fails"

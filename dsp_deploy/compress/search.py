@@ -47,7 +47,7 @@ import onnx
 
 from dsp_deploy.compress.verify import ParityReport, compare
 
-__all__ = ["Candidate", "SearchReport", "climb", "max_candidates", "rungs", "search"]
+__all__ = ["Candidate", "SearchReport", "climb", "rungs", "search"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +112,6 @@ def rungs(step: float = STEP, min_kept: float = MIN_KEPT) -> tuple[float, ...]:
         raise ValueError(f"the ladder's step must be in (0, 1), got {step}")
     count = int(np.floor(np.log(min_kept) / np.log(1 - step) + 1e-9))
     return tuple(1 - (1 - step) ** k for k in range(1, count + 1))
-
-
-def max_candidates(step: float = STEP) -> int:
-    """The most candidates a climb evaluates (one per rung)."""
-    return len(rungs(step))
 
 
 def climb(passes: Callable[[int], bool], cum: Sequence[float], *, step: float = STEP) -> int:
