@@ -146,11 +146,11 @@ cut below, before the ``conv_gram`` change): onnxruntime passes ≈ 40%,
 
 Changes (results identical up to float rounding: the same chosen depth and curve):
 
-* ``reconstruct.upto``: each level's passes run the model cut to the nodes that level's
-  tensors need (onnxruntime runs every node whatever is fetched: fetching an early
-  tensor cost the same as the logits, measured). CPU per reconstruction, same run
-  order: LITE 2.97 → 2.23 s, Inception 66.8 → 52.5 s (``--criterion dsp
-  --compensation reconstruct`` on 1,000 series, one reconstruction).
+* ``reconstruct.upto`` (now ``checkpoint.cut``): each level's passes run the model cut
+  to the nodes that level's tensors need (onnxruntime runs every node whatever is
+  fetched: fetching an early tensor cost the same as the logits, measured). CPU per
+  reconstruction, same run order: LITE 2.97 → 2.23 s, Inception 66.8 → 52.5 s
+  (``--criterion dsp --compensation reconstruct`` on 1,000 series, one reconstruction).
 * ``conv_gram``: prefix sums only at the 2(k − δ) window ends (``np.add.reduceat``,
   then a cumsum over the segments) instead of a cumsum over every position; conv_sums
   0.21–0.27 → 0.18–0.23 s CPU for a (64, 32, 150) batch at k = 40 (G equal to 5e-16).

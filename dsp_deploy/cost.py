@@ -63,6 +63,7 @@ from dsp_deploy import metadata
 from dsp_deploy.errors import InputError, ModelError
 from dsp_deploy.modelcheck import tensor_bytes
 from dsp_deploy.observed import feeds_from, run_inputs, runtime_shapes
+from dsp_deploy.passes import copy_model
 
 logger = logging.getLogger(__name__)
 
@@ -235,8 +236,7 @@ def _fix_input_dims(model: onnx.ModelProto, length: int | None) -> tuple[onnx.Mo
     """A copy with the input dimensions made static where they can be (the batch always,
     a dynamic last axis from ``length`` or metadata); also the batch (fixed, or 1)."""
     hint = _length_hint(model, length)
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
+    fixed = copy_model(model)
     batch = 1
     for value in run_inputs(fixed):
         dims = value.type.tensor_type.shape.dim

@@ -48,6 +48,7 @@ from dsp_deploy.calib_io import (
     save_calibration,
 )
 from dsp_deploy.errors import InputError, ModelError
+from dsp_deploy.passes import copy_model
 
 logger = logging.getLogger(__name__)
 
@@ -202,8 +203,7 @@ _DATA_FILE = re.compile(r"\.[0-9a-f]{16}\.data")
 
 def _split_external(model: onnx.ModelProto, name: str) -> tuple[onnx.ModelProto, bytes]:
     """A copy of ``model`` whose large tensors point into one data blob, and the blob."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     chunks: list[bytes] = []
     offset = 0
     moved = []

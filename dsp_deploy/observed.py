@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from dsp_deploy.errors import InputError
+from dsp_deploy.passes import copy_model
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -68,8 +69,7 @@ def runtime_shapes(
 
 
 def _shape_session(model: onnx.ModelProto, names: tuple[str, ...]) -> ort.InferenceSession:
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
+    probe = copy_model(model)
     for out in probe.graph.output:  # a declared symbolic shape would mask the inferred one
         if out.name in names:
             out.type.tensor_type.ClearField("shape")

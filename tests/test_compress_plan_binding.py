@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import pytest
 
 from dsp_deploy.compress.align import align_removal
 from dsp_deploy.compress.calibrate import collect_stats
 from dsp_deploy.compress.fingerprint import fingerprint
-from dsp_deploy.compress.graph import normalise, set_ints
+from dsp_deploy.compress.graph import normalise
 from dsp_deploy.compress.groups import find_groups
 from dsp_deploy.compress.pipeline import probe_tensors
 from dsp_deploy.compress.plan import PruningPlan, make_plan
@@ -108,9 +109,11 @@ def test_the_same_nodes_in_another_order_are_refused() -> None:
 def test_a_changed_attribute_is_refused() -> None:
     model = G.concat()
     plan = dead_plan(model)
-    changed = normalise(model)
-    set_ints(changed.graph.node[1], "dilations", [2])
-    set_ints(changed.graph.node[1], "pads", [2, 2])
+    edited = ir.from_proto(normalise(model))
+    conv = edited.graph.node(1)
+    conv.attributes["dilations"] = ir.Attr("dilations", ir.AttributeType.INTS, [2])
+    conv.attributes["pads"] = ir.Attr("pads", ir.AttributeType.INTS, [2, 2])
+    changed = ir.to_proto(edited)
     with pytest.raises(PlanError, match=ANOTHER):
         prune(changed, plan)
 

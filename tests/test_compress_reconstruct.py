@@ -271,34 +271,3 @@ def test_inception_modules_refit_in_levels_and_get_closer_than_the_mean_fold() -
         for m, m_ in (("mean", pruned), ("refit", result.model))
     }
     assert error["refit"] < 0.5 * error["mean"]
-
-
-UPTO = """
-<ir_version: 8, opset_import: ["" : 17]>
-g (float[2, 3] x) => (float[2, 3] out) <float[3, 3] w = {1., 0., 2., 0., 1., 0., 3., 0., 1.}> {
-    a = MatMul(x, w)
-    b = Relu(a)
-    c = Sigmoid(x)
-    d = Add(b, c)
-    out = Neg(d)
-}
-"""
-
-
-def test_upto_keeps_only_the_nodes_the_names_need_and_their_values() -> None:
-    from dsp_deploy.compress.reconstruct import upto
-
-    model = onnx.parser.parse_model(UPTO)
-    cut = upto(model, ["b"])
-    assert [n.op_type for n in cut.graph.node] == ["MatMul", "Relu"]
-    assert [o.name for o in cut.graph.output] == ["b"]
-    assert [t.name for t in cut.graph.initializer] == ["w"]
-    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
-    (got,) = run_model(cut, {"x": x})
-    np.testing.assert_array_equal(
-        got, np.maximum(x @ numpy_helper.to_array(model.graph.initializer[0]), 0)
-    )
-    both = upto(model, ["c", "b"])
-    assert {n.op_type for n in both.graph.node} == {"MatMul", "Relu", "Sigmoid"}
-    assert [o.name for o in both.graph.output] == ["c", "b"]
-    assert len(upto(model, ["x"]).graph.node) == 5  # no node makes it: the whole model

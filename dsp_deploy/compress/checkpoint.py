@@ -32,104 +32,128 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 
-from dsp_deploy.compress.calibrate import with_outputs
+from dsp_deploy.errors import ModelError
 from dsp_deploy.inference import run_batch, session
 
 __all__ = ["BUDGET", "Checkpointed", "cut", "frontiers", "plain"]
 
 BUDGET = 256 << 20  # bytes of stored frontier, per model
+_SUBGRAPHS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
 
 
-def plain(model: onnx.ModelProto) -> bool:
+def plain(model: ir.Model) -> bool:
     """Whether the graph can be cut: no node holds a subgraph."""
-    graph_attrs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-    return not any(a.type in graph_attrs for n in model.graph.node for a in n.attribute)
+    return not any(a.type in _SUBGRAPHS for n in model.graph for a in n.attributes.values())
 
 
-def _source_info(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
-    elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
-    return onnx.helper.make_tensor_value_info(name, elem, ["N", *value.shape[1:]])
+def _named(graph: ir.Graph) -> dict[str, ir.Value]:
+    """The main graph's values by name: inputs, initializers, node outputs."""
+    values = {v.name: v for v in graph.inputs}
+    values.update(graph.initializers)
+    values.update((o.name, o) for n in graph for o in n.outputs)
+    return values
+
+
+def _fed(name: str, value: np.ndarray) -> ir.Value:
+    """A new graph input for a source: its dtype, its shape with a free batch dim."""
+    shape = ir.Shape(["N", *value.shape[1:]])
+    return ir.Value(name=name, shape=shape, type=ir.TensorType(ir.DataType.from_numpy(value.dtype)))
+
+
+def _outputs(graph: ir.Graph, values: Sequence[ir.Value], *, replace: bool) -> None:
+    old = [] if replace else [o for o in graph.outputs if o not in values]
+    graph.outputs.clear()
+    graph.outputs.extend([*old, *values])
 
 
 def cut(
-    model: onnx.ModelProto, names: Sequence[str], sources: Mapping[str, np.ndarray] | None = None
-) -> onnx.ModelProto:
-    """``model`` cut to the nodes that compute ``names`` from ``sources`` (name → a value
-    of that tensor, for its type) and the graph's inputs, with exactly ``names`` as outputs
-    (onnxruntime runs every node of a graph whatever is fetched); the whole model with
-    ``names`` added where a name is no node's output or a node holds a subgraph."""
+    model: ir.Model, names: Sequence[str], sources: Mapping[str, np.ndarray] | None = None
+) -> ir.Model:
+    """A copy of ``model`` cut to the nodes that compute ``names`` from ``sources`` (name
+    → a value of that tensor, for its type) and the graph's inputs, with exactly ``names``
+    as outputs (onnxruntime runs every node of a graph whatever is fetched); the whole
+    model with ``names`` added to its outputs where a name is no node's output (a graph
+    input) or a node holds a subgraph. ``model`` is not changed."""
     sources = sources or {}
     wanted = tuple(dict.fromkeys(names))
-    nodes = model.graph.node
-    made = {o for n in nodes for o in n.output}
-    if not plain(model) or not set(wanted) <= made | set(sources):
-        return with_outputs(model, wanted)
-    needed, keep = set(wanted), []
-    for node in reversed(nodes):
-        if any(o in needed and o not in sources for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:], out.graph.output[:]
-    out.graph.node.extend(reversed(keep))
-    needed.update(i.name for i in model.graph.input)  # an initializer listed as an input
-    kept = [t for t in out.graph.initializer if t.name in needed]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(kept)
-    inputs = [i for i in out.graph.input if i.name not in sources]
-    remade = {o for n in keep for o in n.output}  # a kept node's other output: recomputed
-    del out.graph.input[:]
-    out.graph.input.extend(inputs)
-    fed = (_source_info(n, v) for n, v in sources.items() if n in needed and n not in remade)
-    out.graph.input.extend(fed)
-    return with_outputs(out, wanted)
+    out = model.clone()
+    graph = out.graph
+    values = _named(graph)
+    if missing := [n for n in wanted if n not in values]:
+        raise ModelError(f"no value named {missing[0]!r} in the main graph")
+    made = {o.name for n in graph for o in n.outputs}
+    if not plain(out) or not set(wanted) <= made | set(sources):
+        _outputs(graph, [values[n] for n in wanted], replace=False)
+        return out
+    needed, keep = set(wanted), set()
+    for node in reversed(graph):
+        if any(o.name in needed and o.name not in sources for o in node.outputs):
+            keep.add(node)
+            needed.update(i.name for i in node.inputs if i is not None)
+    remade = {o.name for n in keep for o in n.outputs}  # a kept node's other output: recomputed
+    for name, value in sources.items():
+        old = values.get(name)
+        if name in needed and name not in remade and old is not None and old.producer():
+            new = _fed(name, value)
+            ir.convenience.replace_all_uses_with(old, new)
+            old.name = None  # its name goes to the new input; its producer is cut below
+            graph.inputs.append(new)
+            values[name] = new
+    _outputs(graph, [values[n] for n in wanted], replace=True)
+    graph.remove([n for n in graph if n not in keep], safe=True)
+    for name, value in list(graph.initializers.items()):
+        if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
+            del graph.initializers[name]
+    return out
 
 
-def _tops(model: onnx.ModelProto, seeds: Mapping[str, int]) -> list[int]:
+def _tops(model: ir.Model, seeds: Mapping[str, int]) -> list[int]:
     """top(n) per node: the highest seed level upstream of it, itself included (seeds:
     node name → level)."""
     made: dict[str, int] = {}
     tops = []
-    for node in model.graph.node:
-        top = max([seeds.get(node.name, 0), *(made.get(i, 0) for i in node.input)])
+    for node in model.graph:
+        ups = (made.get(i.name, 0) for i in node.inputs if i is not None)
+        top = max([seeds.get(node.name, 0), *ups])
         tops.append(top)
-        made.update(dict.fromkeys(node.output, top))
+        made.update(dict.fromkeys((o.name for o in node.outputs), top))
     return tops
 
 
-def _lasts(model: onnx.ModelProto, names: Mapping[str, int]) -> list[int]:
+def _lasts(model: ir.Model, names: Mapping[str, int]) -> list[int]:
     """The latest level whose names (tensor → level) each node helps compute (0: none)."""
     wanted = dict(names)
     lasts = []
-    for node in reversed(model.graph.node):
-        last = max((wanted.get(o, 0) for o in node.output), default=0)
+    for node in reversed(model.graph):
+        last = max((wanted.get(o.name, 0) for o in node.outputs), default=0)
         lasts.append(last)
-        for i in node.input:
-            if i and last > wanted.get(i, 0):
-                wanted[i] = last
+        for i in node.inputs:
+            if i is not None and last > wanted.get(i.name, 0):
+                wanted[i.name] = last
     return lasts[::-1]
 
 
 def frontiers(
-    model: onnx.ModelProto, seeds: Mapping[str, int], names: Mapping[str, int], levels: int
+    model: ir.Model, seeds: Mapping[str, int], names: Mapping[str, int], levels: int
 ) -> tuple[tuple[str, ...], ...]:
     """F_l for l = 1 … levels (module docstring): ``seeds`` the refitted nodes' levels by
     node name, ``names`` the tensors each level fetches, by level."""
-    nodes = model.graph.node
+    nodes = list(model.graph)
     tops, lasts = _tops(model, seeds), _lasts(model, names)
-    top_of = {o: t for n, t in zip(nodes, tops, strict=True) for o in n.output}
-    free = {o for n in nodes if not any(n.input) for o in n.output}  # constants: recomputed
+    top_of = {o.name: t for n, t in zip(nodes, tops, strict=True) for o in n.outputs}
+    free = {  # constants: recomputed
+        o.name for n in nodes if all(i is None for i in n.inputs) for o in n.outputs
+    }
     out = []
     for level in range(1, levels + 1):
         found = {
-            i
+            i.name
             for n, top, last in zip(nodes, tops, lasts, strict=True)
             if top >= level and last > level
-            for i in n.input
-            if i in top_of and top_of[i] < level and i not in free
+            for i in n.inputs
+            if i is not None and i.name in top_of and top_of[i.name] < level and i.name not in free
         }
         later = {v for v, at in names.items() if at > level and top_of.get(v, level) < level}
         out.append(tuple(sorted(found | later)))
@@ -150,23 +174,22 @@ class Checkpointed:
         batches: int,
         threads: int | None,
         budget: int | None = None,
-        model: onnx.ModelProto | None = None,
+        model: ir.Model | None = None,
     ) -> None:
         self.stored: list[dict[str, np.ndarray]] = [{} for _ in range(batches)]
         self.threads, self.model = threads, model
         self.budget = BUDGET if budget is None else budget
         self._pending: list[dict[str, np.ndarray]] = []
 
-    def begin(
-        self, model: onnx.ModelProto | None, names: Sequence[str], keep: Sequence[str]
-    ) -> None:
+    def begin(self, model: ir.Model | None, names: Sequence[str], keep: Sequence[str]) -> None:
         model = self.model if model is None else model
         have = self.stored[0] if self.stored else {}
         self.names, self.keep = tuple(names), tuple(keep)
         self.fetch = tuple(n for n in dict.fromkeys([*names, *keep]) if n not in have)
-        self.session = (
-            session(cut(model, self.fetch, have), self.threads, spin=False) if self.fetch else None
-        )
+        self.session = None
+        if self.fetch:
+            part = ir.to_proto(cut(model, self.fetch, have))
+            self.session = session(part, self.threads, spin=False)
         self.inputs = {i.name for i in self.session.get_inputs()} if self.session else set()
         self._pending = []
 

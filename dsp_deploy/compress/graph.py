@@ -210,13 +210,3 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
     """Copy of ``model``: unnamed nodes named ``<op>_<position>``, constant subgraphs
     folded, Conv ``auto_pad`` replaced by explicit ``pads`` where possible."""
     return apply(Normalise(), model).model
-
-
-# --- protobuf helpers for the modules not yet on onnx-ir (fuse, layout, onnx_passes) ----
-
-
-def set_ints(node: onnx.NodeProto, name: str, values: list[int] | int) -> None:
-    """Replace (or add) an int / ints attribute of a proto node."""
-    kept = [a for a in node.attribute if a.name != name]
-    del node.attribute[:]
-    node.attribute.extend([*kept, onnx.helper.make_attribute(name, values)])

@@ -43,7 +43,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from dsp_deploy.compress.checkpoint import Checkpointed, cut, frontiers, plain
+from dsp_deploy.compress.checkpoint import Checkpointed, frontiers, plain
 from dsp_deploy.compress.graph import attr, normalised
 from dsp_deploy.compress.lsq import HOLD_EVERY, one_blas_thread
 from dsp_deploy.compress.plan import PruningPlan
@@ -60,8 +60,9 @@ from dsp_deploy.compress.refit import (
 from dsp_deploy.compress.rules import REFIT_FEATURES
 from dsp_deploy.inference import batches
 from dsp_deploy.irgraph import constant_value, finish
+from dsp_deploy.passes import copy_model
 
-__all__ = ["ReconstructReport", "Refitted", "reconstruct", "upto"]
+__all__ = ["ReconstructReport", "Refitted", "reconstruct"]
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def _fit_level(model: ir.Model, sides: tuple[Checkpointed, Checkpointed], level,
     fetch = list(dict.fromkeys(t.fetch for t in level))  # Convs after one bottleneck share it
     target = list(dict.fromkeys(t.target for t in level))
     current, reference = sides
-    current.begin(ir.to_proto(model), fetch, keeps[0])
+    current.begin(model, fetch, keeps[0])
     reference.begin(None, target, keeps[1])
     fits = LevelFit(nodes, level)
     total, start = len(next(iter(inputs.values()))), 0
@@ -209,11 +210,6 @@ def _solve(model: ir.Model, nodes: dict[str, ir.Node], fit, t: Target) -> Refitt
     return Refitted(t.node, t.kind, t.level, lam)
 
 
-def upto(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """``model`` cut to the nodes ``names`` depend on (``checkpoint.cut`` from the input)."""
-    return cut(model, names)
-
-
 def _subset(inputs: Mapping[str, np.ndarray], cap: int) -> Mapping[str, np.ndarray]:
     n = len(next(iter(inputs.values())))
     if n <= cap:
@@ -238,9 +234,7 @@ def reconstruct(
     inputs = _subset(inputs, max_samples)
     normal = normalised(original)
     names = tuple(n.name for n in normal.graph)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(pruned)
-    model = ir.from_proto(copy)
+    model = ir.from_proto(copy_model(pruned))
     found, skipped = _candidates(plan, names, {n.name: n for n in model.graph})
     targets = _targets(model.graph, found)
     levels = max((t.level for t in targets), default=0)
@@ -250,11 +244,11 @@ def reconstruct(
     return Reconstructed(ir.to_proto(model), ReconstructReport(tuple(refits), levels, skipped))
 
 
-def _frontiers(current: onnx.ModelProto, reference: onnx.ModelProto, targets, levels: int):
+def _frontiers(current: ir.Model, reference: ir.Model, targets, levels: int):
     """Per level, the frontier each side keeps for the next (``checkpoint.frontiers``)."""
     if not (plain(current) and plain(reference)):
         return [((), ())] * levels
-    made = {o: n.name for n in reference.graph.node for o in n.output}
+    made = {o.name: n.name for n in reference.graph for o in n.outputs}
     fetched, aimed = {}, {}
     for t in targets:
         fetched[t.fetch] = max(fetched.get(t.fetch, 0), t.level)
@@ -271,10 +265,9 @@ def _fit_levels(model: ir.Model, normal: ir.Model, targets, inputs, opts) -> lis
     refits: list[Refitted] = []
     levels = max((t.level for t in targets), default=0)
     if targets:
-        reference = ir.to_proto(normal)
-        keeps = _frontiers(ir.to_proto(model), reference, targets, levels)
+        keeps = _frontiers(model, normal, targets, levels)
         count = -(-len(next(iter(inputs.values()))) // batch_size)
-        sides = (Checkpointed(count, threads), Checkpointed(count, threads, model=reference))
+        sides = (Checkpointed(count, threads), Checkpointed(count, threads, model=normal))
         for level in range(1, levels + 1):
             mine = [t for t in targets if t.level == level]
             refits += _fit_level(model, sides, mine, keeps[level - 1], inputs, batch_size)
