@@ -10,7 +10,9 @@ the values the int8 kernels approximate), over the decision samples ``i`` and po
     δ_c = mean_{i,t} (y[i, c, t] − ỹ[i, c, t])      b'_c = b_c + δ_c
 
 is added to the float model's bias (a Conv without one gets ``δ``), and the model is
-quantized again.
+quantized again. ``with_bias_shifts`` is an onnx-ir ``ModelPass`` (``BiasShift``): the
+corrected bias is a new initializer and the one it replaces, once nothing reads it, is
+dropped (onnx-ir's ``RemoveUnusedNodesPass``).
 
 **Level by level** (``corrected``). A ``δ`` measured with the layers before still
 uncorrected also absorbs *their* shift, which their own correction then removes too:
@@ -32,7 +34,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from dsp_deploy.irgraph import initializer, is_op
+from dsp_deploy.passes import ModelPass, apply
 
 __all__ = ["bias_shifts", "conv_levels", "conv_outputs", "corrected", "with_bias_shifts"]
 
@@ -52,55 +58,71 @@ def bias_shifts(
 
 
 def with_bias_shifts(model: onnx.ModelProto, shifts: Mapping[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` whose Convs producing a tensor of ``shifts`` get ``b + δ``."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    inits = {t.name: t for t in out.graph.initializer}
-    for node in out.graph.node:
-        delta = shifts.get(node.output[0]) if node.op_type == "Conv" else None
-        if delta is None or node.input[1] not in inits:
-            continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        if len(delta) != weight.shape[0]:
-            continue
-        _add_bias(out.graph, node, inits, (delta).astype(weight.dtype))
-    return out
+    """A copy of ``model`` whose Convs producing a tensor of ``shifts`` get ``b + δ``
+    (a new initializer ``<node>_bias_corrected``; a bias that is no initializer stays)."""
+    return apply(BiasShift(shifts), model).model
 
 
-def _add_bias(graph: onnx.GraphProto, node: onnx.NodeProto, inits: dict, delta: np.ndarray) -> None:
-    name = f"{node.name or node.output[0]}_bias_corrected"
-    if len(node.input) > 2 and node.input[2]:
-        old = inits.get(node.input[2])
-        if old is None:
-            return
-        delta = numpy_helper.to_array(old) + delta
-    tensor = numpy_helper.from_array(delta.astype(np.float32), name)
-    graph.initializer.append(tensor)
-    inits[name] = tensor
-    if len(node.input) > 2:
-        node.input[2] = name
-    else:
-        node.input.append(name)
+def _stored(value: ir.Value | None) -> np.ndarray | None:
+    """An initializer's values (also one a graph input lists), else None."""
+    if value is None or not value.is_initializer() or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+class BiasShift(ModelPass[int]):
+    """``b' = b + δ`` on the Convs whose output ``shifts`` names; reports how many."""
+
+    def __init__(self, shifts: Mapping[str, np.ndarray]):
+        super().__init__()
+        self.shifts = dict(shifts)
+
+    def rewrite(self, model: ir.Model) -> tuple[bool, int]:
+        new = [v for node in model.graph if (v := self._shifted(node)) is not None]
+        for value in new:
+            model.graph.register_initializer(value)
+        if new:
+            RemoveUnusedNodesPass()(model)  # the replaced biases
+        return bool(new), len(new)
+
+    def _shifted(self, node: ir.Node) -> ir.Value | None:
+        """``node``'s new bias (already its input), or None when it keeps its own."""
+        delta = self.shifts.get(node.outputs[0].name) if is_op(node, "Conv") else None
+        weight = None if delta is None else _stored(node.inputs[1])
+        if weight is None or len(delta) != weight.shape[0]:
+            return None
+        delta = delta.astype(weight.dtype)
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            old = _stored(node.inputs[2])
+            if old is None:
+                return None
+            delta = old + delta
+        name = f"{node.name or node.outputs[0].name}_bias_corrected"
+        value = initializer(delta.astype(np.float32), name)
+        node.resize_inputs(max(len(node.inputs), 3))
+        node.replace_input_with(2, value)
+        return value
 
 
 def conv_outputs(model: onnx.ModelProto) -> dict[str, str]:
     """Conv node name → its output (onnxruntime's quantizer keeps node names; where it
     folds the Relu after a Conv into its QuantizeLinear, the Conv's output takes the
     Relu's name but still holds the Conv's values, before the Relu)."""
-    return {n.name: n.output[0] for n in model.graph.node if n.op_type == "Conv" and n.name}
+    graph = ir.from_proto(model).graph
+    return {n.name: n.outputs[0].name for n in graph if is_op(n, "Conv") and n.name}
 
 
 def conv_levels(model: onnx.ModelProto) -> tuple[tuple[str, ...], ...]:
     """The named Convs grouped by level (module doc), in level and graph order."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    level: dict[int, int] = {}
-    for node in model.graph.node:  # topological order (ONNX requires it)
-        before = [level[id(producer[i])] for i in node.input if i in producer]
-        level[id(node)] = max(before, default=0) + (node.op_type == "Conv")
+    graph = ir.from_proto(model).graph
+    level: dict[ir.Node, int] = {}
+    for node in graph:  # topological order (ONNX requires it)
+        before = [level[p] for p in node.predecessors() if p in level]
+        level[node] = max(before, default=0) + is_op(node, "Conv")
     by_level: dict[int, list[str]] = {}
-    for node in model.graph.node:
-        if node.op_type == "Conv" and node.name:
-            by_level.setdefault(level[id(node)], []).append(node.name)
+    for node in graph:
+        if is_op(node, "Conv") and node.name:
+            by_level.setdefault(level[node], []).append(node.name)
     return tuple(tuple(by_level[k]) for k in sorted(by_level))
 
 

@@ -57,6 +57,7 @@ from dsp_deploy.inference import run_model, session
 from dsp_deploy.io import Calibration
 from dsp_deploy.modelcheck import quantized_reason, runtime_ops
 from dsp_deploy.options import CompressOptions
+from dsp_deploy.passes import copy_model
 from dsp_deploy.quantize import bias, fallback, ranges, speed
 from dsp_deploy.quantize.build import prepare, quantize_qdq, signed_input_convs
 from dsp_deploy.quantize.equalise import equalise
@@ -349,7 +350,7 @@ def quantize(
     if latency and max(latency.values()) >= 1.0:
         notes.append(f"INT8 ran {max(latency.values()):.2f}x the float time here: "
                      "the float model is kept")  # fmt: skip
-        candidate, scheme = _copy(model), "float"
+        candidate, scheme = copy_model(model), "float"
     if part.plan.mode == "kfold" and scheme != "float":
         notes.append(f"k-fold: the procedure ran {len(part.folds) + 1} times (once per fold)")
     held, evaluated = (
@@ -369,9 +370,3 @@ def quantize(
         evaluated, gate, latency, (*built.notes, *notes, *judged_notes), failures, built.tried,
         time.perf_counter() - start,
     )  # fmt: skip
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out

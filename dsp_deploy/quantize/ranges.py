@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
 
 from dsp_deploy.compress.calibrate import with_outputs
 from dsp_deploy.inference import run_model, session
@@ -50,15 +52,13 @@ class TensorRange:
 
 
 def float_tensors(model: onnx.ModelProto) -> tuple[str, ...]:
-    """Graph inputs and node outputs of float element type (shape inference's view)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    graph = inferred.graph
-    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
-    inits = {t.name for t in graph.initializer}
-    names = [v.name for v in graph.input if v.name not in inits]
-    names += [
-        o for n in graph.node for o in n.output if o and types.get(o) == onnx.TensorProto.FLOAT
-    ]
+    """Graph inputs and node outputs of float element type (shape inference's view:
+    onnx's defaults, not strict; ``model`` itself is not modified)."""
+    ir_model = ir.from_proto(model)
+    ShapeInferencePass(check_type=False, strict_mode=False, data_prop=False)(ir_model)
+    graph = ir_model.graph
+    names = [v.name for v in graph.inputs if not v.is_initializer()]
+    names += [o.name for n in graph for o in n.outputs if o.name and o.dtype == ir.DataType.FLOAT]
     return tuple(dict.fromkeys(names))
 
 

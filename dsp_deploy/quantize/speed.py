@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from dsp_deploy.bench.worker import block_size, paired_rounds
 from dsp_deploy.inference import session, session_options
@@ -42,7 +43,7 @@ class Fusions:
     unfused: tuple[str, ...]  # Convs reading a DequantizeLinear after optimisation
 
 
-def optimised_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+def optimised_graph(model: onnx.ModelProto) -> ir.Model:
     """The graph onnxruntime runs (all optimisations, this machine's kernels)."""
     import onnxruntime as ort
 
@@ -51,20 +52,22 @@ def optimised_graph(model: onnx.ModelProto) -> onnx.ModelProto:
         options = session_options(1)
         options.optimized_model_filepath = str(path)
         ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return onnx.load(str(path))
+        return ir.from_proto(onnx.load(str(path)))
+
+
+def _reads_dequantized(node: ir.Node) -> bool:
+    """Whether an input of ``node`` comes from a DequantizeLinear (any domain)."""
+    producers = (v.producer() for v in node.inputs if v is not None)
+    return any(p is not None and p.op_type == "DequantizeLinear" for p in producers)
 
 
 def fusions(model: onnx.ModelProto) -> Fusions:
-    """The count (module doc) for ``model`` on this machine."""
+    """The count (module doc) for ``model`` on this machine (op types of any domain:
+    onnxruntime's fused kernels live in its own)."""
     graph = optimised_graph(model).graph
-    producer = {o: n for n in graph.node for o in n.output}
-    integer = sum(n.op_type in INTEGER_CONVS for n in graph.node)
-    convs = [n for n in graph.node if n.op_type in ("Conv", "FusedConv")]
-    unfused = tuple(
-        n.name
-        for n in convs
-        if any(getattr(producer.get(i), "op_type", "") == "DequantizeLinear" for i in n.input)
-    )
+    integer = sum(n.op_type in INTEGER_CONVS for n in graph)
+    convs = [n for n in graph if n.op_type in ("Conv", "FusedConv")]
+    unfused = tuple(n.name for n in convs if _reads_dequantized(n))
     return Fusions(integer, len(convs), unfused)
 
 
