@@ -269,9 +269,12 @@ def _measure(
 ) -> tuple[tuple, list[ActivationStats], ActivationStats]:
     """(fold indices, per-fold statistics, statistics of all of ``part``): one probe pass
     over each fold of ``index`` (``compress.holdout.partition``), else over ``part``."""
-    # Gram matrices cost more than the whole inference pass; only the rule's lstsq reads them.
+    # Gram matrices cost more than the whole inference pass; only the rule's lstsq (of
+    # pointwise consumers) and auto's ranking (of every ungrouped one: selection) read them.
     refit = opts.criterion == "dsp" and opts.compensation == "lstsq"
     gram = [c.tensor for c in analysis.consumers if c.pointwise] if refit else []
+    if opts.criterion == "auto":
+        gram = list(dict.fromkeys(c.tensor for c in analysis.consumers if c.groups == 1))
     tensors = probe_tensors(analysis)
     probe = Probe(model, [*tensors, *gram], opts.threads)  # the original, with probe outputs
     measure = partial(
