@@ -22,27 +22,17 @@ from pathlib import Path
 
 import numpy as np
 import posttrain
-from heldout import halves
 
-from dsp_deploy.compress import compress, search
-from dsp_deploy.io import Calibration, load_model
-from dsp_deploy.options import CompressOptions
+from dsp_deploy.compress import search
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ladder_step.md"
 
 
 def run(path: Path) -> tuple[float, float, int]:
     """(params removed, Δ accuracy on the measured half, candidates) of one auto run."""
-    dataset = path.stem.split("-", 2)[2]
-    (x, y), (x_test, y_test) = (posttrain.load_split(dataset, s) for s in ("train", "test"))
-    model = load_model(path)
-    name = model.graph.input[0].name
-    evaluation, (x_test, y_test) = halves(x_test, y_test, name)
-    options = CompressOptions(threads=1, criterion="auto")
-    result = compress(model, Calibration({name: x}, y), options, evaluation=evaluation)
-    before, after = posttrain.predict(model, x_test), posttrain.predict(result.model, x_test)
+    result, before, after, labels = posttrain.auto_on_halves(path)
     removed = 1 - result.params[1] / result.params[0]
-    delta = float(np.mean(after == y_test) - np.mean(before == y_test))
+    delta = float(np.mean(after == labels) - np.mean(before == labels))
     return removed, delta, len(result.search.candidates)
 
 

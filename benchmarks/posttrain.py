@@ -112,6 +112,20 @@ def predict(model, x: np.ndarray) -> np.ndarray:
     return out.argmax(axis=1)
 
 
+def auto_on_halves(path: Path) -> tuple[object, np.ndarray, np.ndarray, np.ndarray]:
+    """``--criterion auto`` (CLI defaults, one thread) on one zoo model under the
+    ``--eval-half`` protocol: (the compress result, the input's and the result's
+    predictions on the measured half, its labels)."""
+    dataset = path.stem.split("-", 2)[2]
+    (x, y), (x_test, y_test) = load_split(dataset, "train"), load_split(dataset, "test")
+    model = load_model(path)
+    name = model.graph.input[0].name
+    evaluation, (x_test, y_test) = halves(x_test, y_test, name)
+    options = CompressOptions(threads=1, criterion="auto")
+    result = compress(model, Calibration({name: x}, y), options, evaluation=evaluation)
+    return result, predict(model, x_test), predict(result.model, x_test), y_test
+
+
 def measure(path: Path, runs: Iterable[str], eval_half: bool = False) -> list[dict[str, object]]:
     """One row per run of one zoo model (latency columns empty).
 

@@ -31,11 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import posttrain
-from heldout import halves
 
-from dsp_deploy.compress import compress, search, selection
-from dsp_deploy.io import Calibration, load_model
-from dsp_deploy.options import CompressOptions
+from dsp_deploy.compress import search, selection
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ranking_fidelity"
 RANKINGS = ("refit", "variance")
@@ -59,20 +56,14 @@ def _variance_only(importance):
     return score
 
 
-def run(path: Path, target: float) -> dict[str, object]:
-    """One model cut to ``target`` of its MACs: what the current rebinding ranks."""
-    dataset = path.stem.split("-", 2)[2]
-    (x, y), (x_test, y_test) = (posttrain.load_split(dataset, s) for s in ("train", "test"))
-    model = load_model(path)
-    name = model.graph.input[0].name
-    evaluation, (x_test, y_test) = halves(x_test, y_test, name)
-    options = CompressOptions(threads=1, criterion="auto")
-    result = compress(model, Calibration({name: x}, y), options, evaluation=evaluation)
-    before, after = posttrain.predict(model, x_test), posttrain.predict(result.model, x_test)
+def run(path: Path) -> dict[str, object]:
+    """One model cut to the depth the current rebinding of ``search.climb`` asks, ranked
+    by the current rebinding of ``selection._importance``."""
+    result, before, after, labels = posttrain.auto_on_halves(path)
     return {
         "macs_removed": round(1 - result.macs[1] / result.macs[0], 4),
         "agreement": round(float(np.mean(before == after)), 4),
-        "delta": round(float(np.mean(after == y_test) - np.mean(before == y_test)), 4),
+        "delta": round(float(np.mean(after == labels) - np.mean(before == labels)), 4),
     }
 
 
@@ -88,7 +79,7 @@ def measure(models: list[Path], targets: list[float]) -> list[dict[str, object]]
                 )
                 for path in models:
                     row = {"model": path.name, "target": target, "ranking": ranking}
-                    rows.append({**row, **run(path, target)})
+                    rows.append({**row, **run(path)})
                     print(rows[-1], flush=True)
     finally:
         search.climb, selection._importance = climb, importance
