@@ -58,3 +58,21 @@ def test_a_copy_of_another_channel_goes_first_though_its_variance_is_the_largest
     order, added = eliminate(cov, rows)
     assert np.all(np.diff(losses[order]) >= 0)  # monotone along the elimination
     assert np.all(losses[order] >= added)
+
+
+@pytest.mark.parametrize(("compensation", "gram"), [("lstsq", True), ("mean", False)])
+def test_auto_collects_gram_matrices_only_where_it_reconstructs(compensation, gram) -> None:
+    from onnx_graphs import inputs, lite_like
+
+    from dsp_deploy.compress.groups import find_groups
+    from dsp_deploy.compress.pipeline import _measure
+    from dsp_deploy.io import Calibration
+    from dsp_deploy.options import CompressOptions
+
+    model = lite_like()
+    analysis = find_groups(model)
+    opts = CompressOptions(criterion="auto", compensation=compensation)
+    *_, stats = _measure(model, analysis, Calibration({"x": inputs(20)}, None), opts, 8)
+    consumers = {c.tensor for c in analysis.consumers if c.groups == 1}
+    assert set(stats.gram) == (consumers if gram else set())
+    assert consumers

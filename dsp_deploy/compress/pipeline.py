@@ -270,10 +270,11 @@ def _measure(
     """(fold indices, per-fold statistics, statistics of all of ``part``): one probe pass
     over each fold of ``index`` (``compress.holdout.partition``), else over ``part``."""
     # Gram matrices cost more than the whole inference pass; only the rule's lstsq (of
-    # pointwise consumers) and auto's ranking (of every ungrouped one: selection) read them.
+    # pointwise consumers) and the ranking of a reconstructing auto (of every ungrouped
+    # one: its losses assume the refit; without it, selection's refit-free share) read them.
     refit = opts.criterion == "dsp" and opts.compensation == "lstsq"
     gram = [c.tensor for c in analysis.consumers if c.pointwise] if refit else []
-    if opts.criterion == "auto":
+    if opts.criterion == AUTO and opts.applied_compensation == RECONSTRUCT:
         gram = list(dict.fromkeys(c.tensor for c in analysis.consumers if c.groups == 1))
     tensors = probe_tensors(analysis)
     probe = Probe(model, [*tensors, *gram], opts.threads)  # the original, with probe outputs

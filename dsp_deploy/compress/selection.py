@@ -27,11 +27,12 @@ occurrences.
 Approximations: a Conv with k taps is treated as k pointwise maps on the zero-lag
 covariance (its rows are output channel × tap; the lagged covariances, which its exact
 refit uses, are left out); Σ gets a ridge of ``RIDGE`` × its mean variance so that silent
-channels keep it invertible. A consumer without a Gram matrix (statistics collected
-without them), and depthwise and grouped Convs (refit per channel, or not at all), fall
-back to the refit-free share s_kp = var(x_k[p]) · ‖W[:, p]‖² / Σ_p' var(x_k[p']) ·
-‖W[:, p']‖², which every input alone carries. ``benchmarks/ranking_fidelity.py``
-compares the two at fixed depths.
+channels keep it invertible. Where there is no refit the loss is the refit-free share
+s_kp = var(x_k[p]) · ‖W[:, p]‖² / Σ_p' var(x_k[p']) · ‖W[:, p']‖², what every input
+alone carries: ``auto`` without reconstruction (``--compensation mean``/``none``: the
+channels are only masked, and no Gram matrices are collected), depthwise and grouped
+Convs (refit per channel, or not at all). ``benchmarks/ranking_fidelity.py`` compares
+the two rankings at fixed depths.
 
 Each unit also has a cost: the MACs its removal saves, estimated from the per-node MACs
 (``dsp_deploy.cost``) shared evenly among the positions a node's weights slice (a Conv's
