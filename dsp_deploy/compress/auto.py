@@ -8,7 +8,9 @@ are judged where the written model is (``Judged``): a held-out part, an ``--eval
 or — with too few series for one part — every series over k folds, fold j on the model
 ranked, cut to the same share of MACs and reconstructed on the other folds only, so no
 judged series ever shaped the model it judges. The k-fold judge costs k rankings once
-and k reconstructions per candidate. Some judged series are required: without them
+and k reconstructions per candidate; the candidate refit on the whole part, which no
+fold judges, is made once, for the plan chosen (``pipeline``: a candidate's model there
+is only pruned, for its cost). Some judged series are required: without them
 nothing could refuse a candidate.
 """
 
@@ -25,6 +27,7 @@ from dsp_deploy.compress.calibrate import ActivationStats, merge_stats
 from dsp_deploy.compress.gates import gates
 from dsp_deploy.compress.groups import ChannelAnalysis
 from dsp_deploy.compress.plan import PruningPlan
+from dsp_deploy.compress.prune import prune_analysed
 from dsp_deploy.compress.search import Candidate, Judge, SearchReport, search
 from dsp_deploy.compress.selection import Ranking, prefix_plan, rank_units
 from dsp_deploy.compress.verify import ParityReport, compare, pool
@@ -125,8 +128,12 @@ def auto_plan(
     plans: dict[int, PruningPlan] = {}
     helds: dict[int, ParityReport] = {}
 
+    kfold = judged.mode == "kfold"
+
     def build(n: int) -> tuple[onnx.ModelProto, int]:
         plans[n] = plan_at(stats, ranking, n)
+        if kfold:  # the folds' models are judged; the whole part's refit is made once, at the end
+            return prune_analysed(plans[n]), len(plans[n].remove)
         return rewrite(plans[n], part), len(plans[n].remove)
 
     def cost(m: onnx.ModelProto) -> tuple[float, float]:
@@ -156,7 +163,7 @@ def auto_plan(
     plan = plans.get(report.chosen)
     if plan is None:  # depth 0: nothing removed
         plan = plan_at(stats, ranking, 0)
-    return plan, report, chosen, helds.get(report.chosen)
+    return plan, report, None if kfold else chosen, helds.get(report.chosen)
 
 
 def _kfold_judge(model, analysis, judged, settings, cum, plan_at, rewrite, reference,
