@@ -204,6 +204,16 @@ held-out part of 2,000 judges, 6 reconstructions: 491 units, 73% of the MACs). N
 complete Inception search before these changes exists to compare its curve with (one
 would take over 30 CPU min); per reconstruction the results agree as above.
 
+Since (rows ``ladder`` … ``kfold-refit-once``): the fixed ladder replaced the bisection
+(more candidates where every rung passes: LITE on resampled GunPoint climbs all 20 rungs
+to 99.7% of the MACs, 120 reconstructions); the refit-aware ranking collects a Gram
+matrix per consumer (``refit-ranking``: LITE 61.8 CPU s, Inception 386.8 at 1,000
+series; no longer 15 CPU s for LITE, since the bisection's ~6 candidates became 20);
+under k-fold judging a candidate is then only pruned for its cost and the whole part's
+refit is made once, for the chosen plan (``kfold-refit-once``: 101 reconstructions,
+LITE 55.6 CPU s / 62.9 s wall beside a training on the other core, Inception 356.8 CPU
+s; the written LITE model byte-identical to ``refit-ranking``'s).
+
 One reconstruction (``/tmp`` script: the plan of the first n ranked units on 800
 resampled series, then ``reconstruct``), old and new code interleaved, load 7–9:
 
