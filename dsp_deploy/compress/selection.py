@@ -78,20 +78,6 @@ class Ranking:
         return saved / self.total_macs if self.total_macs else 0.0
 
 
-def _column_norms(w: np.ndarray, c: Consumer, node) -> np.ndarray | None:
-    """‖W[:, p]‖² per input position of a consumer (None: a grouped Conv)."""
-    if c.kind == "conv":
-        if c.groups != 1:
-            return None
-        return np.einsum(
-            "ocj,ocj->c",
-            w.reshape(w.shape[0], w.shape[1], -1),
-            w.reshape(w.shape[0], w.shape[1], -1),
-        )
-    by_row = w.T if c.kind == "gemm" and attr(node, "transB", 0) else w
-    return np.einsum("po,po->p", by_row, by_row)
-
-
 def eliminate(cov: np.ndarray, rows: np.ndarray) -> tuple[list[int], np.ndarray]:
     """Greedy elimination of a consumer's inputs (module docstring): the order the input
     positions go in and the output error each adds, with weight rows ``rows`` (R, C) on
@@ -121,9 +107,12 @@ def _refit_losses(cov: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return losses
 
 
-def _rows(w: np.ndarray, c: Consumer, node) -> np.ndarray:
-    """The weights as (rows, input positions): output channels × taps for a Conv."""
+def _weight_rows(w: np.ndarray, c: Consumer, node) -> np.ndarray | None:
+    """A consumer's weights as (rows, input positions) — output channels × taps for a
+    Conv — so that ‖W[:, p]‖² is a column's sum of squares (None: a grouped Conv)."""
     if c.kind == "conv":
+        if c.groups != 1:
+            return None
         return np.moveaxis(w.reshape(w.shape[0], w.shape[1], -1), 1, 2).reshape(-1, w.shape[1])
     return (w.T if c.kind == "gemm" and attr(node, "transB", 0) else w).T
 
@@ -136,17 +125,16 @@ def _importance(analysis: ChannelAnalysis, stats: ActivationStats, nodes: tuple)
         if s is None or w is None:
             continue
         var = np.maximum(s.energy - s.mean**2, 0.0)
-        w = w.astype(np.float64)
-        norms = _column_norms(w, c, nodes[c.node])
+        rows = _weight_rows(w.astype(np.float64), c, nodes[c.node])
+        norms = None if rows is None else np.einsum("rp,rp->p", rows, rows)
         signal = var if norms is None else var * norms
         total = signal.sum()
         if total <= 0:
             continue
         gram = stats.gram.get(c.tensor)
-        if gram is not None and norms is not None and gram.shape[0] == len(var) + 1:
+        if gram is not None and rows is not None and gram.shape[0] == len(var) + 1:
             mean = gram[:-1, -1]
-            cov = gram[:-1, :-1] - np.outer(mean, mean)
-            signal = _refit_losses(cov, _rows(w, c, nodes[c.node]))
+            signal = _refit_losses(gram[:-1, :-1] - np.outer(mean, mean), rows)
         np.add.at(score, [analysis.unit_of[a] for a in c.layout], signal / total)
     return score
 
