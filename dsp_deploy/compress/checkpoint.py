@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from dsp_deploy.errors import ModelError
 from dsp_deploy.inference import run_batch, session
@@ -102,10 +103,7 @@ def cut(
             graph.inputs.append(new)
             values[name] = new
     _outputs(graph, [values[n] for n in wanted], replace=True)
-    graph.remove([n for n in graph if n not in keep], safe=True)
-    for name, value in list(graph.initializers.items()):
-        if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
-            del graph.initializers[name]
+    RemoveUnusedNodesPass()(out)  # exactly the nodes not kept, then their initializers
     return out
 
 
